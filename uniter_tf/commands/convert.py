@@ -1,0 +1,43 @@
+"""``uniter convert``: official UNITER / BERT checkpoint → Keras weights + config JSON."""
+
+from __future__ import annotations
+
+NAME = "convert"
+HELP = ("Convert an official UNITER (or BERT init / HF-BERT) state dict (.pt, .npz, .safetensors) into a "
+        "directory with Keras weights and the config JSON; prints missing and unexpected keys.")
+
+
+def add_arguments(parser):
+    parser.add_argument("--checkpoint", required=True,
+                        help="State-dict file: .pt/.pth/.bin (needs torch), .npz or .safetensors.")
+    parser.add_argument("--config", default="base",
+                        help="Preset (base, large, mini, tiny, uniter-base, ...) or a config JSON file (default base).")
+    parser.add_argument("--output", required=True, help="Output directory.")
+    parser.add_argument("--key-prefix", default=None,
+                        help="Prefix of the backbone keys in the file: 'uniter.', 'bert.' or '' (bare HF BertModel); "
+                             "detected when omitted.")
+    parser.add_argument("--text-only", action="store_true",
+                        help="The file has no image side (BERT): missing img_embeddings keys are expected.")
+    parser.add_argument("--no-grow", action="store_true",
+                        help="Do not enlarge vocab/type tables to the checkpoint's (NLVR2/VCR); fail on mismatch.")
+    parser.add_argument("--strict", action="store_true", help="Fail when any key is missing or unexpected.")
+
+
+def run(args) -> int:
+    import sys  # pylint: disable=import-outside-toplevel
+
+    from uniter_tf.checkpoints import official  # pylint: disable=import-outside-toplevel
+    from uniter_tf.config import UniterConfig  # pylint: disable=import-outside-toplevel
+
+    try:
+        config = UniterConfig.resolve(args.config)
+        model, report = official.convert_checkpoint(args.checkpoint, config, key_prefix=args.key_prefix,
+                                                    text_only=args.text_only, grow_tables=not args.no_grow,
+                                                    strict=args.strict, log=print)
+    except (FileNotFoundError, ImportError, ValueError) as error:
+        print(f"uniter convert: error: {error}", file=sys.stderr)
+        return 1
+    paths = official.save_converted(model, args.output, report)
+    for name, path in paths.items():
+        print(f"wrote {name}: {path}")
+    return 0

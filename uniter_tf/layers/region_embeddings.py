@@ -1,0 +1,101 @@
+"""Region embeddings: projected features and boxes, plus the shared type embedding."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from uniter_tf.layers.initializers import normal_initializer
+
+
+@keras.saving.register_keras_serializable(package="uniter_tf")
+class UniterRegionEmbeddings(keras.layers.Layer):
+    """``Dropout(LN(LN_img(W_img f + b) + LN_pos(W_pos p + b) + type))`` (official
+    ``UniterImageEmbeddings``).
+
+    For masked region modelling, ``f`` is the region feature with masked rows replaced by the learned
+    ``mask_embedding[1]``. The official code zeroes masked rows in the collate function and then adds
+    ``mask_embedding[masks]`` with row 0 forced to zero; this layer zeroes the masked rows itself
+    (idempotent when the data already did) and ignores row 0, which gives the same result while
+    keeping the ``[2, D]`` table of the official checkpoints.
+
+    Args:
+        region_feature_dim: D.
+        hidden_size: H.
+        region_position_dim: width of the box feature (7).
+        initializer_range: standard deviation of the normal initialiser.
+        layer_norm_epsilon: epsilon of the three LayerNorms.
+        dropout_rate: dropout after the last LayerNorm.
+        **kwargs: passed to ``keras.layers.Layer``.
+    """
+
+    def __init__(self, region_feature_dim: int, hidden_size: int, region_position_dim: int = 7,
+                 initializer_range: float = 0.02, layer_norm_epsilon: float = 1e-12, dropout_rate: float = 0.1,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.region_feature_dim = region_feature_dim
+        self.hidden_size = hidden_size
+        self.region_position_dim = region_position_dim
+        self.initializer_range = initializer_range
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.dropout_rate = dropout_rate
+        initializer = normal_initializer(initializer_range)
+        self.img_linear = keras.layers.Dense(hidden_size, kernel_initializer=initializer, name="img_linear")
+        self.img_layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="img_layer_norm")
+        self.pos_linear = keras.layers.Dense(hidden_size, kernel_initializer=initializer, name="pos_linear")
+        self.pos_layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="pos_layer_norm")
+        self.mask_embedding = keras.layers.Embedding(2, region_feature_dim, embeddings_initializer=initializer,
+                                                     name="mask_embedding")
+        self.layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="layer_norm")
+        self.dropout = keras.layers.Dropout(dropout_rate)
+
+    def build(self, input_shape=None):
+        hidden_shape = (None, None, self.hidden_size)
+        if not self.img_linear.built:
+            self.img_linear.build((None, None, self.region_feature_dim))
+        if not self.pos_linear.built:
+            self.pos_linear.build((None, None, self.region_position_dim))
+        if not self.mask_embedding.built:
+            self.mask_embedding.build((None, None))
+        for layer_norm in (self.img_layer_norm, self.pos_layer_norm, self.layer_norm):
+            if not layer_norm.built:
+                layer_norm.build(hidden_shape)
+        self.built = True
+
+    def call(self, region_features: tf.Tensor, region_positions: tf.Tensor, type_embeddings: tf.Tensor,
+             masked_regions: Optional[tf.Tensor] = None, training: Optional[bool] = None) -> tf.Tensor:
+        """Embeds regions.
+
+        Args:
+            region_features: ``[B, N, D]`` features.
+            region_positions: ``[B, N, 7]`` boxes.
+            type_embeddings: ``[B, N, H]`` or broadcastable (row 1 of the text token-type table).
+            masked_regions: optional ``[B, N]`` bool; masked rows become ``mask_embedding[1]``.
+            training: enables dropout.
+
+        Returns:
+            ``[B, N, H]`` embeddings.
+        """
+        features = tf.cast(region_features, self.compute_dtype)
+        if masked_regions is not None:
+            masked = tf.cast(masked_regions, tf.bool)[:, :, tf.newaxis]
+            mask_vector = tf.cast(self.mask_embedding.embeddings[1], self.compute_dtype)
+            features = tf.where(masked, mask_vector[tf.newaxis, tf.newaxis, :], features)
+        visual = self.img_layer_norm(self.img_linear(features))
+        spatial = self.pos_layer_norm(self.pos_linear(tf.cast(region_positions, self.compute_dtype)))
+        embeddings = self.layer_norm(visual + spatial + tf.cast(type_embeddings, visual.dtype))
+        return self.dropout(embeddings, training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+                "region_feature_dim": self.region_feature_dim,
+                "hidden_size": self.hidden_size,
+                "region_position_dim": self.region_position_dim,
+                "initializer_range": self.initializer_range,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "dropout_rate": self.dropout_rate,
+        })
+        return config

@@ -1,0 +1,1 @@
+"""RegionFeatureExtractor: images -> canonical per-image region-feature records (a TFX Beam component)."""

@@ -1,0 +1,1 @@
+"""UniterExampleGen: annotations + region features -> a standard ``Examples`` artifact (train/eval, GZIP)."""

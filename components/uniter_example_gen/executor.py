@@ -1,0 +1,109 @@
+"""Executor of UniterExampleGen: runs the ingest ``ptransform_fn`` on the component's Beam pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List
+
+from absl import logging
+from tfx import types
+from tfx.components.util import examples_utils
+from tfx.dsl.components.base import base_beam_executor
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils
+
+from components.uniter_example_gen import spec as spec_lib
+
+#: Shard file prefix inside each ``Split-<name>`` folder (as TFX's own ExampleGen).
+FILE_PREFIX = "data_tfrecord"
+#: Custom property of the Examples artifact with the total number of dead letters.
+DEAD_LETTERS_PROPERTY = "dead_letters"
+
+
+def features_location(features_artifacts: List[types.Artifact], features_path: str) -> str:
+    """The feature location for the importers: the features artifact's TFRecords, else ``features_path``.
+
+    A ``RegionFeatures`` artifact holds ``region_features-*.tfrecord.gz`` at its root (components/artifacts.py);
+    one folder level below is searched too.
+
+    Raises:
+        ValueError: neither is given.
+    """
+    if features_artifacts:
+        patterns = []
+        for artifact in features_artifacts:
+            for depth in ("*", os.path.join("*", "*")):
+                patterns.append(os.path.join(artifact.uri, depth + ".tfrecord*"))
+        return ",".join(patterns)
+    if features_path:
+        return features_path
+    raise ValueError("UniterExampleGen needs a `features` channel or the `features_path` parameter")
+
+
+def ingest_config(input_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]):
+    """Builds the :class:`IngestConfig` from the component's inputs and execution properties."""
+    from uniter_tf.data import ingest
+
+    options = json.loads(exec_properties.get(spec_lib.INGEST_OPTIONS_KEY) or "{}")
+    features = features_location(input_dict.get(spec_lib.FEATURES_KEY, []),
+                                 exec_properties.get(spec_lib.FEATURES_PATH_KEY) or "")
+    if input_dict.get(spec_lib.FEATURES_KEY) and "feature_format" not in options:
+        options["feature_format"] = "canonical"
+    return ingest.IngestConfig(
+            annotation_format=exec_properties[spec_lib.ANNOTATION_FORMAT_KEY],
+            annotations=tuple(json.loads(exec_properties[spec_lib.ANNOTATIONS_KEY])),
+            annotations2=tuple(json.loads(exec_properties.get(spec_lib.ANNOTATIONS2_KEY) or "[]")),
+            features=features, **options)
+
+
+class Executor(base_beam_executor.BaseBeamExecutor):
+    """Writes ``Split-train`` / ``Split-eval`` GZIP TFRecords of canonical records, and the dead letters.
+
+    The Examples artifact gets ``split_names``, the payload and file format properties that StatisticsGen
+    and the Trainer read, and one integer custom property per ingest counter (``dead_letters`` = their
+    total). Dead letters are written under ``<examples uri>/dead_letters/``. Finite features are checked
+    in the Beam code (region features are float16 bytes, which TFDV statistics cannot see into).
+    """
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        from uniter_tf.data import dead_letter, ingest
+
+        self._log_startup(input_dict, output_dict, exec_properties)
+        config = ingest_config(input_dict, exec_properties)
+        examples = artifact_utils.get_single_instance(output_dict[spec_lib.EXAMPLES_KEY])
+        examples.split_names = artifact_utils.encode_split_names(list(ingest.SPLITS))
+        answer_to_label = ingest.resolve_answer_vocabulary(config)
+        if answer_to_label is not None:
+            os.makedirs(examples.uri, exist_ok=True)
+            with open(os.path.join(examples.uri, ingest.ANSWER_VOCABULARY_FILE), "w", encoding="utf-8") as handle:
+                json.dump(answer_to_label, handle, sort_keys=True)
+
+        pipeline = self._make_beam_pipeline()
+        prefixes = {split: os.path.join(artifact_utils.get_split_uri([examples], split), FILE_PREFIX)
+                    for split in ingest.SPLITS}
+        # Temp files live outside the artifact: StatisticsGen reads every file under Split-*/.
+        temp_dir = os.path.join(self._get_tmp_dir(), ingest.TEMP_DIR)
+        outputs = pipeline | "UniterIngest" >> ingest.IngestExamples(
+                config, answer_to_label, **ingest.streaming_write_args(config, prefixes, temp_dir))
+        for split in ingest.SPLITS:
+            if split in outputs:
+                ingest.write_examples(outputs[split], prefixes[split], config.num_shards,
+                                      label=f"Write{split.capitalize()}")
+        _ = outputs["dead_letters"] | "DeadLetters" >> ingest.WriteDeadLetters(
+                os.path.join(examples.uri, ingest.DEAD_LETTER_DIR))
+        result = pipeline.run()
+        result.wait_until_finish()
+        ingest.remove_temp_dir(temp_dir)
+        for split in ingest.SPLITS:
+            ingest.ensure_split_files(os.path.dirname(prefixes[split]), FILE_PREFIX)
+
+        counts = ingest.query_counters(result)
+        examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
+        examples_utils.set_file_format(examples, "tfrecords_gzip")
+        for name, value in counts.items():
+            examples.set_int_custom_property(name, int(value))
+        total = sum(counts.get(reason, 0) for reason in dead_letter.ALL_REASONS)
+        examples.set_int_custom_property(DEAD_LETTERS_PROPERTY, total)
+        logging.info("%s", dead_letter.format_summary(counts, title="UniterExampleGen ingest summary"))

@@ -1,0 +1,97 @@
+"""The data contract of UniterExampleGen's output as a TFMD ``Schema`` (for ImportSchemaGen / ExampleValidator).
+
+:func:`build_schema` encodes what TFDV can check from statistics:
+
+* ``num_regions`` in ``[min_regions, max_regions]`` (the box-selection range), ``feature_dim`` == D;
+* ``region_positions`` and ``region_boxes`` non-negative, positions at most 1;
+* ``text`` present in every record and ``token_ids`` with 1..``max_text_tokens`` values (non-empty text);
+* ids, sizes and blobs present exactly once; ``label`` >= 0 where present; VQA scores in ``[0, 1]``.
+
+Finiteness of the float16 ``region_features`` / ``soft_labels`` bytes is not visible to TFDV; the ingest
+Beam code rejects NaN/inf (and values beyond float16) into dead letters before writing.
+``schema.pbtxt`` next to this file is ``build_schema()`` with the UNITER defaults (D=2048, 10-100 regions,
+60 tokens).
+"""
+
+from __future__ import annotations
+
+import os
+
+from tensorflow_metadata.proto.v0 import schema_pb2
+
+from uniter_tf.data import schema as record_schema
+
+#: The checked-in default schema.
+DEFAULT_SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.pbtxt")
+
+
+def build_schema(feature_dim: int = 2048, min_regions: int = 10, max_regions: int = 100,
+                 max_text_tokens: int = 60) -> schema_pb2.Schema:
+    """The schema of the canonical text records written by the ingest.
+
+    Args:
+        feature_dim: the dataset's region feature width D.
+        min_regions: fewest regions an image may have (the box-selection ``min_boxes``; 1 with fixed boxes
+            below it).
+        max_regions: most regions.
+        max_text_tokens: the ingest's ``max_text_tokens``.
+
+    Raises:
+        ValueError: inconsistent bounds.
+    """
+    if not 1 <= min_regions <= max_regions:
+        raise ValueError(f"need 1 <= min_regions <= max_regions, got {min_regions}, {max_regions}")
+    if feature_dim < 1 or max_text_tokens < 1:
+        raise ValueError("feature_dim and max_text_tokens must be >= 1")
+    schema = schema_pb2.Schema()
+
+    def add(name, feature_type, required=True, min_count=1, max_count=1):
+        feature = schema.feature.add(name=name, type=feature_type)
+        if required:
+            feature.presence.min_fraction = 1.0
+            feature.presence.min_count = 1
+        if min_count is not None:
+            feature.value_count.min = min_count
+        if max_count is not None:
+            feature.value_count.max = max_count
+        return feature
+
+    bytes_type, int_type, float_type = schema_pb2.BYTES, schema_pb2.INT, schema_pb2.FLOAT
+    for name in (record_schema.EXAMPLE_ID, record_schema.IMAGE_ID, record_schema.TEXT,
+                 record_schema.REGION_FEATURES, record_schema.SOFT_LABELS):
+        add(name, bytes_type)
+    add(record_schema.TOKEN_IDS, int_type, min_count=1, max_count=max_text_tokens).int_domain.min = 0
+    regions = add(record_schema.NUM_REGIONS, int_type)
+    regions.int_domain.min, regions.int_domain.max = min_regions, max_regions
+    dim = add(record_schema.FEATURE_DIM, int_type)
+    dim.int_domain.min, dim.int_domain.max = feature_dim, feature_dim
+    for name in (record_schema.IMAGE_HEIGHT, record_schema.IMAGE_WIDTH):
+        add(name, int_type).int_domain.min = 1
+    add(record_schema.NUM_SOFT_LABELS, int_type).int_domain.min = 0
+    positions = add(record_schema.REGION_POSITIONS, float_type, min_count=7 * min_regions,
+                    max_count=7 * max_regions)
+    positions.float_domain.min, positions.float_domain.max = 0.0, 1.0
+    add(record_schema.REGION_BOXES, float_type, min_count=4 * min_regions,
+        max_count=4 * max_regions).float_domain.min = 0.0
+    # Task fields: present only in some datasets.
+    add(record_schema.LABEL, int_type, required=False).int_domain.min = 0
+    add(record_schema.TARGET_BOX, float_type, required=False, min_count=4, max_count=4).float_domain.min = 0.0
+    add(record_schema.ANSWERS, bytes_type, required=False, min_count=None, max_count=None)
+    add(record_schema.ANSWER_LABELS, int_type, required=False, min_count=None, max_count=None).int_domain.min = 0
+    scores = add(record_schema.ANSWER_SCORES, float_type, required=False, min_count=None, max_count=None)
+    scores.float_domain.min, scores.float_domain.max = 0.0, 1.0
+    return schema
+
+
+def schema_text(schema: schema_pb2.Schema) -> str:
+    """The schema as text proto (what ``schema.pbtxt`` holds)."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(schema)
+
+
+def write_schema(path: str, **build_kwargs) -> str:
+    """Writes :func:`build_schema` (``build_kwargs``) as text proto to ``path``; returns ``path``."""
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(schema_text(build_schema(**build_kwargs)))
+    return path

@@ -1,0 +1,264 @@
+"""A small Python client for UNITER models behind TF Serving (or ``uniter serve``).
+
+It speaks the official ``tensorflow.serving.PredictionService`` through ``PredictionServiceStub``, so
+it works against ``tensorflow_model_server`` too. Typical use::
+
+    client = UniterClient("127.0.0.1:8500")
+    client.score(["a dog on the grass"], region_features, region_boxes=boxes, image_size=(480, 640))
+    client.answer(["what animal is it?"], region_features, region_boxes=boxes, image_size=(480, 640))
+    client.score_image("dog.jpg", ["a dog on the grass", "a red car"])   # detector runs locally
+
+Region inputs are accepted per image (``[n, D]``) or batched (``[B, N, D]``); one image with several
+texts is repeated for each text. gRPC's Python default caps messages at 4 MiB (about five images of
+100 x 2048 float32 features), so the channel is opened with larger limits.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from serving import tensor_codec
+
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+ArrayOrList = Union[np.ndarray, Sequence[np.ndarray]]
+
+
+class ServingRequestError(RuntimeError):
+    """A request failed on the server; ``code`` is the gRPC status name (e.g. ``INVALID_ARGUMENT``)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _stack_regions(values: ArrayOrList, name: str, width: int, dtype=np.float32) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-image ``[n_i, width]`` arrays (or one ``[B, N, width]`` array) -> ``([B, N, width], counts)``."""
+    if isinstance(values, np.ndarray) and values.ndim == 3:
+        if values.shape[2] != width:
+            raise ValueError(f"{name} must have {width} columns, got shape {list(values.shape)}")
+        return values.astype(dtype, copy=False), np.full((values.shape[0],), values.shape[1], np.int32)
+    if isinstance(values, np.ndarray) and values.ndim == 2:
+        values = [values]
+    rows = [np.asarray(value, dtype=dtype) for value in values]
+    for index, row in enumerate(rows):
+        if row.ndim != 2 or row.shape[1] != width:
+            raise ValueError(f"{name}[{index}] must have shape [n, {width}], got {list(row.shape)}")
+    longest = max((row.shape[0] for row in rows), default=0)
+    stacked = np.zeros((len(rows), longest, width), dtype)
+    for index, row in enumerate(rows):
+        stacked[index, :row.shape[0]] = row
+    return stacked, np.array([row.shape[0] for row in rows], np.int32)
+
+
+def _repeat_to(array: np.ndarray, batch_size: int, name: str) -> np.ndarray:
+    if array.shape[0] == batch_size:
+        return array
+    if array.shape[0] == 1:
+        return np.repeat(array, batch_size, axis=0)
+    raise ValueError(f"{name} has {array.shape[0]} images for {batch_size} texts; give one image or one per text")
+
+
+class UniterClient:
+    """Calls the exported UNITER signatures over gRPC.
+
+    Args:
+        target: ``host:port`` of the gRPC endpoint.
+        model_name: the served model's name.
+        version: a fixed version, or ``None`` for the newest.
+        timeout_s: deadline of each call.
+        max_message_bytes: the channel's send/receive limits.
+    """
+
+    def __init__(self, target: str = "127.0.0.1:8500", model_name: str = "uniter", version: Optional[int] = None,
+                 timeout_s: float = 30.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self.target = target
+        self.model_name = model_name
+        self.version = version
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(target, options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes)])
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._feature_dim: Optional[int] = None
+        self.last_version: Optional[int] = None
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> "UniterClient":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # --------------------------------------------------------------------------------- protocol
+
+    def _model_spec(self, spec, signature_name: str = "") -> None:
+        spec.name = self.model_name
+        spec.signature_name = signature_name
+        if self.version is not None:
+            spec.version.value = int(self.version)
+
+    def predict(self, inputs: Mapping[str, np.ndarray], signature_name: str = "",
+                output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+        """One ``Predict`` call with numpy inputs; returns numpy outputs.
+
+        Raises:
+            ServingRequestError: the server's status code and message.
+        """
+        import grpc
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        self._model_spec(request.model_spec, signature_name)
+        for name, array in inputs.items():
+            tensor_codec.from_ndarray(np.asarray(array), request.inputs[name])
+        request.output_filter.extend(output_filter)
+        try:
+            response = self._stub.Predict(request, timeout=self.timeout_s)
+        except grpc.RpcError as error:
+            raise ServingRequestError(error.code().name, error.details()) from None
+        self.last_version = response.model_spec.version.value
+        return {name: tensor_codec.to_ndarray(proto, name) for name, proto in response.outputs.items()}
+
+    def signature_defs(self) -> Dict[str, object]:
+        """The served version's ``SignatureDef`` protos by name (GetModelMetadata)."""
+        import grpc
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        self._model_spec(request.model_spec)
+        request.metadata_field.append("signature_def")
+        try:
+            response = self._stub.GetModelMetadata(request, timeout=self.timeout_s)
+        except grpc.RpcError as error:
+            raise ServingRequestError(error.code().name, error.details()) from None
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        return dict(signature_map.signature_def)
+
+    def feature_dim(self) -> int:
+        """D of ``region_features``, read once from the served ``serving_default`` signature."""
+        if self._feature_dim is None:
+            signature = self.signature_defs()["serving_default"]
+            self._feature_dim = int(signature.inputs["region_features"].tensor_shape.dim[2].size)
+        return self._feature_dim
+
+    # ------------------------------------------------------------------------------- UNITER calls
+
+    def _image_text_inputs(self, texts: Sequence[str], region_features: ArrayOrList,
+                           region_boxes: Optional[ArrayOrList], image_size, region_positions: Optional[ArrayOrList],
+                           ) -> Tuple[str, Dict[str, np.ndarray]]:
+        if isinstance(texts, (str, bytes)):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise ValueError("texts is empty")
+        features, counts = _stack_regions(region_features, "region_features", self.feature_dim())
+        batch_size = len(texts)
+        features = _repeat_to(features, batch_size, "region_features")
+        counts = _repeat_to(counts, batch_size, "region_features")
+        text = np.array([item.encode("utf-8") if isinstance(item, str) else bytes(item) for item in texts],
+                        dtype=object)
+        if region_positions is not None:
+            positions, _ = _stack_regions(region_positions, "region_positions", 7)
+            return "score_positions", {"text": text, "region_features": features,
+                                       "region_positions": _repeat_to(positions, batch_size, "region_positions"),
+                                       "num_regions": counts}
+        if region_boxes is None or image_size is None:
+            raise ValueError("give region_boxes with image_size, or region_positions")
+        boxes, _ = _stack_regions(region_boxes, "region_boxes", 4)
+        sizes = np.asarray(image_size, np.float32).reshape(-1, 2)
+        return "serving_default", {"text": text, "region_features": features,
+                                   "region_boxes": _repeat_to(boxes, batch_size, "region_boxes"),
+                                   "image_size": _repeat_to(sizes, batch_size, "image_size"), "num_regions": counts}
+
+    def score(self, texts: Sequence[str], region_features: ArrayOrList, region_boxes: Optional[ArrayOrList] = None,
+              image_size=None, region_positions: Optional[ArrayOrList] = None) -> np.ndarray:
+        """Image-text match probabilities ``[B]`` (ITM, class 1).
+
+        Args:
+            texts: captions (one per image, or several for one image).
+            region_features: ``[n, D]`` per image, a list of them, or ``[B, N, D]``.
+            region_boxes: pixel ``x1, y1, x2, y2`` boxes in the same layouts, with ``image_size``.
+            image_size: ``(height, width)`` or one per image.
+            region_positions: instead of boxes, the 7-d normalised positions.
+        """
+        signature, inputs = self._image_text_inputs(texts, region_features, region_boxes, image_size,
+                                                    region_positions)
+        return self.predict(inputs, signature, output_filter=["itm_score"])["itm_score"]
+
+    def embed(self, texts: Sequence[str], region_features: ArrayOrList, region_boxes: Optional[ArrayOrList] = None,
+              image_size=None, region_positions: Optional[ArrayOrList] = None) -> np.ndarray:
+        """The pooled joint embeddings ``[B, H]``."""
+        signature, inputs = self._image_text_inputs(texts, region_features, region_boxes, image_size,
+                                                    region_positions)
+        return self.predict(inputs, signature, output_filter=["pooled_output"])["pooled_output"]
+
+    def answer(self, questions: Sequence[str], region_features: ArrayOrList,
+               region_boxes: Optional[ArrayOrList] = None, image_size=None,
+               region_positions: Optional[ArrayOrList] = None) -> List[List[Tuple[str, float]]]:
+        """VQA: the top-k ``(answer, score)`` of each question (needs a model exported with a task head).
+
+        Raises:
+            ServingRequestError: INVALID_ARGUMENT when the served model has no ``answers`` output.
+        """
+        signature, inputs = self._image_text_inputs(questions, region_features, region_boxes, image_size,
+                                                    region_positions)
+        outputs = self.predict(inputs, signature, output_filter=["answers", "answer_scores"])
+        return [[(answer.decode("utf-8"), float(score)) for answer, score in zip(row_answers, row_scores)]
+                for row_answers, row_scores in zip(outputs["answers"], outputs["answer_scores"])]
+
+    def score_examples(self, serialized_examples: Sequence[bytes]) -> Dict[str, np.ndarray]:
+        """Scores serialized canonical ``tf.Example`` records (the ``serve_examples`` signature)."""
+        return self.predict({"examples": np.array(list(serialized_examples), dtype=object)}, "serve_examples")
+
+    def score_image(self, image, texts: Sequence[str], extractor=None, image_id: str = "query") -> np.ndarray:
+        """The one-call path: an image file (or bytes, or ``[H, W, 3]`` array) -> regions -> ITM scores.
+
+        Args:
+            image: a path, encoded bytes, or a decoded uint8 RGB array.
+            texts: the captions to score against the image.
+            extractor: a :class:`uniter_tf.extraction.region_extractor.RegionFeatureExtractor`; by default
+                the default detector (SSD-MobileNet-v2). Its feature width must be the model's D.
+            image_id: a name for error messages.
+
+        Raises:
+            ValueError: when the extractor's feature width differs from the served model's.
+        """
+        regions = self.extract_regions(image, extractor, image_id)
+        return self.score(texts, regions.region_features, region_boxes=regions.region_boxes,
+                          image_size=(regions.image_height, regions.image_width))
+
+    def extract_regions(self, image, extractor=None, image_id: str = "query"):
+        """Runs the region extractor locally on one image (see :meth:`score_image`)."""
+        from uniter_tf.extraction.images import decode_image
+
+        if extractor is None:
+            from uniter_tf.extraction.detector import load_detector
+            from uniter_tf.extraction.region_extractor import RegionFeatureExtractor
+
+            extractor = RegionFeatureExtractor(load_detector())
+        if extractor.feature_dim != self.feature_dim():
+            raise ValueError(f"the extractor produces {extractor.feature_dim}-d region features but model "
+                             f"'{self.model_name}' expects {self.feature_dim()}-d ones; use the detector the "
+                             f"model was trained with")
+        if isinstance(image, np.ndarray):
+            pixels = image
+        else:
+            if isinstance(image, (bytes, bytearray)):
+                data = bytes(image)
+            else:
+                with open(image, "rb") as handle:
+                    data = handle.read()
+                image_id = str(image)
+            pixels = decode_image(data, source=image_id)
+        return extractor.extract(pixels, image_id)

@@ -1,0 +1,116 @@
+"""Rebuilding an exportable model from the directories training and conversion write."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from uniter_tf.config import UniterConfig  # noqa: E402
+from uniter_tf.export.model_dir import load_exportable_model  # noqa: E402
+from uniter_tf.models.backbone import UniterBackbone  # noqa: E402
+from uniter_tf.models.pretraining_heads import ItmHead  # noqa: E402
+from uniter_tf.models.pretraining_model import UniterPretrainingModel  # noqa: E402
+
+
+def _same_weights(left, right):
+    assert len(left.weights) == len(right.weights)
+    for a, b in zip(left.weights, right.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+
+
+def _randomize(layer, seed):
+    rng = np.random.default_rng(seed)
+    for variable in layer.weights:
+        variable.assign(rng.normal(0, 0.1, variable.shape).astype(np.float32))
+
+
+def test_pretraining_run_needs_its_config_and_restores_backbone_and_itm_head(tmp_path):
+    config = UniterConfig.from_preset("tiny")
+    model = UniterPretrainingModel(UniterBackbone(config))
+    _randomize(model.itm_head, 1)
+    _randomize(model.backbone.pooler, 2)
+    tf.train.Checkpoint(model=model).save(str(tmp_path / "checkpoints" / "ckpt"))
+    with pytest.raises(ValueError, match="--config"):
+        load_exportable_model(str(tmp_path))
+    loaded = load_exportable_model(str(tmp_path), config="tiny")
+    assert loaded.kind == "pretrain" and loaded.task is None
+    _same_weights(loaded.itm_head, model.itm_head)
+    _same_weights(loaded.backbone.pooler, model.backbone.pooler)
+    _same_weights(loaded.backbone.text_embeddings, model.backbone.text_embeddings)
+
+
+def test_pretraining_checkpoints_hold_the_transformer_layers(tmp_path):
+    config = UniterConfig.from_preset("tiny")
+    model = UniterPretrainingModel(UniterBackbone(config))
+    tf.train.Checkpoint(model=model).save(str(tmp_path / "checkpoints" / "ckpt"))
+    _same_weights(load_exportable_model(str(tmp_path), config="tiny").backbone, model.backbone)
+
+
+def test_converted_directory(tmp_path):
+    from uniter_tf.checkpoints import official
+
+    config = UniterConfig.from_preset("tiny")
+    model = UniterPretrainingModel(UniterBackbone(config))
+    _randomize(model.itm_head, 3)
+    official.save_converted(model, str(tmp_path))
+    loaded = load_exportable_model(str(tmp_path))
+    assert loaded.kind == "converted"
+    _same_weights(loaded.itm_head, model.itm_head)
+    _same_weights(loaded.backbone, model.backbone)
+
+
+def test_finetune_run_brings_its_task_head_and_answers(tmp_path):
+    from uniter_tf.training.finetune import FinetuneConfig, build_task
+
+    answers = ["yes", "no", "blue"]
+    finetune_config = FinetuneConfig(task="vqa", task_config={"num_answers": 3, "answer_vocabulary": answers},
+                                     model_config="tiny", output_dir=str(tmp_path), max_text_length=18)
+    config = UniterConfig.from_preset("tiny")
+    task = build_task(finetune_config)
+    backbone = UniterBackbone(config)
+    task_model = task.build_model(backbone, config.hidden_size)
+    task_model.head.build()
+    itm_head = ItmHead(config.hidden_size, name="itm_head")
+    itm_head.build()
+    _randomize(task_model.head, 4)
+    _randomize(itm_head, 5)
+    tf.train.Checkpoint(model=task_model, itm_head=itm_head).save(str(tmp_path / "checkpoints" / "ckpt"))
+    with open(tmp_path / "finetune_config.json", "w") as handle:
+        json.dump({"finetune": finetune_config.to_dict(), "model": config.to_dict()}, handle)
+    loaded = load_exportable_model(str(tmp_path), top_k=2)
+    assert loaded.kind == "finetune" and loaded.max_text_length == 20
+    assert loaded.task.name == "vqa" and loaded.task.labels == answers and loaded.task.top_k == 2
+    assert loaded.task.activation == "sigmoid"
+    _same_weights(loaded.task.head, task_model.head)
+    _same_weights(loaded.itm_head, itm_head)
+
+
+def test_an_empty_directory_says_what_was_expected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="finetune_config.json"):
+        load_exportable_model(str(tmp_path))
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_export_command_writes_a_servable_version(tmp_path, capsys):
+    from uniter_tf import cli
+    from uniter_tf.checkpoints import official
+
+    config = UniterConfig.from_preset("tiny")
+    official.save_converted(UniterPretrainingModel(UniterBackbone(config)), str(tmp_path / "converted"))
+    base = tmp_path / "models" / "uniter"
+    arguments = ["export", "--model-dir", str(tmp_path / "converted"), "--output", str(base), "--version", "3",
+                 "--max-text-length", "12", "--region-buckets", "4,8", "--no-warmup"]
+    assert cli.main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert f"to {base / '3'}" in printed and "serving_default" in printed
+    with open(base / "3" / "assets.extra" / "uniter_export.json") as handle:
+        metadata = json.load(handle)
+    assert metadata["max_regions"] == 8 and metadata["text_buckets"] == [12]
+    assert metadata["non_core_ops"] and all(op in printed for op in metadata["non_core_ops"])
+    assert not os.path.exists(base / "3" / "assets.extra" / "tf_serving_warmup_requests")
+    assert cli.main(arguments) == 2  # the version exists: refused, nothing overwritten
+    assert "already exists" in capsys.readouterr().err

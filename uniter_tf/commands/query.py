@@ -1,0 +1,110 @@
+"""``uniter query``: ask a served UNITER model (TF Serving or ``uniter serve``) about an image and texts."""
+
+from __future__ import annotations
+
+NAME = "query"
+HELP = "Score caption-image pairs, answer questions or embed pairs against a served model over gRPC."
+
+
+def add_arguments(parser):
+    parser.add_argument("--target", default="127.0.0.1:8500", help="gRPC host:port (default 127.0.0.1:8500).")
+    parser.add_argument("--model-name", default="uniter", help="Served model name (default uniter).")
+    parser.add_argument("--version", type=int, default=None, help="A fixed version (default: the newest).")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="An image file; regions are extracted locally with --detector.")
+    source.add_argument("--regions",
+                        help="An .npz with region_features [n, D] and region_boxes [n, 4] plus image_size [2] "
+                             "(height, width), or region_positions [n, 7].")
+    source.add_argument("--examples", help="A TFRecord file (GZIP or not) of canonical records (serve_examples).")
+    parser.add_argument("--text", action="append", default=[],
+                        help="A caption or question (repeat for several); not used with --examples.")
+    parser.add_argument("--mode", choices=("score", "answer", "embed"), default="score",
+                        help="score: ITM probability; answer: VQA top-k (fine-tuned VQA exports); "
+                             "embed: pooled embeddings.")
+    parser.add_argument("--detector", default=None,
+                        help="Detector for --image: a frozen .pb or SavedModel dir (default SSD-MobileNet-v2).")
+    parser.add_argument("--timeout", type=float, default=60.0, help="Deadline per call in seconds (default 60).")
+    parser.add_argument("--max-message-bytes", type=int, default=256 * 1024 * 1024,
+                        help="gRPC message limit of the client (default 256 MiB).")
+
+
+def _read_examples(path: str):
+    import tensorflow as tf
+
+    compression = "GZIP" if path.endswith(".gz") else ""
+    try:
+        return [record.numpy() for record in tf.data.TFRecordDataset(path, compression_type=compression)]
+    except tf.errors.DataLossError:
+        other = "" if compression else "GZIP"
+        return [record.numpy() for record in tf.data.TFRecordDataset(path, compression_type=other)]
+
+
+def _read_regions(path: str):
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    if "region_features" not in arrays:
+        raise ValueError(f"{path} has no 'region_features' array (it has {sorted(arrays)})")
+    if "region_positions" in arrays:
+        return {"region_features": arrays["region_features"], "region_positions": arrays["region_positions"]}
+    missing = [name for name in ("region_boxes", "image_size") if name not in arrays]
+    if missing:
+        raise ValueError(f"{path} needs region_positions, or region_boxes with image_size; missing {missing}")
+    return {"region_features": arrays["region_features"], "region_boxes": arrays["region_boxes"],
+            "image_size": arrays["image_size"]}
+
+
+def run(args) -> int:
+    import json
+    import sys
+
+    from serving.client import ServingRequestError, UniterClient
+
+    client = UniterClient(args.target, model_name=args.model_name, version=args.version, timeout_s=args.timeout,
+                          max_message_bytes=args.max_message_bytes)
+    try:
+        if args.examples:
+            outputs = client.score_examples(_read_examples(args.examples))
+            result = [{"example_id": example_id.decode("utf-8"), "itm_score": float(score)}
+                      for example_id, score in zip(outputs["example_id"], outputs["itm_score"])]
+            if "answers" in outputs:
+                for row, answers, scores in zip(result, outputs["answers"], outputs["answer_scores"]):
+                    row["answers"] = [[answer.decode("utf-8"), float(score)] for answer, score in zip(answers, scores)]
+        else:
+            if not args.text:
+                print("uniter query: give at least one --text", file=sys.stderr)
+                return 2
+            if args.image:
+                extractor = None
+                if args.detector:
+                    from uniter_tf.extraction.detector import load_detector
+                    from uniter_tf.extraction.region_extractor import RegionFeatureExtractor
+
+                    extractor = RegionFeatureExtractor(load_detector(args.detector))
+                regions = client.extract_regions(args.image, extractor)
+                region_inputs = {"region_features": regions.region_features, "region_boxes": regions.region_boxes,
+                                 "image_size": (regions.image_height, regions.image_width)}
+            else:
+                region_inputs = _read_regions(args.regions)
+            if args.mode == "score":
+                scores = client.score(args.text, **region_inputs)
+                result = [{"text": text, "itm_score": float(score)} for text, score in zip(args.text, scores)]
+            elif args.mode == "answer":
+                answers = client.answer(args.text, **region_inputs)
+                result = [{"question": text, "answers": [[answer, score] for answer, score in rows]}
+                          for text, rows in zip(args.text, answers)]
+            else:
+                embeddings = client.embed(args.text, **region_inputs)
+                result = [{"text": text, "pooled_output": embedding.tolist()}
+                          for text, embedding in zip(args.text, embeddings)]
+    except ServingRequestError as error:
+        print(f"uniter query: the server answered {error.code}: {error.message}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as error:
+        print(f"uniter query: {error}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+    print(json.dumps({"model": args.model_name, "version": client.last_version, "results": result}, indent=2))
+    return 0

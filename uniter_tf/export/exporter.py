@@ -1,0 +1,198 @@
+"""Writes a UNITER SavedModel with named serving signatures via ``keras.export.ExportArchive``.
+
+Signatures (see docs/serving.md for every input and output):
+
+* ``serving_default``: ``text [B]`` strings (tokenised in-graph with tensorflow-text),
+  ``region_features [B, N, D]``, ``region_boxes [B, N, 4]`` pixels, ``image_size [B, 2]``
+  (height, width), ``num_regions [B]``;
+* ``score_positions``: the same with ``region_positions [B, N, 7]`` instead of boxes and size;
+* ``score_tensors``: the backbone inputs (pre-tokenised ids and masks);
+* ``serve_examples``: ``examples [B]`` serialized canonical ``tf.Example`` records;
+* ``tokenize``: ``text [B]`` -> ids, mask and vocabulary entries.
+
+The scoring signatures answer ``itm_score [B]`` (P(match)), ``itm_logits [B, 2]`` and
+``pooled_output [B, H]``, plus ``task_logits`` / ``answers`` / ``answer_scores`` when a task head is
+given. The vocabulary and the answer list are SavedModel assets; ``assets.extra`` holds TF Serving
+warm-up requests and ``uniter_export.json`` (the limits and buckets, for clients).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Dict, Optional
+
+import numpy as np
+
+from uniter_tf.export.signatures import (SCORE_POSITIONS, SCORE_TENSORS, SERVE_EXAMPLES, SERVING_DEFAULT, TOKENIZE,
+                                         ExportOptions, ServingGraph)
+from uniter_tf.export.task_heads import TaskHeadExport
+
+EXPORT_METADATA_FILE = "uniter_export.json"
+WARMUP_FILE = "tf_serving_warmup_requests"
+VOCAB_ASSET = "vocab.txt"
+LABELS_ASSET = "answers.txt"
+
+
+def next_version(base_path: str) -> int:
+    """One more than the largest numeric version under ``base_path`` (1 when there is none)."""
+    if not os.path.isdir(base_path):
+        return 1
+    versions = [int(name) for name in os.listdir(base_path) if name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def _text_file_table(path: str, key_is_line_number: bool = True):
+    import tensorflow as tf
+
+    initializer = tf.lookup.TextFileInitializer(
+            path, key_dtype=tf.int64, key_index=tf.lookup.TextFileIndex.LINE_NUMBER,
+            value_dtype=tf.string, value_index=tf.lookup.TextFileIndex.WHOLE_LINE)
+    return tf.lookup.StaticHashTable(initializer, default_value="")
+
+
+def export_uniter(output_dir: str, backbone, itm_head, preprocessor=None, task: Optional[TaskHeadExport] = None,
+                  options: Optional[ExportOptions] = None, version: Optional[int] = None) -> str:
+    """Exports a UNITER model as a servable SavedModel version.
+
+    Args:
+        output_dir: the model's base path; the export goes to ``output_dir/<version>``. It is written
+            beside the target and renamed into place, so a polling server never sees half of it.
+        backbone: the built :class:`~uniter_tf.models.backbone.UniterBackbone`.
+        itm_head: the built ITM head (pooled output -> ``[B, 2]`` logits).
+        preprocessor: a :class:`~uniter_tf.tokenization.UniterPreprocessor`; by default the vendored
+            cased vocabulary with ``options.max_text_length`` and ``options.text_buckets``.
+        task: an optional fine-tuned task head (e.g. :func:`~uniter_tf.export.task_heads.vqa_task_head`).
+        options: limits and buckets.
+        version: the version number; by default one more than the newest under ``output_dir``.
+
+    Returns:
+        The path of the written version.
+
+    Raises:
+        FileExistsError: when the version already exists.
+        ValueError: when the tokenizer's vocabulary does not fit the model.
+    """
+    import keras
+    import tensorflow as tf
+
+    from uniter_tf.tokenization import UniterPreprocessor, check_vocab_size
+
+    options = options or ExportOptions()
+    config = backbone.config
+    if preprocessor is None:
+        preprocessor = UniterPreprocessor(sequence_length=options.max_text_length,
+                                          bucket_boundaries=list(options.text_buckets))
+    check_vocab_size(preprocessor.tokenizer.vocab_size, config.vocab_size, source="the tokenizer's vocabulary")
+    version = next_version(output_dir) if version is None else int(version)
+    target = os.path.join(output_dir, str(version))
+    if os.path.exists(target):
+        raise FileExistsError(f"version {version} already exists at {target}; pick another --version")
+    os.makedirs(output_dir, exist_ok=True)
+
+    staging_root = tempfile.mkdtemp(prefix=f".export-{version}-", dir=output_dir)
+    try:
+        asset_dir = os.path.join(staging_root, "source_assets")
+        os.makedirs(asset_dir)
+        vocab_path = os.path.join(asset_dir, VOCAB_ASSET)
+        with open(vocab_path, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(preprocessor.tokenizer.vocabulary) + "\n")
+        tables = tf.Module(name="serving_tables")
+        tables.vocab = _text_file_table(vocab_path)
+        label_table = None
+        if task is not None and task.labels is not None:
+            labels_path = os.path.join(asset_dir, LABELS_ASSET)
+            with open(labels_path, "w", encoding="utf-8") as handle:
+                handle.write("\n".join(task.labels) + "\n")
+            tables.labels = label_table = _text_file_table(labels_path)
+
+        graph = ServingGraph(backbone, itm_head, preprocessor, options, task=task, label_table=label_table,
+                             vocab_table=tables.vocab)
+        archive = keras.export.ExportArchive()
+        for resource in (backbone, itm_head, preprocessor, preprocessor.tokenizer, tables):
+            archive.track(resource)
+        if task is not None:
+            archive.track(task.head)
+        functions = graph.functions()
+        for name, specs in graph.input_signatures().items():
+            archive.add_endpoint(name=name, fn=functions[name], input_signature=list(specs))
+        saved_model_dir = os.path.join(staging_root, "saved_model")
+        archive.write_out(saved_model_dir, verbose=False)
+
+        extra = os.path.join(saved_model_dir, "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        metadata = {
+                "signatures": {name: [spec.name for spec in specs]
+                               for name, specs in graph.input_signatures().items()},
+                "region_feature_dim": int(config.region_feature_dim),
+                "hidden_size": int(config.hidden_size),
+                "max_regions": options.max_regions,
+                "region_buckets": list(options.region_buckets),
+                "max_text_length": graph.max_text_length,
+                "text_buckets": list(options.text_buckets),
+                "task": None if task is None else {"name": task.name, "num_labels": None if task.labels is None
+                                                   else len(task.labels), "top_k": graph.top_k,
+                                                   "activation": task.activation},
+                "model_config": config.to_dict(),
+        }
+        with open(os.path.join(extra, EXPORT_METADATA_FILE), "w", encoding="utf-8") as handle:
+            json.dump(metadata, handle, indent=2, sort_keys=True)
+        if options.warmup:
+            write_warmup_requests(os.path.join(extra, WARMUP_FILE), int(config.region_feature_dim))
+        os.replace(saved_model_dir, target)
+    finally:
+        shutil.rmtree(staging_root, ignore_errors=True)
+    return target
+
+
+def example_inputs(feature_dim: int, batch_size: int = 1, num_regions: int = 4, seed: int = 0,
+                   captions=None) -> Dict[str, Dict[str, np.ndarray]]:
+    """Small valid inputs for every signature (warm-up requests, smoke tests)."""
+    from uniter_tf.data import schema
+
+    rng = np.random.default_rng(seed)
+    captions = list(captions or ["a dog runs on the grass"] * batch_size)
+    features = rng.standard_normal((batch_size, num_regions, feature_dim)).astype(np.float32)
+    corners = np.sort(rng.uniform(0, 1, (batch_size, num_regions, 2, 2)), axis=2)
+    boxes = np.stack([corners[..., 0, 0], corners[..., 0, 1], corners[..., 1, 0], corners[..., 1, 1]], axis=-1)
+    boxes = (boxes * np.array([640, 480, 640, 480], np.float32)).astype(np.float32)
+    image_size = np.tile(np.array([[480, 640]], np.float32), (batch_size, 1))
+    widths = (boxes[..., 2] - boxes[..., 0]) / 640
+    heights = (boxes[..., 3] - boxes[..., 1]) / 480
+    positions = np.concatenate([boxes / np.array([640, 480, 640, 480], np.float32), widths[..., None],
+                                heights[..., None], (widths * heights)[..., None]], axis=-1).astype(np.float32)
+    text = np.array([caption.encode("utf-8") for caption in captions], dtype=object)
+    num_regions_array = np.full((batch_size,), num_regions, np.int32)
+    token_ids = np.array([[101, 170, 3676, 102]] * batch_size, np.int32)
+    examples = np.array([schema.make_example(
+            image_id=f"image-{index}", example_id=f"example-{index}", text=captions[index],
+            region_features=features[index], region_boxes=boxes[index], image_height=480, image_width=640,
+            ).SerializeToString() for index in range(batch_size)], dtype=object)
+    return {
+            SERVING_DEFAULT: {"text": text, "region_features": features, "region_boxes": boxes,
+                              "image_size": image_size, "num_regions": num_regions_array},
+            SCORE_POSITIONS: {"text": text, "region_features": features, "region_positions": positions,
+                              "num_regions": num_regions_array},
+            SCORE_TENSORS: {"token_ids": token_ids, "text_mask": np.ones_like(token_ids),
+                            "region_features": features, "region_positions": positions,
+                            "region_mask": np.ones((batch_size, num_regions), np.int32)},
+            SERVE_EXAMPLES: {"examples": examples},
+            TOKENIZE: {"text": text},
+    }
+
+
+def write_warmup_requests(path: str, feature_dim: int) -> None:
+    """Writes one ``PredictionLog`` per signature in TF Serving's warm-up format."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    with tf.io.TFRecordWriter(path) as writer:
+        for signature_name, inputs in example_inputs(feature_dim).items():
+            request = predict_pb2.PredictRequest()
+            request.model_spec.signature_name = signature_name
+            for name, array in inputs.items():
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(array))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())

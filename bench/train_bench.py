@@ -1,0 +1,123 @@
+"""Pretraining throughput: the full loop (input pipeline included) vs the model step alone.
+
+Measures, for one configuration per process (logical CPU devices must be set before TensorFlow starts):
+
+* ``model_step``: the train update of the Pretrainer fed from an in-memory batch (``Dataset.from_tensors``
+  repeated): model forward/backward, all-reduce, clipping, AdamW;
+* ``full_loop``: the same update fed by the real input pipeline (GZIP TFRecords → decode → masking →
+  bucketing), i.e. what ``uniter pretrain`` runs.
+
+The batch mimics the official timing setup: 8 examples, 48 WordPiece tokens (+[CLS]/[SEP] = 50) and 36
+regions of 2048-d features. Example::
+
+    python bench/train_bench.py --model uniter-base --task mlm --precision float32 --steps 5
+    python bench/train_bench.py --model uniter-base --task mlm --replicas 2 --steps 5
+
+Prints one JSON line per run (seconds per update and examples/s, medians over ``--steps`` updates after
+``--warmup`` updates). Results and the commands that produced them: docs/performance_train.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
+
+
+def _write_records(prefix: str, model_config, num_records: int, tokens: int, regions: int) -> None:
+    import numpy as np
+
+    from uniter_tf.data import schema, tfrecord_io
+
+    rng = np.random.default_rng(0)
+    examples = []
+    for index in range(num_records):
+        x1 = rng.uniform(0, 300, size=regions)
+        y1 = rng.uniform(0, 200, size=regions)
+        boxes = np.stack([x1, y1, x1 + 50, y1 + 40], axis=1)
+        examples.append(schema.make_example(
+                image_id=f"img{index}", region_features=rng.uniform(0, 4, size=(regions, model_config.region_feature_dim)),
+                region_boxes=boxes, image_height=480, image_width=640,
+                soft_labels=rng.dirichlet(np.ones(model_config.num_soft_labels), size=regions),
+                example_id=f"ex{index}", token_ids=rng.integers(1000, 20000, size=tokens)))
+    tfrecord_io.write_sharded(examples, prefix, num_shards=2)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="uniter-base")
+    parser.add_argument("--task", default="mlm", choices=("mlm", "mrfr", "mrckl", "itm"))
+    parser.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16", "mixed_float16"))
+    parser.add_argument("--replicas", type=int, default=1, help="2: MirroredStrategy over 2 logical CPUs")
+    parser.add_argument("--batch-size", type=int, default=8, help="per replica")
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--regions", type=int, default=36)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--jit-compile", action="store_true")
+    parser.add_argument("--modes", default="model_step,full_loop")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    from uniter_tf.training.strategy import configure_logical_cpus
+
+    if args.replicas > 1:
+        configure_logical_cpus(args.replicas)
+    from uniter_tf.config import UniterConfig
+    from uniter_tf.data import pretraining_inputs
+    from uniter_tf.training.pretrain_config import PretrainConfig
+    from uniter_tf.training.pretrainer import Pretrainer
+
+    model_config = UniterConfig.resolve(args.model)
+    workdir = tempfile.mkdtemp(prefix="train-bench-")
+    _write_records(os.path.join(workdir, "train"), model_config,
+                   num_records=max(64, 4 * args.batch_size * args.replicas), tokens=args.tokens,
+                   regions=args.regions)
+    text_bucket = args.tokens + 2
+    options = {"batch_size": args.batch_size, "max_text_length": args.tokens, "text_bucket_boundaries": [text_bucket],
+               "region_bucket_boundaries": [args.regions], "shuffle_buffer": 64, "itm_negative_pool_size": 16}
+    strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(args.replicas)]) if args.replicas > 1 \
+        else tf.distribute.get_strategy()
+    config = PretrainConfig(model=args.model, train_files=[os.path.join(workdir, "train*")],
+                            output_dir=os.path.join(workdir, "run"), inputs=options, task_ratios={args.task: 1},
+                            num_train_steps=10_000, warmup_steps=10, precision=args.precision,
+                            jit_compile=args.jit_compile, progress_bar=False)
+    trainer = Pretrainer(config, strategy=strategy, log=lambda message: None)
+    results = {"model": args.model, "task": args.task, "precision": args.precision, "replicas": args.replicas,
+               "per_replica_batch": args.batch_size, "tokens": text_bucket, "regions": args.regions,
+               "jit_compile": args.jit_compile}
+    for mode in args.modes.split(","):
+        if mode == "model_step":
+            batch = next(iter(pretraining_inputs.build_task_dataset(
+                    args.task, config.train_files, model_config,
+                    pretraining_inputs.PretrainingInputConfig(**{**options, "batch_size": args.batch_size * args.replicas}),
+                    seed=1)))
+            dataset = tf.data.Dataset.from_tensors(batch).repeat()
+            trainer._iterators[args.task] = iter(strategy.experimental_distribute_dataset(dataset))
+        else:
+            trainer._iterators.pop(args.task, None)  # the real per-replica pipeline
+        times = []
+        for index in range(args.warmup + args.steps):
+            start = time.perf_counter()
+            trainer.train_update(args.task)
+            if index >= args.warmup:
+                times.append(time.perf_counter() - start)
+        seconds = statistics.median(times)
+        results[f"{mode}_seconds_per_update"] = round(seconds, 4)
+        results[f"{mode}_examples_per_second"] = round(args.batch_size * args.replicas / seconds, 2)
+    if "model_step_seconds_per_update" in results and "full_loop_seconds_per_update" in results:
+        results["input_pipeline_overhead_percent"] = round(
+                100.0 * (results["full_loop_seconds_per_update"] / results["model_step_seconds_per_update"] - 1.0), 1)
+    print(json.dumps(results, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

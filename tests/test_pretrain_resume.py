@@ -1,0 +1,71 @@
+"""`uniter pretrain` survives `kill -9`: rerunning the same command resumes from the last checkpoint."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+
+
+def _checkpoint_steps(run_dir):
+    return sorted(int(path.rsplit("-", 1)[1].split(".")[0])
+                  for path in glob.glob(os.path.join(run_dir, "checkpoints", "ckpt-*.index")))
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_kill_dash_nine_then_resume_reaches_the_final_step(tmp_path):
+    from uniter_tf.config import UniterConfig
+    from uniter_tf.training.synthetic_data import write_synthetic_records
+
+    write_synthetic_records(str(tmp_path / "data" / "train"), UniterConfig.from_preset("tiny"), num_images=24)
+    run_dir = tmp_path / "run"
+    config = {
+            "model": "tiny", "train_files": [str(tmp_path / "data" / "train*")], "output_dir": str(run_dir),
+            "inputs": {"batch_size": 4, "shuffle_buffer": 16, "itm_negative_pool_size": 8,
+                       "text_bucket_boundaries": [64], "region_bucket_boundaries": [16]},
+            "model_overrides": {"ot_iterations": 5}, "task_ratios": {"mlm": 1, "mrfr": 1},
+            "num_train_steps": 200, "warmup_steps": 2, "checkpoint_every": 5, "log_every": 5,
+            "progress_bar": False,
+    }
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config))
+    command = [sys.executable, "-m", "uniter_tf.cli", "pretrain", "--config", str(config_path)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not _checkpoint_steps(run_dir):
+            assert first.poll() is None, "the first run ended before writing a checkpoint"
+            time.sleep(0.5)
+        assert _checkpoint_steps(run_dir), "no checkpoint within 300 s"
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == -signal.SIGKILL
+    killed_at = _checkpoint_steps(run_dir)[-1]
+    assert 5 <= killed_at < 200
+
+    # Exactly the same command again: it must resume, not restart.
+    final_step = 200
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout + second.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from_step"] >= killed_at
+    assert summary["final_step"] == final_step
+    assert summary["updates_this_run"] == final_step - summary["resumed_from_step"]
+    assert _checkpoint_steps(run_dir)[-1] == final_step
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == final_step
+    assert (run_dir / "loss_curves.png").stat().st_size > 1000
+    assert glob.glob(str(run_dir / "tensorboard" / "events.out.tfevents.*"))

@@ -1,0 +1,34 @@
+"""``uniter pretrain``: multi-task UNITER pretraining (MLM, MRFR, MRC-kl, ITM+WRA) from a JSON config."""
+
+from __future__ import annotations
+
+NAME = "pretrain"
+HELP = ("Pretrain UNITER on canonical TFRecords (MLM / MRFR / MRC-kl / ITM+OT) from a JSON config; "
+        "rerunning the same command resumes from the last checkpoint.")
+
+
+def add_arguments(parser):
+    parser.add_argument("--config", help="JSON config (configs/pretrain_*.json); fields of PretrainConfig")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field; dotted keys for nested fields, JSON values "
+                             "(e.g. --set num_train_steps=100 --set inputs.batch_size=16); repeatable")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def run(args) -> int:
+    import json
+
+    from uniter_tf.training.pretrain_config import load_config
+
+    config = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        return 0
+    from uniter_tf.training.pretrainer import Pretrainer
+
+    trainer = Pretrainer(config)
+    summary = trainer.train()
+    if trainer.is_chief:
+        print(json.dumps({"final_step": summary["final_step"], "resumed_from_step": summary["resumed_from_step"],
+                          "evaluation": summary["evaluation"], "checkpoint": summary["checkpoint"]}, sort_keys=True))
+    return 0

@@ -1,0 +1,194 @@
+"""The pretraining run configuration: a JSON file plus ``--set key=value`` overrides.
+
+The file is one JSON object with the fields of :class:`PretrainConfig`; keys starting with ``_`` (such as
+``_command`` and ``_expect``, the command that runs the config and the result to expect) are comments.
+``inputs`` holds the :class:`~uniter_tf.data.pretraining_inputs.PretrainingInputConfig` fields and
+``model_overrides`` any :class:`~uniter_tf.config.UniterConfig` field. Overrides use dotted keys for nested
+objects (``--set inputs.batch_size=16``) and JSON values (``--set task_ratios='{"mlm": 1}'``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from uniter_tf.data.pretraining_inputs import PretrainingInputConfig, TASKS
+
+#: The official all-data mix (itm:mlm:mrfr:mrckl = 30:40:20:20 of 110 = 3:4:2:2), spec §3.9.
+DEFAULT_TASK_RATIOS = {"itm": 3, "mlm": 4, "mrfr": 2, "mrckl": 2}
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+INIT_TYPES = ("scratch", "bert", "official", "pretrained")
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """Everything a pretraining run needs.
+
+    Attributes:
+        model: a ``UniterConfig`` preset name or JSON path (``uniter-base``, ``tiny``, ...).
+        model_overrides: ``UniterConfig`` fields to change (e.g. dropout).
+        train_files: glob(s) of canonical GZIP TFRecord shards.
+        eval_files: held-out shards evaluated at the end (and every ``eval_every`` steps); may be empty.
+        output_dir: checkpoints (``checkpoints/``), TensorBoard (``tensorboard/``), ``metrics.jsonl``,
+            ``loss_curves.png`` and ``summary.json`` go here.
+        inputs: input-pipeline options (:class:`PretrainingInputConfig` fields).
+        task_ratios: task → mix ratio; one task is drawn per optimizer update, ``P ∝ ratio``.
+        num_train_steps: optimizer updates of the run (the LR reaches 0 there).
+        warmup_steps: linear warm-up updates.
+        learning_rate: peak learning rate.
+        beta_1: Adam β1.
+        beta_2: Adam β2.
+        epsilon: Adam ε.
+        weight_decay: decoupled weight decay (none on biases and LayerNorms).
+        grad_norm: global-norm clipping threshold; ``<= 0`` disables clipping (official ``-1``).
+        gradient_accumulation_steps: micro-batches per update (same task); gradients are summed.
+        precision: ``float32``, ``mixed_float16`` (GPU, dynamic loss scale per task) or ``mixed_bfloat16``
+            (CPU/TPU). The optimal-transport distance always runs in float32.
+        jit_compile: compile the forward/backward pass with XLA.
+        strategy: ``default``, ``one_device``, ``mirrored``, ``multi_worker_mirrored`` or ``tpu``.
+        logical_cpus: with ``mirrored`` on a CPU-only machine, split the CPU into this many devices.
+        tpu_address: TPU name/address for ``tpu`` (empty: this VM's TPU).
+        init: ``scratch``, ``bert`` (HF-BERT safetensors / MiniLM preset, text side), ``official``
+            (official UNITER ``.pt``/``.npz`` state dict) or ``pretrained`` (our own checkpoint directory).
+        init_path: the file or directory of ``init``.
+        max_masked_tokens: static K of masked tokens per example (XLA); ``null``: dynamic, exact.
+        max_masked_regions: static K of masked regions per example (XLA); ``null``: dynamic, exact.
+        checkpoint_every: updates between checkpoints (and at the end).
+        keep_checkpoints: checkpoints kept by the CheckpointManager.
+        log_every: updates between TensorBoard / ``metrics.jsonl`` records.
+        eval_every: updates between evaluations on ``eval_files`` (0: only at the end).
+        eval_batches: batches per task per evaluation.
+        progress_bar: show a Keras progress bar.
+        seed: run seed (task draws, masks, negatives, shuffles, initialisation, dropout).
+    """
+
+    model: str = "tiny"
+    model_overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    train_files: List[str] = dataclasses.field(default_factory=list)
+    eval_files: List[str] = dataclasses.field(default_factory=list)
+    output_dir: str = "runs/pretrain"
+    inputs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    task_ratios: Dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_TASK_RATIOS))
+    num_train_steps: int = 200_000
+    warmup_steps: int = 10_000
+    learning_rate: float = 5e-5
+    beta_1: float = 0.9
+    beta_2: float = 0.98
+    epsilon: float = 1e-6
+    weight_decay: float = 0.01
+    grad_norm: float = 5.0
+    gradient_accumulation_steps: int = 1
+    precision: str = "float32"
+    jit_compile: bool = False
+    strategy: str = "default"
+    logical_cpus: int = 0
+    tpu_address: str = ""
+    init: str = "scratch"
+    init_path: str = ""
+    max_masked_tokens: Optional[int] = None
+    max_masked_regions: Optional[int] = None
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    eval_every: int = 0
+    eval_batches: int = 20
+    progress_bar: bool = True
+    seed: int = 42
+
+    def __post_init__(self):
+        if isinstance(self.train_files, str):
+            self.train_files = [self.train_files]
+        if isinstance(self.eval_files, str):
+            self.eval_files = [self.eval_files] if self.eval_files else []
+        unknown_tasks = sorted(set(self.task_ratios) - set(TASKS))
+        if unknown_tasks:
+            raise ValueError(f"task_ratios: unknown tasks {unknown_tasks}; known: {TASKS}")
+        if not self.task_ratios or any(float(ratio) < 0 for ratio in self.task_ratios.values()) \
+                or sum(float(ratio) for ratio in self.task_ratios.values()) <= 0:
+            raise ValueError(f"task_ratios must be non-negative with a positive sum, got {self.task_ratios}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.init not in INIT_TYPES:
+            raise ValueError(f"init must be one of {INIT_TYPES}, got {self.init!r}")
+        if self.init != "scratch" and not self.init_path:
+            raise ValueError(f"init={self.init!r} needs init_path")
+        if self.num_train_steps < 1 or self.warmup_steps < 0 or self.warmup_steps >= self.num_train_steps:
+            raise ValueError(f"need num_train_steps >= 1 and 0 <= warmup_steps < num_train_steps, got "
+                             f"{self.num_train_steps} / {self.warmup_steps}")
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError(f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
+        for name in ("checkpoint_every", "keep_checkpoints", "log_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        # Validate the input options now, so a typo fails before any TensorFlow work.
+        self.input_config()
+
+    def input_config(self) -> PretrainingInputConfig:
+        """The input-pipeline options as a :class:`PretrainingInputConfig`."""
+        return PretrainingInputConfig.from_dict(self.inputs)
+
+    def active_tasks(self) -> List[str]:
+        """Tasks with a positive ratio, in a fixed order."""
+        return [task for task in TASKS if float(self.task_ratios.get(task, 0)) > 0]
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The config as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "PretrainConfig":
+        """Builds a config; ``_``-prefixed keys are comments, unknown keys raise ``ValueError``."""
+        values = {key: value for key, value in values.items() if not key.startswith("_")}
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown pretraining config keys: {unknown}")
+        return cls(**values)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare string such as a path or a preset name
+
+
+def apply_overrides(values: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """Applies ``key=value`` overrides (dotted keys for nested objects; values parsed as JSON).
+
+    Raises:
+        ValueError: an override without ``=``.
+    """
+    values = json.loads(json.dumps(values))
+    for override in overrides:
+        if "=" not in override:
+            raise ValueError(f"--set expects key=value, got {override!r}")
+        key, text = override.split("=", 1)
+        target = values
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"--set {key}: {part!r} is not an object")
+        target[parts[-1]] = _parse_value(text)
+    return values
+
+
+def load_config(path: Optional[Union[str, os.PathLike]] = None, overrides: Sequence[str] = ()) -> PretrainConfig:
+    """Reads a JSON config file (optional) and applies ``overrides``.
+
+    Paths in ``train_files`` / ``eval_files`` / ``init_path`` / ``output_dir`` stay as written (relative
+    to the working directory, as the configs' ``_command`` lines assume).
+    """
+    values: Dict[str, Any] = {}
+    if path:
+        with open(path, encoding="utf-8") as handle:
+            values = json.load(handle)
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: a pretraining config must be a JSON object")
+    return PretrainConfig.from_dict(apply_overrides(values, overrides))
+
+
+__all__ = ["PretrainConfig", "DEFAULT_TASK_RATIOS", "PRECISIONS", "INIT_TYPES", "apply_overrides", "load_config"]

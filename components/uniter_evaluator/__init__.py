@@ -1,0 +1,1 @@
+"""The UNITER evaluation gate (a custom TFX component: Spec / Executor / Component)."""

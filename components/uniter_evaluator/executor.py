@@ -1,0 +1,150 @@
+"""Executor of the UNITER evaluation gate."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List
+
+from absl import logging
+from tfx import types
+from tfx.dsl.components.base import base_executor
+from tfx.dsl.io import fileio
+from tfx.types import artifact_utils
+from tfx.utils import io_utils, path_utils
+
+from components.uniter_evaluator import evaluation
+from components.uniter_evaluator import metrics as metrics_lib
+from components.uniter_evaluator import spec as spec_lib
+
+# The custom properties TFX's Evaluator sets on its ModelBlessing (tfx.components.evaluator.constants);
+# Pusher reads `blessed`, LatestBlessedModelStrategy reads `blessed` and `current_model_id`.
+BLESSED_KEY = "blessed"
+CURRENT_MODEL_KEY = "current_model"
+CURRENT_MODEL_ID_KEY = "current_model_id"
+BASELINE_MODEL_KEY = "baseline_model"
+BASELINE_MODEL_ID_KEY = "baseline_model_id"
+BLESSING_MESSAGE_KEY = "blessing_message"
+BLESSED_FILE_NAME = "BLESSED"
+NOT_BLESSED_FILE_NAME = "NOT_BLESSED"
+METRICS_FILE_NAME = "metrics.json"
+PREFERRED_SIGNATURE = "serve_examples"
+
+
+def read_split_records(examples_artifact: types.Artifact, split: str) -> List[bytes]:
+    """Reads every serialized record of one split of an ``Examples`` artifact (GZIP or plain TFRecords)."""
+    import tensorflow as tf
+
+    split_uri = artifact_utils.get_split_uri([examples_artifact], split)
+    files = sorted(path for path in fileio.glob(os.path.join(split_uri, "*")) if not fileio.isdir(path))
+    if not files:
+        raise ValueError(f"split {split!r} of {examples_artifact.uri} holds no files")
+    records = []
+    for path in files:
+        compression = "GZIP" if path.endswith(".gz") else ""
+        records.extend(record.numpy() for record in tf.data.TFRecordDataset(path, compression_type=compression))
+    return records
+
+
+def load_scorer(model_dir: str) -> evaluation.Scorer:
+    """Loads a SavedModel and returns the scorer over its serialized-records signature.
+
+    The signature is the one whose only input is a string tensor and whose outputs include
+    ``itm_logits`` (the export's ``serve_examples``-style signature).
+
+    Raises:
+        ValueError: the SavedModel has no such signature.
+    """
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  pylint: disable=unused-import  (registers the tokenizer ops)
+
+    loaded = tf.saved_model.load(model_dir)
+    # serve_examples first (the export's name for it), then any signature of the same shape.
+    ordered = sorted(loaded.signatures.items(), key=lambda item: (item[0] != PREFERRED_SIGNATURE, item[0]))
+    for name, function in ordered:
+        _, input_specs = function.structured_input_signature
+        output_names = set(function.structured_outputs)
+        if (len(input_specs) == 1 and next(iter(input_specs.values())).dtype == tf.string
+                and evaluation.ITM_LOGITS in output_names):
+            input_name = next(iter(input_specs))
+            logging.info("UniterEvaluator: scoring %s with signature %r", model_dir, name)
+
+            def scorer(serialized, function=function, input_name=input_name):
+                outputs = function(**{input_name: tf.constant(list(serialized), dtype=tf.string)})
+                return {key: value.numpy() for key, value in outputs.items()}
+
+            scorer.loaded_model = loaded  # keeps the variables alive as long as the scorer
+            return scorer
+    raise ValueError(f"the SavedModel at {model_dir} has no signature that takes serialized records and "
+                     f"returns {evaluation.ITM_LOGITS!r}; signatures: {sorted(loaded.signatures)}")
+
+
+class Executor(base_executor.BaseExecutor):
+    """Evaluates the candidate (and the baseline) and writes ModelBlessing + ModelEvaluation."""
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        self._log_startup(input_dict, output_dict, exec_properties)
+        examples = artifact_utils.get_single_instance(input_dict[spec_lib.EXAMPLES_KEY])
+        model = artifact_utils.get_single_instance(input_dict[spec_lib.MODEL_KEY])
+        baseline_models = input_dict.get(spec_lib.BASELINE_MODEL_KEY) or []
+        baseline = baseline_models[0] if baseline_models else None
+        blessing = artifact_utils.get_single_instance(output_dict[spec_lib.BLESSING_KEY])
+        evaluation_artifact = artifact_utils.get_single_instance(output_dict[spec_lib.EVALUATION_KEY])
+
+        split = exec_properties[spec_lib.EVAL_SPLIT_KEY]
+        lower_bounds = json.loads(exec_properties.get(spec_lib.LOWER_BOUNDS_KEY) or "{}")
+        max_regression = json.loads(exec_properties.get(spec_lib.MAX_REGRESSION_KEY) or "{}")
+        batch_size = int(exec_properties.get(spec_lib.BATCH_SIZE_KEY) or 32)
+        max_gallery_texts = int(exec_properties.get(spec_lib.MAX_GALLERY_TEXTS_KEY) or 1000)
+
+        serialized = read_split_records(examples, split)
+        for task_examples in input_dict.get(spec_lib.TASK_EXAMPLES_KEY) or []:
+            serialized.extend(read_split_records(task_examples, split))
+        records = evaluation.EvalRecords(serialized)
+        model_dir = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
+        candidate_metrics = evaluation.evaluate(load_scorer(model_dir), records, batch_size, max_gallery_texts)
+        logging.info("UniterEvaluator: candidate metrics %s", candidate_metrics)
+
+        baseline_metrics = None
+        if baseline is not None and baseline.id != model.id:
+            baseline_dir = path_utils.serving_model_path(baseline.uri, path_utils.is_old_model_artifact(baseline))
+            baseline_metrics = evaluation.evaluate(load_scorer(baseline_dir), records, batch_size,
+                                                   max_gallery_texts)
+            logging.info("UniterEvaluator: baseline (model id %s) metrics %s", baseline.id, baseline_metrics)
+
+        blessed, reasons = metrics_lib.bless(candidate_metrics, lower_bounds, baseline_metrics, max_regression)
+        if blessed:
+            message = ("blessed: thresholds met" + (" and no regression against the last blessed model"
+                                                    if baseline_metrics is not None else
+                                                    " (no blessed baseline yet)"))
+        else:
+            message = "not blessed: " + "; ".join(reasons)
+        logging.info("UniterEvaluator: %s", message)
+
+        report = {
+                "blessed": blessed,
+                "message": message,
+                "failed_checks": list(reasons),
+                "eval_split": split,
+                "metrics": candidate_metrics,
+                "baseline_metrics": baseline_metrics,
+                "baseline_model_id": baseline.id if baseline is not None else None,
+                "lower_bounds": lower_bounds,
+                "max_regression": max_regression,
+                "model": model.uri,
+        }
+        report_text = json.dumps(report, indent=2, sort_keys=True)
+        io_utils.write_string_file(os.path.join(evaluation_artifact.uri, METRICS_FILE_NAME), report_text)
+        io_utils.write_string_file(os.path.join(blessing.uri, METRICS_FILE_NAME), report_text)
+        io_utils.write_string_file(
+                os.path.join(blessing.uri, BLESSED_FILE_NAME if blessed else NOT_BLESSED_FILE_NAME), "")
+        blessing.set_string_custom_property(CURRENT_MODEL_KEY, model.uri)
+        blessing.set_int_custom_property(CURRENT_MODEL_ID_KEY, model.id)
+        if baseline is not None:
+            blessing.set_string_custom_property(BASELINE_MODEL_KEY, baseline.uri)
+            blessing.set_int_custom_property(BASELINE_MODEL_ID_KEY, baseline.id)
+        blessing.set_string_custom_property(BLESSING_MESSAGE_KEY, message)
+        blessing.set_int_custom_property(BLESSED_KEY, 1 if blessed else 0)
+        for name, value in candidate_metrics.items():
+            evaluation_artifact.set_float_custom_property(name, float(value))

@@ -1,0 +1,97 @@
+"""Runs the uniter-tf pipeline locally: LocalDagRunner, SQLite ML Metadata, Beam DirectRunner.
+
+    python pipeline/local_runner.py                         # or: python -m pipeline.local_runner
+    tfx pipeline create --engine=local --pipeline_path=pipeline/local_runner.py
+    tfx run create --engine=local --pipeline_name=uniter-tf
+
+Settings come from :mod:`pipeline.configs` (override with ``UNITER_*`` environment variables). The
+sample data is generated into ``UNITER_SAMPLE_DATA_DIR`` with ``uniter sample-data`` when it is absent.
+"""
+
+import os
+import sys
+from typing import Dict, List
+
+# The TFX CLI runs this file as a script with pipeline/ first on sys.path, where `pipeline.py` would
+# shadow the `pipeline` package: put the repository root first.
+_REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(globals().get("__file__") or sys.argv[0])))
+if sys.path[:1] != [_REPOSITORY_ROOT]:
+    sys.path.insert(0, _REPOSITORY_ROOT)
+
+from absl import logging  # noqa: E402
+from tfx import v1 as tfx  # noqa: E402
+
+from pipeline import configs  # noqa: E402
+from pipeline import pipeline as pipeline_lib  # noqa: E402
+
+#: Sample-data size of the embedded run.
+SAMPLE_NUM_IMAGES = 32
+
+
+def ensure_sample_data(data_root: str, num_images: int = SAMPLE_NUM_IMAGES, seed: int = 0) -> str:
+    """Generates the deterministic sample data into ``data_root`` unless it is already there."""
+    if os.path.exists(os.path.join(data_root, "vqa_annotations.json")):
+        return data_root
+    from uniter_tf.data import sample_data  # pylint: disable=import-outside-toplevel
+
+    counts = sample_data.generate(data_root, sample_data.SampleDataConfig(num_images=num_images, seed=seed))
+    logging.info("generated sample data in %s: %s", data_root, counts)
+    return data_root
+
+
+def node_states(metadata_path: str, pipeline_name: str) -> Dict[str, List[str]]:
+    """Per pipeline node, the states of its executions in ML Metadata, oldest first.
+
+    States are MLMD's names: ``COMPLETE`` (ran), ``CACHED`` (skipped, outputs reused), ``FAILED``, ...
+
+    Args:
+        metadata_path: the SQLite MLMD file.
+        pipeline_name: the pipeline (node contexts are named ``<pipeline>.<node id>``).
+    """
+    import ml_metadata as mlmd  # pylint: disable=import-outside-toplevel
+    from ml_metadata.proto import metadata_store_pb2  # pylint: disable=import-outside-toplevel
+
+    store = mlmd.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path))
+    states: Dict[str, List[str]] = {}
+    prefix = f"{pipeline_name}."
+    for context in store.get_contexts_by_type("node"):
+        if not context.name.startswith(prefix):
+            continue
+        executions = sorted(store.get_executions_by_context(context.id), key=lambda execution: execution.id)
+        states[context.name[len(prefix):]] = [
+                metadata_store_pb2.Execution.State.Name(execution.last_known_state) for execution in executions]
+    return states
+
+
+def build_local_pipeline(enable_cache: bool = True, include_pretraining: bool = True) -> tfx.dsl.Pipeline:
+    """The pipeline with the embedded local settings (SQLite MLMD under the pipeline root)."""
+    ensure_sample_data(configs.SAMPLE_DATA_DIR)
+    os.makedirs(os.path.dirname(configs.METADATA_PATH), exist_ok=True)
+    return pipeline_lib.create_pipeline(
+            pipeline_name=configs.PIPELINE_NAME,
+            pipeline_root=configs.PIPELINE_ROOT,
+            data_root=configs.SAMPLE_DATA_DIR,
+            serving_model_dir=configs.SERVING_MODEL_DIR,
+            metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+                    configs.METADATA_PATH),
+            beam_pipeline_args=configs.BEAM_PIPELINE_ARGS,
+            enable_cache=enable_cache,
+            model_preset=configs.MODEL_PRESET,
+            pretrain_steps=configs.PRETRAIN_TRAIN_STEPS,
+            finetune_steps=configs.FINETUNE_TRAIN_STEPS,
+            eval_steps=configs.EVAL_STEPS,
+            batch_size=configs.BATCH_SIZE,
+            eval_lower_bounds=configs.EVAL_LOWER_BOUNDS,
+            eval_max_regression=configs.EVAL_MAX_REGRESSION,
+            include_pretraining=include_pretraining,
+    )
+
+
+def run() -> None:
+    """Runs the embedded pipeline with LocalDagRunner."""
+    tfx.orchestration.LocalDagRunner().run(build_local_pipeline())
+
+
+if __name__ == "__main__":
+    logging.set_verbosity(logging.INFO)
+    run()

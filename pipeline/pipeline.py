@@ -1,0 +1,244 @@
+"""The uniter-tf TFX pipeline: images → region features → examples → pretrain → fine-tune → gate → push.
+
+::
+
+    Importer(images) ─► RegionFeatureExtractor ─┬─► UniterExampleGen (captions) ─► StatisticsGen ─► SchemaGen
+                                                │          │                         └──────────────► ExampleValidator
+                                                │          ├─► Trainer (pretrain, pretrain_module.run_fn)
+                                                │          │          │ base_model
+                                                └─► UniterExampleGen (VQA) ─► Trainer (fine-tune, finetune_module.run_fn)
+                                                                                     │
+              Resolver (LatestBlessedModelStrategy, reads MLMD) ─► baseline ─► UniterEvaluator ─► Pusher
+
+The caption records train pretraining and feed the gate's ITM / retrieval metrics, the VQA records train
+fine-tuning and the gate's VQA score. The data components run on Beam (``beam_pipeline_args`` select
+DirectRunner, Dataflow, Flink or Spark); the same factory serves the local runner, the TFX CLI and the
+Kubeflow V2 / Vertex compilation.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Mapping, Optional
+
+from tfx import v1 as tfx
+
+from components.artifacts import Images
+from components.region_feature_extractor.component import RegionFeatureExtractor
+from components.uniter_evaluator.component import UniterEvaluator
+from components.uniter_example_gen.component import UniterExampleGen
+
+PIPELINE_DIRECTORY = os.path.dirname(os.path.abspath(__file__))
+PRETRAIN_MODULE_FILE = os.path.join(PIPELINE_DIRECTORY, "pretrain_module.py")
+FINETUNE_MODULE_FILE = os.path.join(PIPELINE_DIRECTORY, "finetune_module.py")
+
+#: Node ids (stable: MLMD contexts and caching key on them).
+IMAGE_IMPORTER = "ImageImporter"
+FEATURE_EXTRACTOR = "RegionFeatureExtractor"
+CAPTION_EXAMPLE_GEN = "CaptionExampleGen"
+VQA_EXAMPLE_GEN = "VqaExampleGen"
+STATISTICS_GEN = "StatisticsGen"
+SCHEMA_GEN = "SchemaGen"
+EXAMPLE_VALIDATOR = "ExampleValidator"
+PRETRAIN_TRAINER = "PretrainTrainer"
+FINETUNE_TRAINER = "FinetuneTrainer"
+BLESSED_MODEL_RESOLVER = "LatestBlessedModelResolver"
+EVALUATOR = "UniterEvaluator"
+PUSHER = "Pusher"
+
+
+def region_feature_dim(detector_path: Optional[str], num_classes: int) -> Dict[str, int]:
+    """The record widths the detector produces: ``region_feature_dim`` and ``num_soft_labels``.
+
+    The default detector (SSD-MobileNet-v2) pools two feature maps of 576 + 1280 channels over 91 COCO
+    classes; another detector must be described by the caller (``model_overrides``).
+    """
+    if detector_path is not None:
+        raise ValueError("with a custom detector, give model_overrides={'region_feature_dim': D, "
+                         "'num_soft_labels': C} for its feature width and classes")
+    from uniter_tf.extraction import ssd_mobilenet  # pylint: disable=import-outside-toplevel
+
+    return {"region_feature_dim": int(sum(ssd_mobilenet.FEATURE_MAP_CHANNELS)), "num_soft_labels": int(num_classes)}
+
+
+def _trainer_code(module_file: str, run_fn: Optional[str]) -> Dict[str, str]:
+    return {"run_fn": run_fn} if run_fn else {"module_file": module_file}
+
+
+def create_pipeline(
+        pipeline_name: str,
+        pipeline_root: str,
+        data_root: str,
+        serving_model_dir: str,
+        *,
+        metadata_connection_config=None,
+        beam_pipeline_args: Optional[List[str]] = None,
+        enable_cache: bool = True,
+        model_preset: str = "tiny",
+        model_overrides: Optional[Mapping[str, Any]] = None,
+        detector_path: Optional[str] = None,
+        num_detector_classes: int = 91,
+        min_boxes: int = 4,
+        max_boxes: int = 16,
+        eval_fraction: float = 0.25,
+        pretrain_steps: int = 20,
+        finetune_steps: int = 20,
+        eval_steps: int = 5,
+        batch_size: int = 8,
+        pretrain_config: Optional[Mapping[str, Any]] = None,
+        finetune_config: Optional[Mapping[str, Any]] = None,
+        eval_lower_bounds: Optional[Mapping[str, float]] = None,
+        eval_max_regression: Optional[Mapping[str, float]] = None,
+        pretrain_module_file: str = PRETRAIN_MODULE_FILE,
+        finetune_module_file: str = FINETUNE_MODULE_FILE,
+        pretrain_run_fn: Optional[str] = None,
+        finetune_run_fn: Optional[str] = None,
+        include_pretraining: bool = True,
+) -> tfx.dsl.Pipeline:
+    """Builds the pipeline.
+
+    Args:
+        pipeline_name: the pipeline's name (MLMD context; the TFX CLI keys on it).
+        pipeline_root: artifact root.
+        data_root: the raw data, laid out as ``uniter sample-data`` writes it: ``images/``,
+            ``captions.json`` (COCO), ``vqa_questions.json`` and ``vqa_annotations.json`` (VQA v2).
+        serving_model_dir: the Pusher's base directory (TF Serving layout ``<base>/<version>/``).
+        metadata_connection_config: MLMD connection (the local runner's SQLite); None for orchestrators
+            that bring their own (Kubeflow / Vertex).
+        beam_pipeline_args: Beam options of the data components.
+        enable_cache: skip components whose inputs and properties are unchanged (per MLMD).
+        model_preset: :class:`uniter_tf.config.UniterConfig` preset of both trainers.
+        model_overrides: fields changed on top of the preset; the region feature width and the number of
+            soft labels are derived from the detector when not given here.
+        detector_path: the extraction detector (None: the default SSD-MobileNet-v2).
+        num_detector_classes: its classes incl. background (the soft-label width).
+        min_boxes: UNITER box rule minimum of the extraction.
+        max_boxes: UNITER box rule maximum of the extraction.
+        eval_fraction: share of images whose texts go to the eval split.
+        pretrain_steps: pretraining updates.
+        finetune_steps: fine-tuning updates.
+        eval_steps: validation batches of each trainer.
+        batch_size: examples per training batch.
+        pretrain_config: more ``custom_config`` for the pretraining run_fn.
+        finetune_config: more :class:`uniter_tf.training.finetune.FinetuneConfig` fields.
+        eval_lower_bounds: the gate's value thresholds (metric → minimum).
+        eval_max_regression: the gate's change thresholds (metric → largest drop vs. the last blessed model).
+        pretrain_module_file: the pretraining Trainer's module (TFX packages it; its content is part of
+            the cache key).
+        finetune_module_file: the fine-tuning Trainer's module.
+        pretrain_run_fn: instead of the module file, the import path of the pretraining ``run_fn``
+            (``pipeline.pretrain_module.run_fn``), for images that install the project (Kubeflow).
+        finetune_run_fn: the same for fine-tuning.
+        include_pretraining: False leaves out the pretraining Trainer; fine-tuning then starts from a
+            randomly initialised backbone (for checkouts without a pretraining module; the demo says so).
+
+    Returns:
+        The ``tfx.dsl.Pipeline``.
+    """
+    from uniter_tf.config import UniterConfig  # pylint: disable=import-outside-toplevel
+
+    overrides = dict(model_overrides or {})
+    if "region_feature_dim" not in overrides or "num_soft_labels" not in overrides:
+        derived = region_feature_dim(detector_path, num_detector_classes)
+        for key, value in derived.items():
+            overrides.setdefault(key, value)
+    UniterConfig.from_preset(model_preset, **overrides)  # fail at definition time on a bad override
+    # Both trainers get the same preset and overrides, so they build identical backbones.
+    model_settings: Dict[str, Any] = {"model_config": model_preset, "model_overrides": overrides}
+
+    image_importer = tfx.dsl.Importer(
+            source_uri=os.path.join(data_root, "images"), artifact_type=Images).with_id(IMAGE_IMPORTER)
+    feature_extractor = RegionFeatureExtractor(
+            images=image_importer.outputs["result"], image_pattern="*.png", detector_path=detector_path,
+            num_classes=num_detector_classes, min_boxes=min_boxes, max_boxes=max_boxes).with_id(FEATURE_EXTRACTOR)
+    ingest_options = {
+            "feature_dim": overrides["region_feature_dim"],
+            "eval_fraction": eval_fraction,
+            # The extraction already applied the UNITER box rule; keep every stored region.
+            "conf_threshold": None,
+            "min_boxes": min_boxes,
+            "max_boxes": max_boxes,
+            # COCO / VQA annotations name images by number, the extracted records by file name.
+            "image_key_mode": "numeric",
+    }
+    caption_example_gen = UniterExampleGen(
+            annotation_format="coco", annotations=[os.path.join(data_root, "captions.json")],
+            features=feature_extractor.outputs["region_features"],
+            ingest_options=ingest_options).with_id(CAPTION_EXAMPLE_GEN)
+    vqa_example_gen = UniterExampleGen(
+            annotation_format="vqa", annotations=[os.path.join(data_root, "vqa_questions.json")],
+            annotations2=[os.path.join(data_root, "vqa_annotations.json")],
+            features=feature_extractor.outputs["region_features"],
+            ingest_options=ingest_options).with_id(VQA_EXAMPLE_GEN)
+
+    statistics_gen = tfx.components.StatisticsGen(
+            examples=caption_example_gen.outputs["examples"]).with_id(STATISTICS_GEN)
+    schema_gen = tfx.components.SchemaGen(
+            statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False).with_id(SCHEMA_GEN)
+    example_validator = tfx.components.ExampleValidator(
+            statistics=statistics_gen.outputs["statistics"],
+            schema=schema_gen.outputs["schema"]).with_id(EXAMPLE_VALIDATOR)
+
+    pretrain_trainer = None
+    if include_pretraining:
+        pretrain_custom_config = {**model_settings, "batch_size": batch_size}
+        pretrain_custom_config.update(pretrain_config or {})
+        pretrain_trainer = tfx.components.Trainer(
+                **_trainer_code(pretrain_module_file, pretrain_run_fn),
+                examples=caption_example_gen.outputs["examples"],
+                schema=schema_gen.outputs["schema"],
+                train_args=tfx.proto.TrainArgs(num_steps=pretrain_steps),
+                eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
+                custom_config=pretrain_custom_config).with_id(PRETRAIN_TRAINER)
+
+    finetune_custom_config = {
+            "task": "vqa",
+            **model_settings,
+            "train_batch_size": batch_size,
+            "eval_batch_size": batch_size,
+            "learning_rate": 5e-4,
+            "warmup_steps": max(1, finetune_steps // 10),
+            "valid_steps": finetune_steps,
+            "log_every": max(1, finetune_steps // 4),
+    }
+    finetune_custom_config.update(finetune_config or {})
+    finetune_trainer = tfx.components.Trainer(
+            **_trainer_code(finetune_module_file, finetune_run_fn),
+            examples=vqa_example_gen.outputs["examples"],
+            base_model=pretrain_trainer.outputs["model"] if pretrain_trainer is not None else None,
+            train_args=tfx.proto.TrainArgs(num_steps=finetune_steps),
+            eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
+            custom_config=finetune_custom_config).with_id(FINETUNE_TRAINER)
+
+    # The last blessed model of this pipeline, looked up in ML Metadata, is the gate's baseline.
+    blessed_model_resolver = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id(BLESSED_MODEL_RESOLVER)
+    evaluator = UniterEvaluator(
+            examples=caption_example_gen.outputs["examples"],
+            task_examples=vqa_example_gen.outputs["examples"],
+            model=finetune_trainer.outputs["model"],
+            baseline_model=blessed_model_resolver.outputs["model"],
+            lower_bounds=eval_lower_bounds,
+            max_regression=eval_max_regression,
+            batch_size=32).with_id(EVALUATOR)
+    pusher = tfx.components.Pusher(
+            model=finetune_trainer.outputs["model"],
+            model_blessing=evaluator.outputs["blessing"],
+            push_destination=tfx.proto.PushDestination(
+                    filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)),
+    ).with_id(PUSHER)
+
+    components = [image_importer, feature_extractor, caption_example_gen, vqa_example_gen, statistics_gen,
+                  schema_gen, example_validator, pretrain_trainer, finetune_trainer, blessed_model_resolver,
+                  evaluator, pusher]
+    return tfx.dsl.Pipeline(
+            pipeline_name=pipeline_name,
+            pipeline_root=pipeline_root,
+            components=[component for component in components if component is not None],
+            enable_cache=enable_cache,
+            metadata_connection_config=metadata_connection_config,
+            beam_pipeline_args=list(beam_pipeline_args or []),
+    )

@@ -1,0 +1,48 @@
+"""``uniter finetune``: fine-tune a downstream task (VQA first) from a pretraining checkpoint."""
+
+from __future__ import annotations
+
+NAME = "finetune"
+HELP = ("Fine-tune a downstream task (vqa) from a pretraining checkpoint; writes checkpoints, validation "
+        "metrics, predictions and a SavedModel.")
+
+
+def add_arguments(parser):
+    parser.add_argument("--task", required=True, help="Task name (registered tasks: vqa).")
+    parser.add_argument("--config", required=True,
+                        help="Fine-tuning JSON config (see configs/finetune_vqa_tiny.json for the keys).")
+    parser.add_argument("--train-files", nargs="+", default=None, help="Override: training record globs.")
+    parser.add_argument("--eval-files", nargs="+", default=None, help="Override: validation record globs.")
+    parser.add_argument("--pretrained-checkpoint", default=None,
+                        help="Override: pretraining checkpoint (directory or prefix) to start from.")
+    parser.add_argument("--output-dir", default=None, help="Override: output directory.")
+    parser.add_argument("--num-train-steps", type=int, default=None, help="Override: number of updates.")
+    parser.add_argument("--no-export", action="store_true", help="Do not write the SavedModel at the end.")
+
+
+def run(args) -> int:
+    import json
+    import logging
+
+    from uniter_tf.training import finetune
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    overrides = {
+            "task": args.task,
+            "train_files": args.train_files,
+            "eval_files": args.eval_files,
+            "pretrained_checkpoint": args.pretrained_checkpoint,
+            "output_dir": args.output_dir,
+            "num_train_steps": args.num_train_steps,
+    }
+    if args.no_export:
+        overrides["export"] = False
+    try:
+        config = finetune.FinetuneConfig.from_json(args.config, **overrides)
+    except (OSError, ValueError) as error:
+        print(f"uniter finetune: {error}")
+        return 2
+    result = finetune.FinetuneRun(config).train()
+    summary = {key: result[key] for key in ("step", "train", "eval", "checkpoint", "export_dir", "restored_from")}
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0

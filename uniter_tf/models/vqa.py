@@ -1,0 +1,268 @@
+"""VQA: the head, targets, loss and VQA score of the official ``UniterForVisualQuestionAnswering``.
+
+Spec §5.1: pooled ``[CLS]`` → Linear(H, 2H) → exact (erf) GELU → LayerNorm(2H, eps 1e-12) →
+Linear(2H, #answers). Loss: binary cross-entropy with logits against the dense soft-score target,
+mean over all entries × #answers (= summed over answers, averaged over questions). The head's learning
+rate is 10× the base rate. Metric: the target soft score of the argmax answer.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from uniter_tf.models.task import DownstreamTask, register_task
+
+ANSWER_LABELS_KEY = "answer_labels"
+ANSWER_SCORES_KEY = "answer_scores"
+VQA_TARGET_KEY = "vqa_target"
+#: Size of the official answer vocabulary (``utils/ans2label.json``).
+OFFICIAL_NUM_ANSWERS = 3129
+
+#: Official state-dict key → (sub-layer name, variable name, transpose?). Indices 1 (GELU) carries no
+#: parameters, as in the official ``nn.Sequential``.
+OFFICIAL_HEAD_PARAMETERS: Dict[str, Tuple[str, str, bool]] = {
+        "vqa_output.0.weight": ("dense_expand", "kernel", True),
+        "vqa_output.0.bias": ("dense_expand", "bias", False),
+        "vqa_output.2.weight": ("layer_norm", "gamma", False),
+        "vqa_output.2.bias": ("layer_norm", "beta", False),
+        "vqa_output.3.weight": ("answer_classifier", "kernel", True),
+        "vqa_output.3.bias": ("answer_classifier", "bias", False),
+}
+
+
+@keras.saving.register_keras_serializable(package="uniter_tf")
+class VqaHead(keras.layers.Layer):
+    """The VQA answer classifier on top of the pooled ``[CLS]`` output.
+
+    Args:
+        hidden_size: H, the backbone's hidden size.
+        num_answers: size of the answer vocabulary (3129 for the official VQA v2 vocabulary).
+        initializer_range: standard deviation of the normal kernel initialiser (official 0.02).
+        layer_norm_epsilon: LayerNorm epsilon (official 1e-12).
+        **kwargs: passed to ``keras.layers.Layer``.
+    """
+
+    def __init__(self, hidden_size: int, num_answers: int = OFFICIAL_NUM_ANSWERS,
+                 initializer_range: float = 0.02, layer_norm_epsilon: float = 1e-12, **kwargs):
+        super().__init__(**kwargs)
+        if hidden_size <= 0 or num_answers <= 0:
+            raise ValueError(f"VqaHead needs hidden_size > 0 and num_answers > 0, got {hidden_size}, "
+                             f"{num_answers}")
+        self.hidden_size = hidden_size
+        self.num_answers = num_answers
+        self.initializer_range = initializer_range
+        self.layer_norm_epsilon = layer_norm_epsilon
+        kernel_initializer = keras.initializers.RandomNormal(stddev=initializer_range)
+        self.dense_expand = keras.layers.Dense(2 * hidden_size, kernel_initializer=kernel_initializer,
+                                               name="dense_expand")
+        self.layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="layer_norm")
+        self.answer_classifier = keras.layers.Dense(num_answers, kernel_initializer=kernel_initializer,
+                                                    name="answer_classifier")
+
+    def build(self, input_shape=None):
+        self.dense_expand.build((None, self.hidden_size))
+        self.layer_norm.build((None, 2 * self.hidden_size))
+        self.answer_classifier.build((None, 2 * self.hidden_size))
+        self.built = True
+
+    def call(self, encoder_outputs: Union[Mapping[str, tf.Tensor], tf.Tensor],
+             training: Optional[bool] = None) -> tf.Tensor:
+        """Maps the backbone outputs (or ``pooled_output`` itself) to answer logits ``[B, #answers]``."""
+        pooled_output = (encoder_outputs["pooled_output"] if isinstance(encoder_outputs, Mapping)
+                         else encoder_outputs)
+        hidden = self.dense_expand(pooled_output)
+        hidden = keras.activations.gelu(hidden, approximate=False)
+        hidden = self.layer_norm(hidden)
+        return self.answer_classifier(hidden)
+
+    def official_weight_map(self) -> Dict[str, Tuple[keras.Variable, bool]]:
+        """Official state-dict key → (this layer's variable, whether the array must be transposed)."""
+        if not self.built:
+            self.build()
+        mapping = {}
+        for official_key, (sublayer_name, variable_name, transpose) in OFFICIAL_HEAD_PARAMETERS.items():
+            sublayer = getattr(self, sublayer_name)
+            mapping[official_key] = (getattr(sublayer, variable_name), transpose)
+        return mapping
+
+    def load_official_weights(self, state_dict: Mapping[str, np.ndarray], prefix: str = "") -> None:
+        """Assigns the official ``vqa_output.*`` parameters.
+
+        Args:
+            state_dict: official key → numpy array (PyTorch layout: Linear weights are ``[out, in]``).
+            prefix: a prefix in front of ``vqa_output`` in the keys, if any.
+
+        Raises:
+            KeyError: if a parameter is missing; ValueError: if a shape does not match.
+        """
+        for official_key, (variable, transpose) in self.official_weight_map().items():
+            full_key = prefix + official_key
+            if full_key not in state_dict:
+                raise KeyError(f"official VQA head parameter {full_key!r} is missing from the state dict")
+            array = np.asarray(state_dict[full_key], dtype=np.float32)
+            if transpose:
+                array = array.T
+            if tuple(array.shape) != tuple(variable.shape):
+                raise ValueError(f"{full_key}: shape {tuple(array.shape)} (after transpose={transpose}) "
+                                 f"does not match {variable.path} {tuple(variable.shape)}")
+            variable.assign(array)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+                "hidden_size": self.hidden_size,
+                "num_answers": self.num_answers,
+                "initializer_range": self.initializer_range,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+        })
+        return config
+
+
+def _ragged_label_lists(answer_labels, answer_scores) -> Tuple[tf.RaggedTensor, tf.RaggedTensor]:
+    """Normalises (label, score) lists given as ragged, sparse or dense (-1 padded) tensors to ragged."""
+    def to_ragged(values):
+        if isinstance(values, tf.RaggedTensor):
+            return values
+        if isinstance(values, tf.SparseTensor):
+            return tf.RaggedTensor.from_sparse(values)
+        return None
+
+    labels, scores = to_ragged(answer_labels), to_ragged(answer_scores)
+    if labels is not None and scores is not None:
+        return tf.cast(labels, tf.int64), tf.cast(scores, tf.float32)
+    if labels is not None or scores is not None:
+        raise TypeError("answer_labels and answer_scores must both be ragged/sparse or both dense")
+    labels = tf.cast(tf.convert_to_tensor(answer_labels), tf.int64)
+    scores = tf.cast(tf.convert_to_tensor(answer_scores), tf.float32)
+    if labels.shape.rank == 1:
+        # One unbatched record.
+        labels, scores = labels[tf.newaxis], scores[tf.newaxis]
+    real_entries = labels >= 0
+    return tf.ragged.boolean_mask(labels, real_entries), tf.ragged.boolean_mask(scores, real_entries)
+
+
+def dense_vqa_target(answer_labels, answer_scores, num_answers: int) -> tf.Tensor:
+    """Scatters per-question (label, soft score) lists into the dense ``[B, #answers]`` target.
+
+    This is the official ``_get_vqa_target``. Dense padded inputs must pad labels with -1.
+
+    Args:
+        answer_labels: ``[B, (k)]`` int answer indices (ragged, sparse, or dense padded with -1).
+        answer_scores: ``[B, (k)]`` float soft scores aligned with the labels (padded with 0).
+        num_answers: the vocabulary size C.
+
+    Returns:
+        A float32 ``[B, C]`` tensor.
+
+    Raises:
+        tf.errors.InvalidArgumentError: if a label is outside ``[0, C)`` or the two lists differ in length.
+    """
+    labels, scores = _ragged_label_lists(answer_labels, answer_scores)
+    checks = [
+            tf.debugging.assert_equal(labels.row_lengths(), scores.row_lengths(),
+                                      message="answer_labels and answer_scores differ in length"),
+            tf.debugging.assert_greater_equal(labels.flat_values, tf.constant(0, tf.int64),
+                                              message="answer_labels holds a negative index"),
+            tf.debugging.assert_less(labels.flat_values, tf.constant(num_answers, tf.int64),
+                                     message=f"answer_labels holds an index >= num_answers ({num_answers})"),
+    ]
+    with tf.control_dependencies(checks):
+        row_ids = labels.value_rowids()
+        indices = tf.stack([row_ids, labels.flat_values], axis=1)
+        batch_size = labels.nrows()
+        return tf.tensor_scatter_nd_add(tf.zeros(tf.stack([batch_size, tf.constant(num_answers, tf.int64)]),
+                                                 tf.float32),
+                                        indices, scores.flat_values)
+
+
+def vqa_bce_loss(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """The official VQA loss: BCE-with-logits, mean over all entries × #answers.
+
+    Equivalent to summing the per-answer BCE and averaging over questions.
+
+    Args:
+        targets: ``[B, C]`` dense soft scores.
+        logits: ``[B, C]`` answer logits.
+
+    Returns:
+        A scalar float32 loss.
+    """
+    logits = tf.cast(logits, tf.float32)
+    per_entry = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(targets, tf.float32), logits=logits)
+    num_answers = tf.cast(tf.shape(logits)[-1], tf.float32)
+    return tf.reduce_mean(per_entry) * num_answers
+
+
+def vqa_score(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Per-question VQA score: the target soft score of the argmax answer (official
+    ``compute_score_with_logits``, summed over answers).
+
+    Args:
+        targets: ``[B, C]`` dense soft scores.
+        logits: ``[B, C]`` answer logits.
+
+    Returns:
+        ``[B]`` float32 scores; their mean over a split is the VQA accuracy.
+    """
+    predicted_answers = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return tf.gather(tf.cast(targets, tf.float32), predicted_answers, axis=1, batch_dims=1)
+
+
+@register_task("vqa")
+class VqaTask(DownstreamTask):
+    """Visual question answering (spec §5.1).
+
+    Args:
+        num_answers: size of the answer vocabulary.
+        answer_vocabulary: optional answer strings, index = label; used to name predictions.
+        head_learning_rate_multiplier: the head's LR multiplier (official ``lr_mul`` = 10).
+    """
+
+    name = "vqa"
+    label_keys = (ANSWER_LABELS_KEY, ANSWER_SCORES_KEY)
+    official_head_prefix = "vqa_output"
+    primary_metric = "vqa_score"
+
+    def __init__(self, num_answers: int = OFFICIAL_NUM_ANSWERS,
+                 answer_vocabulary: Optional[Sequence[str]] = None,
+                 head_learning_rate_multiplier: float = 10.0):
+        if answer_vocabulary is not None and len(answer_vocabulary) != num_answers:
+            raise ValueError(f"answer_vocabulary has {len(answer_vocabulary)} entries but num_answers is "
+                             f"{num_answers}")
+        self.num_answers = int(num_answers)
+        self.answer_vocabulary = list(answer_vocabulary) if answer_vocabulary is not None else None
+        self.head_learning_rate_multiplier = float(head_learning_rate_multiplier)
+
+    def build_head(self, hidden_size: int) -> VqaHead:
+        return VqaHead(hidden_size=hidden_size, num_answers=self.num_answers, name="vqa_output")
+
+    def keep_record(self, parsed: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        return tf.size(parsed[ANSWER_LABELS_KEY]) > 0
+
+    def targets_from_features(self, features: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        for key in self.label_keys:
+            if key not in features:
+                raise KeyError(f"VQA needs the record feature {key!r}; the batch has {sorted(features)}")
+        return {VQA_TARGET_KEY: dense_vqa_target(features[ANSWER_LABELS_KEY], features[ANSWER_SCORES_KEY],
+                                                 self.num_answers)}
+
+    def compute_loss(self, targets: Mapping[str, tf.Tensor], logits: tf.Tensor) -> tf.Tensor:
+        return vqa_bce_loss(targets[VQA_TARGET_KEY], logits)
+
+    def compute_metrics(self, targets: Mapping[str, tf.Tensor], logits: tf.Tensor) -> Dict[str, tf.Tensor]:
+        return {"vqa_score": vqa_score(targets[VQA_TARGET_KEY], logits)}
+
+    def answer_strings(self, logits: tf.Tensor) -> list:
+        """The argmax answer of every question, as strings when a vocabulary is set, else indices."""
+        predicted = np.argmax(np.asarray(logits), axis=-1)
+        if self.answer_vocabulary is None:
+            return [int(index) for index in predicted]
+        return [self.answer_vocabulary[int(index)] for index in predicted]
+
+    def get_config(self):
+        return {"num_answers": self.num_answers, "answer_vocabulary": self.answer_vocabulary,
+                "head_learning_rate_multiplier": self.head_learning_rate_multiplier}

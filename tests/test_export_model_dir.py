@@ -27,12 +27,19 @@ def _randomize(layer, seed):
         variable.assign(rng.normal(0, 0.1, variable.shape).astype(np.float32))
 
 
+def _save_like_the_pretrainer(model, run_dir):
+    from uniter_tf.training import checkpointing
+
+    tree = checkpointing.model_variable_tree(model)
+    tf.train.Checkpoint(**{checkpointing.MODEL_KEY: tree}).save(str(run_dir / "checkpoints" / "ckpt"))
+
+
 def test_pretraining_run_needs_its_config_and_restores_backbone_and_itm_head(tmp_path):
     config = UniterConfig.from_preset("tiny")
     model = UniterPretrainingModel(UniterBackbone(config))
     _randomize(model.itm_head, 1)
     _randomize(model.backbone.pooler, 2)
-    tf.train.Checkpoint(model=model).save(str(tmp_path / "checkpoints" / "ckpt"))
+    _save_like_the_pretrainer(model, tmp_path)
     with pytest.raises(ValueError, match="--config"):
         load_exportable_model(str(tmp_path))
     loaded = load_exportable_model(str(tmp_path), config="tiny")
@@ -45,7 +52,7 @@ def test_pretraining_run_needs_its_config_and_restores_backbone_and_itm_head(tmp
 def test_pretraining_checkpoints_hold_the_transformer_layers(tmp_path):
     config = UniterConfig.from_preset("tiny")
     model = UniterPretrainingModel(UniterBackbone(config))
-    tf.train.Checkpoint(model=model).save(str(tmp_path / "checkpoints" / "ckpt"))
+    _save_like_the_pretrainer(model, tmp_path)
     _same_weights(load_exportable_model(str(tmp_path), config="tiny").backbone, model.backbone)
 
 
@@ -63,7 +70,7 @@ def test_converted_directory(tmp_path):
 
 
 def test_finetune_run_brings_its_task_head_and_answers(tmp_path):
-    from uniter_tf.training.finetune import FinetuneConfig, build_task
+    from uniter_tf.training.finetune import FinetuneConfig, build_task, finetune_checkpoint
 
     answers = ["yes", "no", "blue"]
     finetune_config = FinetuneConfig(task="vqa", task_config={"num_answers": 3, "answer_vocabulary": answers},
@@ -77,7 +84,7 @@ def test_finetune_run_brings_its_task_head_and_answers(tmp_path):
     itm_head.build()
     _randomize(task_model.head, 4)
     _randomize(itm_head, 5)
-    tf.train.Checkpoint(model=task_model, itm_head=itm_head).save(str(tmp_path / "checkpoints" / "ckpt"))
+    finetune_checkpoint(backbone, task_model.head, itm_head).save(str(tmp_path / "checkpoints" / "ckpt"))
     with open(tmp_path / "finetune_config.json", "w") as handle:
         json.dump({"finetune": finetune_config.to_dict(), "model": config.to_dict()}, handle)
     loaded = load_exportable_model(str(tmp_path), top_k=2)

@@ -73,13 +73,11 @@ def load_exportable_model(model_dir: str, config: Optional[str] = None, top_k: i
 
 
 def _load_finetune_run(model_dir: str, top_k: int) -> ExportableModel:
-    import tensorflow as tf
-
     from uniter_tf.config import UniterConfig
     from uniter_tf.models.backbone import UniterBackbone
     from uniter_tf.models.pretraining_heads import ItmHead
     from uniter_tf.training import checkpointing
-    from uniter_tf.training.finetune import FinetuneConfig, build_task
+    from uniter_tf.training.finetune import FinetuneConfig, build_task, finetune_checkpoint
 
     path = os.path.join(model_dir, FINETUNE_CONFIG_FILE)
     with open(path, encoding="utf-8") as handle:
@@ -96,7 +94,7 @@ def _load_finetune_run(model_dir: str, top_k: int) -> ExportableModel:
     task_model.head.build()
     _build_backbone(backbone)
     prefix = checkpointing.resolve_checkpoint_path(model_dir)
-    status = tf.train.Checkpoint(model=task_model, itm_head=itm_head).restore(prefix)
+    status = finetune_checkpoint(backbone, task_model.head, itm_head).restore(prefix)
     status.expect_partial()
     status.assert_existing_objects_matched()
     labels = getattr(task, "answer_vocabulary", None)
@@ -118,8 +116,6 @@ def _load_converted(model_dir: str) -> ExportableModel:
 
 
 def _load_pretraining_run(model_dir: str, config: Optional[str]) -> ExportableModel:
-    import tensorflow as tf
-
     from uniter_tf.config import UniterConfig
     from uniter_tf.models.backbone import UniterBackbone
     from uniter_tf.models.pretraining_model import UniterPretrainingModel
@@ -138,9 +134,7 @@ def _load_pretraining_run(model_dir: str, config: Optional[str]) -> ExportableMo
     backbone = UniterBackbone(UniterConfig.resolve(config))
     model = UniterPretrainingModel(backbone)
     _build_backbone(backbone)
-    status = tf.train.Checkpoint(**{checkpointing.MODEL_KEY: model}).restore(prefix)
-    status.expect_partial()
-    status.assert_existing_objects_matched()
+    checkpointing.restore_pretraining_model(model, prefix)
     return ExportableModel(backbone, model.itm_head, None, "pretrain", prefix)
 
 

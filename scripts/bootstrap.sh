@@ -42,6 +42,6 @@ start=$(date +%s)
 pip_quiet() { "$VENV/bin/pip" "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
 pip_quiet install -q --disable-pip-version-check --no-deps -r requirements.lock
 pip_quiet install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-"$VENV/bin/python" -c "import tensorflow, tensorflow_text, keras, tfx.v1, apache_beam, uniter_tf" 
+TF_CPP_MIN_LOG_LEVEL=3 PYTHONWARNINGS=ignore "$VENV/bin/python" -c "import tensorflow, tensorflow_text, keras, tfx.v1, apache_beam, uniter_tf"
 echo "$want" > "$STAMP"
 echo "==> installed in $(( $(date +%s) - start )) s"

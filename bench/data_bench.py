@@ -1,4 +1,4 @@
-"""Benchmarks of the canonical record and region-feature extraction (figures in docs/performance_data.md).
+"""Benchmarks of the canonical record and region-feature extraction (figures in docs/performance.md).
 
 Sections (``--section``, default ``all``):
 

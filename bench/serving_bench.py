@@ -16,7 +16,7 @@ Usage::
 
     python bench/serving_bench.py --duration 10 --concurrency 8 --output bench/serving_results.json
 
-Prints one JSON object; ``docs/performance_serving.md`` holds the latest figures.
+Prints one JSON object; ``docs/performance.md`` holds the latest figures.
 """
 
 from __future__ import annotations

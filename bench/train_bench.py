@@ -14,7 +14,7 @@ regions of 2048-d features. Example::
     python bench/train_bench.py --model uniter-base --task mlm --replicas 2 --steps 5
 
 Prints one JSON line per run (seconds per update and examples/s, medians over ``--steps`` updates after
-``--warmup`` updates). Results and the commands that produced them: docs/performance_train.md.
+``--warmup`` updates). Results and the commands that produced them: docs/performance.md.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ from __future__ import annotations
 import codecs
 import gzip
 import json
-from typing import Any, Iterator, Tuple
+from typing import Any, Iterator, Tuple, Union
+
+from uniter_tf.data import dead_letter
 
 
 class UnreadableFileError(ValueError):
@@ -117,3 +119,23 @@ def iter_lines(path: str) -> Iterator[Tuple[int, str]]:
             line = decode_text(raw).rstrip("\r\n")
             if line.strip():
                 yield line_number, line
+
+
+def iter_json_lines(path: str) -> Iterator[Union[Tuple[int, str, Any], "dead_letter.DeadLetter"]]:
+    """Streams the records of a JSON-lines file as ``(line_number, source, record)``.
+
+    ``source`` is ``"{path}:{line_number}"``. A line that is not JSON, or a file that cannot be opened,
+    comes out as a :class:`~uniter_tf.data.dead_letter.DeadLetter` instead, so a reader passes it on and
+    goes on with the next line.
+    """
+    try:
+        for line_number, line in iter_lines(path):
+            source = f"{path}:{line_number}"
+            try:
+                record = json.loads(line)
+            except ValueError as error:
+                yield dead_letter.DeadLetter(source, dead_letter.UNREADABLE_INPUT, f"not JSON: {error}", source)
+                continue
+            yield line_number, source, record
+    except UnreadableFileError as error:
+        yield dead_letter.DeadLetter(path, dead_letter.UNREADABLE_INPUT, str(error), path, kind="input")

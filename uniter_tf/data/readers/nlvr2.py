@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Iterator
 
 from uniter_tf.data import dead_letter
@@ -31,28 +30,23 @@ def read_nlvr2(path: str) -> Iterator:
     Yields:
         :class:`TextItem`; :class:`DeadLetter` for undecodable lines, missing fields and other labels.
     """
-    try:
-        for line_number, line in _io.iter_lines(path):
-            source = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except ValueError as error:
-                yield dead_letter.DeadLetter(source, dead_letter.UNREADABLE_INPUT, f"not JSON: {error}", source)
+    for entry in _io.iter_json_lines(path):
+        if isinstance(entry, dead_letter.DeadLetter):
+            yield entry
+            continue
+        _, source, record = entry
+        if not isinstance(record, dict) or "identifier" not in record or "sentence" not in record:
+            yield dead_letter.DeadLetter(source, dead_letter.MISSING_FIELD,
+                                         "NLVR2 record needs identifier and sentence", source)
+            continue
+        identifier = str(record["identifier"])
+        label = None
+        if "label" in record:
+            label = _LABELS.get(str(record["label"]).strip().lower())
+            if label is None:
+                yield dead_letter.DeadLetter(identifier, dead_letter.BAD_LABEL,
+                                             f"label must be True or False, got {record['label']!r}", source)
                 continue
-            if not isinstance(record, dict) or "identifier" not in record or "sentence" not in record:
-                yield dead_letter.DeadLetter(source, dead_letter.MISSING_FIELD,
-                                             "NLVR2 record needs identifier and sentence", source)
-                continue
-            identifier = str(record["identifier"])
-            label = None
-            if "label" in record:
-                label = _LABELS.get(str(record["label"]).strip().lower())
-                if label is None:
-                    yield dead_letter.DeadLetter(identifier, dead_letter.BAD_LABEL,
-                                                 f"label must be True or False, got {record['label']!r}", source)
-                    continue
-            yield TextItem(example_id=identifier, image_ids=nlvr2_image_ids(identifier),
-                           text=str(record["sentence"]), split=_SPLITS.get(identifier.split("-", 1)[0]),
-                           label=label, source=source)
-    except _io.UnreadableFileError as error:
-        yield dead_letter.DeadLetter(path, dead_letter.UNREADABLE_INPUT, str(error), path, kind="input")
+        yield TextItem(example_id=identifier, image_ids=nlvr2_image_ids(identifier),
+                       text=str(record["sentence"]), split=_SPLITS.get(identifier.split("-", 1)[0]),
+                       label=label, source=source)

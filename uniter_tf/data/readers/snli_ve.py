@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Iterator, Optional
 
@@ -32,27 +31,22 @@ def read_snli_ve(path: str) -> Iterator:
         :class:`TextItem`; :class:`DeadLetter` for undecodable lines, missing fields, other labels.
     """
     split = _split_from_name(path)
-    try:
-        for line_number, line in _io.iter_lines(path):
-            source = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except ValueError as error:
-                yield dead_letter.DeadLetter(source, dead_letter.UNREADABLE_INPUT, f"not JSON: {error}", source)
-                continue
-            image = record.get("Flikr30kID", record.get("Flickr30kID")) if isinstance(record, dict) else None
-            if image is None or "sentence2" not in record or "gold_label" not in record:
-                yield dead_letter.DeadLetter(source, dead_letter.MISSING_FIELD,
-                                             "SNLI-VE record needs Flikr30kID, sentence2 and gold_label", source)
-                continue
-            example_id = f"snli_ve_{record.get('pairID', line_number)}"
-            label = SNLI_VE_LABELS.get(str(record["gold_label"]).strip().lower())
-            if label is None:
-                yield dead_letter.DeadLetter(example_id, dead_letter.BAD_LABEL,
-                                             f"gold_label must be one of {sorted(SNLI_VE_LABELS)}, "
-                                             f"got {record['gold_label']!r}", source)
-                continue
-            yield TextItem(example_id=example_id, image_ids=(os.path.splitext(str(image))[0],),
-                           text=str(record["sentence2"]), split=split, label=label, source=source)
-    except _io.UnreadableFileError as error:
-        yield dead_letter.DeadLetter(path, dead_letter.UNREADABLE_INPUT, str(error), path, kind="input")
+    for entry in _io.iter_json_lines(path):
+        if isinstance(entry, dead_letter.DeadLetter):
+            yield entry
+            continue
+        line_number, source, record = entry
+        image = record.get("Flikr30kID", record.get("Flickr30kID")) if isinstance(record, dict) else None
+        if image is None or "sentence2" not in record or "gold_label" not in record:
+            yield dead_letter.DeadLetter(source, dead_letter.MISSING_FIELD,
+                                         "SNLI-VE record needs Flikr30kID, sentence2 and gold_label", source)
+            continue
+        example_id = f"snli_ve_{record.get('pairID', line_number)}"
+        label = SNLI_VE_LABELS.get(str(record["gold_label"]).strip().lower())
+        if label is None:
+            yield dead_letter.DeadLetter(example_id, dead_letter.BAD_LABEL,
+                                         f"gold_label must be one of {sorted(SNLI_VE_LABELS)}, "
+                                         f"got {record['gold_label']!r}", source)
+            continue
+        yield TextItem(example_id=example_id, image_ids=(os.path.splitext(str(image))[0],),
+                       text=str(record["sentence2"]), split=split, label=label, source=source)

@@ -5,13 +5,16 @@ Measures, for one configuration per process (logical CPU devices must be set bef
 * ``model_step``: the train update of the Pretrainer fed from an in-memory batch (``Dataset.from_tensors``
   repeated): model forward/backward, all-reduce, clipping, AdamW;
 * ``full_loop``: the same update fed by the real input pipeline (GZIP TFRecords → decode → masking →
-  bucketing), i.e. what ``uniter pretrain`` runs.
+  bucketing), i.e. what ``uniter pretrain`` runs;
+* ``optimizer``: our AdamW update alone (all trainable variables, random gradients), next to Keras 3's
+  ``AdamW`` on the same variables for reference.
 
 The batch mimics the official timing setup: 8 examples, 48 WordPiece tokens (+[CLS]/[SEP] = 50) and 36
 regions of 2048-d features. Example::
 
     python bench/train_bench.py --model uniter-base --task mlm --precision float32 --steps 5
     python bench/train_bench.py --model uniter-base --task mlm --replicas 2 --steps 5
+    python bench/train_bench.py --model uniter-base --modes optimizer --steps 8
 
 Prints one JSON line per run (seconds per update and examples/s, medians over ``--steps`` updates after
 ``--warmup`` updates). Results and the commands that produced them: docs/performance.md.
@@ -47,6 +50,43 @@ def _write_records(prefix: str, model_config, num_records: int, tokens: int, reg
                 soft_labels=rng.dirichlet(np.ones(model_config.num_soft_labels), size=regions),
                 example_id=f"ex{index}", token_ids=rng.integers(1000, 20000, size=tokens)))
     tfrecord_io.write_sharded(examples, prefix, num_shards=2)
+
+
+def _median_seconds(function, warmup: int, steps: int) -> float:
+    times = []
+    for index in range(warmup + steps):
+        start = time.perf_counter()
+        function()
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _bench_optimizer(trainer, warmup: int, steps: int) -> dict:
+    """Seconds per AdamW update of every trainable variable: ours, and Keras 3's AdamW for reference."""
+    import keras
+    import tensorflow as tf
+
+    variables = trainer.variables
+    gradients = [tf.random.normal(variable.shape, stddev=1e-3, seed=index) for index, variable in enumerate(variables)]
+    learning_rate = tf.constant(1e-4)
+
+    @tf.function
+    def ours():
+        trainer.optimizer.apply_gradients(gradients, variables, learning_rate, apply_update=tf.constant(True))
+
+    with trainer.strategy.scope():
+        reference = keras.optimizers.AdamW(learning_rate=1e-4, beta_1=0.9, beta_2=0.98, epsilon=1e-6,
+                                           weight_decay=0.01)
+        reference.build(variables)
+
+    @tf.function
+    def keras_adamw():
+        reference.apply_gradients(zip(gradients, variables))
+
+    return {"parameters": int(sum(variable.shape.num_elements() for variable in variables)),
+            "optimizer_seconds_per_update": round(_median_seconds(ours, warmup, steps), 4),
+            "keras_adamw_seconds_per_update": round(_median_seconds(keras_adamw, warmup, steps), 4)}
 
 
 def main(argv=None) -> int:
@@ -94,6 +134,9 @@ def main(argv=None) -> int:
                "per_replica_batch": args.batch_size, "tokens": text_bucket, "regions": args.regions,
                "jit_compile": args.jit_compile}
     for mode in args.modes.split(","):
+        if mode == "optimizer":
+            results.update(_bench_optimizer(trainer, args.warmup, args.steps))
+            continue
         if mode == "model_step":
             batch = next(iter(pretraining_inputs.build_task_dataset(
                     args.task, config.train_files, model_config,
@@ -103,13 +146,7 @@ def main(argv=None) -> int:
             trainer._iterators[args.task] = iter(strategy.experimental_distribute_dataset(dataset))
         else:
             trainer._iterators.pop(args.task, None)  # the real per-replica pipeline
-        times = []
-        for index in range(args.warmup + args.steps):
-            start = time.perf_counter()
-            trainer.train_update(args.task)
-            if index >= args.warmup:
-                times.append(time.perf_counter() - start)
-        seconds = statistics.median(times)
+        seconds = _median_seconds(lambda: trainer.train_update(args.task), args.warmup, args.steps)
         results[f"{mode}_seconds_per_update"] = round(seconds, 4)
         results[f"{mode}_examples_per_second"] = round(args.batch_size * args.replicas / seconds, 2)
     if "model_step_seconds_per_update" in results and "full_loop_seconds_per_update" in results:

@@ -160,3 +160,29 @@ def test_shipped_configs_load(name):
         assert (config.beta_1, config.beta_2, config.weight_decay, config.grad_norm) == (0.9, 0.98, 0.01, 5.0)
         assert config.gradient_accumulation_steps == 6 and config.input_config().max_tokens == 10240
         assert config.task_ratios == {"itm": 3, "mlm": 4, "mrfr": 2, "mrckl": 2}
+
+
+def test_float16_trainer_skips_an_overflowing_update_and_halves_the_scale(tmp_path):
+    from uniter_tf.config import UniterConfig
+    from uniter_tf.training.pretrainer import Pretrainer
+    from uniter_tf.training.synthetic_data import write_synthetic_records
+
+    write_synthetic_records(str(tmp_path / "train"), UniterConfig.from_preset("tiny"), num_images=8)
+    config = PretrainConfig(
+            model="tiny", train_files=[str(tmp_path / "train*")], output_dir=str(tmp_path / "run"),
+            inputs={"batch_size": 4, "shuffle_buffer": 0, "text_bucket_boundaries": [64],
+                    "region_bucket_boundaries": [16]},
+            task_ratios={"mlm": 1}, num_train_steps=10, warmup_steps=1, learning_rate=1e-3,
+            precision="mixed_float16", progress_bar=False, seed=5)
+    trainer = Pretrainer(config)
+    first = trainer.train_update("mlm")
+    assert first["update_skipped"] == 0.0 and np.isfinite(first["loss"])
+    assert int(trainer.optimizer.iterations.numpy()) == 1
+    before = [variable.numpy().copy() for variable in trainer.variables]
+    trainer.loss_scales["mlm"].scale.assign(3e38)  # float16 gradients overflow to inf
+    skipped = trainer.train_update("mlm")
+    assert skipped["update_skipped"] == 1.0
+    for old, variable in zip(before, trainer.variables):
+        np.testing.assert_array_equal(old, variable.numpy())
+    assert int(trainer.optimizer.iterations.numpy()) == 1
+    assert float(trainer.loss_scales["mlm"].scale.numpy()) == pytest.approx(1.5e38)

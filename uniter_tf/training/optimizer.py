@@ -18,9 +18,11 @@ also decays the gains of ``img_layer_norm``, ``pos_layer_norm`` and of the Layer
 (``lr·wd`` ≈ 5e-7 per step on a handful of gain vectors) is far below run-to-run noise.
 
 Updates are applied through ``merge_call`` + ``strategy.extended.update`` (the pattern Keras uses), so one
-code path serves the default strategy, OneDevice, Mirrored, MultiWorkerMirrored and TPU. A skipped update
-(non-finite float16 gradients) is a ``tf.where`` select, not a ``tf.cond``: ``merge_call`` is not allowed
-inside a conditional branch of a replica function.
+code path serves the default strategy, OneDevice, Mirrored, MultiWorkerMirrored and TPU. Each variable's
+update is TF's fused ``ResourceApplyAdam`` kernel followed by the decay; a skipped update (non-finite
+float16 gradients) is a ``tf.cond`` *inside* the per-variable update function, which runs in
+cross-replica context after ``merge_call`` (a ``merge_call`` inside a conditional branch of a replica
+function would not be allowed).
 """
 
 from __future__ import annotations
@@ -139,28 +141,38 @@ class AdamW(tf.Module):
 
     def _distributed_apply(self, distribution, gradients, variables, variable_indices, learning_rate, apply_update):
         step = tf.cast(self.iterations + 1, tf.float32)
-        bias_correction = tf.sqrt(1.0 - tf.pow(self.beta_2, step)) / (1.0 - tf.pow(self.beta_1, step))
+        beta_1_power = tf.pow(self.beta_1, step)
+        beta_2_power = tf.pow(self.beta_2, step)
 
-        def update(variable, gradient, first_moment, second_moment, decay, rate, keep_going, correction):
-            gradient = tf.cast(gradient, variable.dtype)
-            new_first = self.beta_1 * first_moment + (1.0 - self.beta_1) * gradient
-            new_second = self.beta_2 * second_moment + (1.0 - self.beta_2) * tf.square(gradient)
-            rate = tf.cast(rate, variable.dtype)
-            new_value = variable - rate * tf.cast(correction, variable.dtype) * new_first / (
-                    tf.sqrt(new_second) + self.epsilon)
-            if decay:
-                new_value = new_value - rate * self.weight_decay * new_value
-            return tf.group(
-                    first_moment.assign(tf.where(keep_going, new_first, first_moment)),
-                    second_moment.assign(tf.where(keep_going, new_second, second_moment)),
-                    variable.assign(tf.where(keep_going, new_value, variable)))
+        def update(variable, gradient, first_moment, second_moment, decay, rate, keep_going, powers):
+            dtype = variable.dtype
+
+            def adam_then_decay():
+                # One fused kernel for the m, v and parameter updates: TF's ApplyAdam is exactly the HF formula
+                # (ε added to √v before the bias correction), and 3.5x faster here than the same maths written
+                # as separate element-wise ops over 113 M parameters (bench numbers in docs/performance.md).
+                adam = tf.raw_ops.ResourceApplyAdam(
+                        var=variable.handle, m=first_moment.handle, v=second_moment.handle,
+                        beta1_power=tf.cast(powers[0], dtype), beta2_power=tf.cast(powers[1], dtype),
+                        lr=tf.cast(rate, dtype), beta1=tf.constant(self.beta_1, dtype),
+                        beta2=tf.constant(self.beta_2, dtype), epsilon=tf.constant(self.epsilon, dtype),
+                        grad=tf.cast(gradient, dtype))
+                if not decay:
+                    return adam
+                with tf.control_dependencies([adam]):
+                    # Decoupled decay of the *updated* value, after the Adam step (official order).
+                    return variable.assign(variable * (1.0 - tf.cast(rate, dtype) * self.weight_decay),
+                                           read_value=False)
+
+            # A skipped (non-finite float16) update leaves variable and moments untouched.
+            return tf.cond(keep_going, adam_then_decay, tf.no_op)
 
         updates = []
         for index, gradient, variable in zip(variable_indices, gradients, variables):
             updates.append(distribution.extended.update(
                     variable, update,
                     args=(gradient, self.first_moments[index], self.second_moments[index], self.decay_flags[index],
-                          learning_rate, apply_update, bias_correction),
+                          learning_rate, apply_update, (beta_1_power, beta_2_power)),
                     group=False))
         with tf.control_dependencies(tf.nest.flatten(updates)):
             distribution.extended.update(

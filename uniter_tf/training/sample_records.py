@@ -7,7 +7,7 @@ local config: each ground-truth box of ``boxes.json`` becomes one region whose f
 background). Captions are WordPiece-tokenised with the vendored ``bert-base-cased`` vocabulary. Images are
 split into train/eval by ``image_id % eval_every == 0``.
 
-Run: ``python -m uniter_tf.training.sample_records SAMPLE_DIR OUTPUT_DIR [--feature-dim 64]``.
+Run: ``python -m uniter_tf.training.sample_records SAMPLE_DIR OUTPUT_DIR [--model tiny] [--eval-every 5]``.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ Measures, for one configuration per process (logical CPU devices must be set bef
   repeated): model forward/backward, all-reduce, clipping, AdamW;
 * ``full_loop``: the same update fed by the real input pipeline (GZIP TFRecords → decode → masking →
   bucketing), i.e. what ``uniter pretrain`` runs;
+* ``pipeline``: the input pipeline alone, wall and CPU milliseconds per (per-replica) batch;
 * ``optimizer``: our AdamW update alone (all trainable variables, random gradients), next to Keras 3's
   ``AdamW`` on the same variables for reference.
 
@@ -16,8 +17,9 @@ regions of 2048-d features. Example::
     python bench/train_bench.py --model uniter-base --task mlm --replicas 2 --steps 5
     python bench/train_bench.py --model uniter-base --modes optimizer --steps 8
 
-Prints one JSON line per run (seconds per update and examples/s, medians over ``--steps`` updates after
-``--warmup`` updates). Results and the commands that produced them: docs/performance.md.
+``model_step`` and ``full_loop`` updates are interleaved (A B B A ...) so that the machine's drift between
+minutes does not land on one of them. Prints one JSON line per run (seconds per update and examples/s,
+medians over ``--steps`` updates after ``--warmup`` updates). Results and the commands that produced them: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -62,6 +64,20 @@ def _median_seconds(function, warmup: int, steps: int) -> float:
     return statistics.median(times)
 
 
+def _bench_pipeline(task: str, files, model_config, options, batches: int = 40) -> dict:
+    """Wall and CPU milliseconds per batch of the task's input pipeline alone (after 10 batches of warm-up)."""
+    from uniter_tf.data import pretraining_inputs
+
+    iterator = iter(pretraining_inputs.build_task_dataset(task, files, model_config, options, seed=1))
+    for _ in range(10):
+        next(iterator)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(batches):
+        next(iterator)
+    return {"pipeline_wall_ms_per_batch": round(1000.0 * (time.perf_counter() - wall) / batches, 2),
+            "pipeline_cpu_ms_per_batch": round(1000.0 * (time.process_time() - cpu) / batches, 2)}
+
+
 def _bench_optimizer(trainer, warmup: int, steps: int) -> dict:
     """Seconds per AdamW update of every trainable variable: ours, and Keras 3's AdamW for reference."""
     import keras
@@ -101,7 +117,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--jit-compile", action="store_true")
-    parser.add_argument("--modes", default="model_step,full_loop")
+    parser.add_argument("--modes", default="pipeline,model_step,full_loop",
+                        help="comma-separated: pipeline, optimizer, model_step, full_loop")
     args = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -133,25 +150,47 @@ def main(argv=None) -> int:
     results = {"model": args.model, "task": args.task, "precision": args.precision, "replicas": args.replicas,
                "per_replica_batch": args.batch_size, "tokens": text_bucket, "regions": args.regions,
                "jit_compile": args.jit_compile}
-    for mode in args.modes.split(","):
-        if mode == "optimizer":
-            results.update(_bench_optimizer(trainer, args.warmup, args.steps))
-            continue
-        if mode == "model_step":
-            batch = next(iter(pretraining_inputs.build_task_dataset(
-                    args.task, config.train_files, model_config,
-                    pretraining_inputs.PretrainingInputConfig(**{**options, "batch_size": args.batch_size * args.replicas}),
-                    seed=1)))
-            dataset = tf.data.Dataset.from_tensors(batch).repeat()
-            trainer._iterators[args.task] = iter(strategy.experimental_distribute_dataset(dataset))
-        else:
-            trainer._iterators.pop(args.task, None)  # the real per-replica pipeline
-        seconds = _median_seconds(lambda: trainer.train_update(args.task), args.warmup, args.steps)
+    modes = args.modes.split(",")
+    unknown = set(modes) - {"optimizer", "pipeline", "model_step", "full_loop"}
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}")
+    if "optimizer" in modes:
+        results.update(_bench_optimizer(trainer, args.warmup, args.steps))
+    if "pipeline" in modes:
+        results.update(_bench_pipeline(args.task, config.train_files, model_config,
+                                       pretraining_inputs.PretrainingInputConfig(**options)))
+    iterators = {}
+    if "model_step" in modes:
+        batch = next(iter(pretraining_inputs.build_task_dataset(
+                args.task, config.train_files, model_config,
+                pretraining_inputs.PretrainingInputConfig(**{**options, "batch_size": args.batch_size * args.replicas}),
+                seed=1)))
+        dataset = tf.data.Dataset.from_tensors(batch).repeat()
+        iterators["model_step"] = iter(strategy.experimental_distribute_dataset(dataset))
+    if "full_loop" in modes:
+        trainer._iterators.pop(args.task, None)
+        iterators["full_loop"] = trainer._iterator(args.task)  # the real per-replica pipeline
+    # Interleaved A B B A ...: the machine's speed drifts by several percent between minutes, which
+    # would otherwise land on whichever mode ran second.
+    times = {mode: [] for mode in iterators}
+    order = list(iterators)
+    for index in range(args.warmup + args.steps):
+        for mode in (order if index % 2 == 0 else order[::-1]):
+            trainer._iterators[args.task] = iterators[mode]
+            start = time.perf_counter()
+            trainer.train_update(args.task)
+            if index >= args.warmup:
+                times[mode].append(time.perf_counter() - start)
+    for mode, measured in times.items():
+        seconds = statistics.median(measured)
         results[f"{mode}_seconds_per_update"] = round(seconds, 4)
         results[f"{mode}_examples_per_second"] = round(args.batch_size * args.replicas / seconds, 2)
-    if "model_step_seconds_per_update" in results and "full_loop_seconds_per_update" in results:
+    if len(times) == 2:
         results["input_pipeline_overhead_percent"] = round(
                 100.0 * (results["full_loop_seconds_per_update"] / results["model_step_seconds_per_update"] - 1.0), 1)
+    if "pipeline_cpu_ms_per_batch" in results and "model_step_seconds_per_update" in results:
+        results["pipeline_cpu_percent_of_model_step"] = round(
+                0.1 * results["pipeline_cpu_ms_per_batch"] * args.replicas / results["model_step_seconds_per_update"], 2)
     print(json.dumps(results, sort_keys=True))
     return 0
 

@@ -67,5 +67,13 @@ def test_kill_dash_nine_then_resume_reaches_the_final_step(tmp_path):
     assert _checkpoint_steps(run_dir)[-1] == final_step
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == final_step
+    # One record per task that ran in each log window, holding window means; a window spans <= log_every updates.
+    assert {record["task"] for record in records} == {"mlm", "mrfr"}
+    assert {record["step"] for record in records if record["task"] == "mlm"} >= {final_step}
+    updates_per_window = {}
+    for record in records:
+        assert record["updates"] >= 1 and record["loss"] > 0
+        updates_per_window[record["step"]] = updates_per_window.get(record["step"], 0) + record["updates"]
+    assert set(updates_per_window.values()) <= set(range(1, 6)) and 5 in updates_per_window.values()
     assert (run_dir / "loss_curves.png").stat().st_size > 1000
     assert glob.glob(str(run_dir / "tensorboard" / "events.out.tfevents.*"))

@@ -90,3 +90,22 @@ def test_initialize_text_side_from_the_minilm_preset():
     np.testing.assert_array_equal(model.backbone.word_embedding_matrix.numpy(), tensors[key])
     np.testing.assert_array_equal(model.backbone.region_embeddings.img_linear.kernel.numpy(), image_before)
     assert messages and "HF BERT" in messages[0]
+
+
+def test_loss_curves_png_has_a_held_out_panel_when_the_run_evaluated(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from uniter_tf.training.pretrainer import EVAL_TASK, plot_loss_curves
+
+    metrics = tmp_path / "metrics.jsonl"
+    lines = [{"step": step, "task": task, "loss": 1.0 / step, "updates": 5} for step in (5, 10) for task in ("mlm", "itm")]
+    metrics.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert plot_loss_curves(str(metrics), str(tmp_path / "train_only.png")) == str(tmp_path / "train_only.png")
+    with open(metrics, "a") as handle:
+        handle.write(json.dumps({"step": 10, "task": EVAL_TASK, "itm_accuracy": 0.7, "mlm_accuracy": 0.4}) + "\n")
+    plot_loss_curves(str(metrics), str(tmp_path / "with_eval.png"))
+    train_only, with_eval = Image.open(tmp_path / "train_only.png"), Image.open(tmp_path / "with_eval.png")
+    assert with_eval.size[0] == 2 * train_only.size[0] and with_eval.size[1] == train_only.size[1]
+    assert plot_loss_curves(str(tmp_path / "missing.jsonl"), str(tmp_path / "none.png")) is None

@@ -42,6 +42,10 @@ from uniter_tf.training.strategy import build_strategy, is_chief
 from uniter_tf.training.task_sampler import TaskSampler
 
 METRICS_FILE = "metrics.jsonl"
+# ``metrics.jsonl`` lines of held-out evaluations carry this task name.
+EVAL_TASK = "eval"
+EVAL_CURVES = ("itm_accuracy", "mlm_accuracy", "mrckl_accuracy", "mrc_accuracy", "ot_positive_mean",
+               "ot_negative_mean")
 SUMMARY_FILE = "summary.json"
 LOSS_CURVES_FILE = "loss_curves.png"
 
@@ -289,6 +293,9 @@ class Pretrainer:
         if progress is not None and start_step:
             progress.update(start_step)
         last_losses: Dict[str, float] = {}
+        # Per-task sums over the current log window: each record is a window mean, not one update's value.
+        window_sums: Dict[str, Dict[str, float]] = {}
+        window_updates: Dict[str, int] = {}
         window_examples, window_start = 0.0, time.perf_counter()
         run_start = time.perf_counter()
         total_examples = 0.0
@@ -305,11 +312,19 @@ class Pretrainer:
                 shown = [(f"{name}_loss", value) for name, value in sorted(last_losses.items())]
                 shown.append(("examples/s", window_examples / elapsed))
                 progress.update(step, values=shown, finalize=step >= config.num_train_steps)
+            sums = window_sums.setdefault(task, {})
+            for name, value in values.items():
+                if name not in ("examples", "learning_rate"):
+                    sums[name] = sums.get(name, 0.0) + value
+            window_updates[task] = window_updates.get(task, 0) + 1
             if step % config.log_every == 0 or step == config.num_train_steps:
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
-                record = {"step": step, "task": task, "examples_per_second": window_examples / elapsed}
-                record.update({key: value for key, value in values.items() if key != "examples"})
-                self._log_record(writer, task, record)
+                records = [{"step": step, "task": name, "updates": window_updates[name],
+                            "examples_per_second": window_examples / elapsed, "learning_rate": values["learning_rate"],
+                            **{key: total / window_updates[name] for key, total in window_sums[name].items()}}
+                           for name in sorted(window_updates)]
+                self._log_window(writer, step, records)
+                window_sums, window_updates = {}, {}
                 window_examples, window_start = 0.0, time.perf_counter()
             if step % config.checkpoint_every == 0 or step == config.num_train_steps:
                 self.manager.save(checkpoint_number=step)
@@ -340,16 +355,21 @@ class Pretrainer:
                              os.path.join(config.output_dir, LOSS_CURVES_FILE))
         return summary
 
-    def _log_record(self, writer, task: str, record: Dict[str, Any]) -> None:
-        if not self.is_chief:
+    def _log_window(self, writer, step: int, records: List[Dict[str, Any]]) -> None:
+        """TensorBoard scalars and ``metrics.jsonl`` lines of one log window: one record per task that ran."""
+        if not self.is_chief or not records:
             return
-        global_names = ("learning_rate", "grad_norm", "examples_per_second")
-        with writer.as_default(step=record["step"]):
-            for name, value in record.items():
-                if isinstance(value, float):
-                    tf.summary.scalar(name if name in global_names else f"{task}/{name}", value)
+        global_names = ("step", "task", "updates", "learning_rate", "examples_per_second")
+        with writer.as_default(step=step):
+            tf.summary.scalar("learning_rate", records[0]["learning_rate"])
+            tf.summary.scalar("examples_per_second", records[0]["examples_per_second"])
+            for record in records:
+                for name, value in record.items():
+                    if name not in global_names:
+                        tf.summary.scalar(f"{record['task']}/{name}", value)
         with open(os.path.join(self.config.output_dir, METRICS_FILE), "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            for record in records:
+                handle.write(json.dumps(record, sort_keys=True) + "\n")
 
     def _log_eval(self, writer, step: int, evaluation: Dict[str, float]) -> None:
         if not self.is_chief:
@@ -357,6 +377,8 @@ class Pretrainer:
         with writer.as_default(step=step):
             for name, value in evaluation.items():
                 tf.summary.scalar(f"eval/{name}", value)
+        with open(os.path.join(self.config.output_dir, METRICS_FILE), "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, "task": EVAL_TASK, **evaluation}, sort_keys=True) + "\n")
         self.log(f"evaluation at step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(evaluation.items())))
 
     # ------------------------------------------------------------------------------ evaluation
@@ -432,33 +454,49 @@ def evaluate_pretraining(model, files, tasks, input_config, *, seed: int = 43,
 
 
 def plot_loss_curves(metrics_path: str, output_path: str) -> Optional[str]:
-    """Plots each task's training loss against the step from ``metrics.jsonl`` into a PNG.
+    """Plots ``metrics.jsonl`` into a PNG: each task's training loss (log-window means) against the update,
+    and, when the run evaluated held-out data, the held-out accuracies and OT distances in a second panel.
 
     Returns:
         ``output_path``, or None when there is nothing to plot.
     """
     if not os.path.exists(metrics_path):
         return None
-    series: Dict[str, List[tuple]] = {}
+    losses: Dict[str, List[tuple]] = {}
+    held_out: Dict[str, List[tuple]] = {}
     with open(metrics_path, encoding="utf-8") as handle:
         for line in handle:
             record = json.loads(line)
-            series.setdefault(record["task"], []).append((record["step"], record["loss"]))
-    if not series:
+            if record["task"] == EVAL_TASK:
+                for name in EVAL_CURVES:
+                    if name in record:
+                        held_out.setdefault(name, []).append((record["step"], record[name]))
+            else:
+                losses.setdefault(record["task"], []).append((record["step"], record["loss"]))
+    if not losses:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, axis = pyplot.subplots(figsize=(7, 4))
-    for task, points in sorted(series.items()):
+    panels = 2 if held_out else 1
+    figure, axes = pyplot.subplots(1, panels, figsize=(7 * panels, 4), squeeze=False)
+    for task, points in sorted(losses.items()):
         points.sort()
-        axis.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=task)
-    axis.set_xlabel("update")
-    axis.set_ylabel("training loss")
-    axis.set_title("UNITER pretraining: loss per task")
-    axis.legend()
+        axes[0][0].plot([p[0] for p in points], [p[1] for p in points], marker=".", label=task)
+    axes[0][0].set_yscale("log")
+    axes[0][0].set_xlabel("update")
+    axes[0][0].set_ylabel("training loss (mean over each log window)")
+    axes[0][0].set_title("UNITER pretraining: loss per task")
+    axes[0][0].legend()
+    if held_out:
+        for name, points in sorted(held_out.items()):
+            points.sort()
+            axes[0][1].plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        axes[0][1].set_xlabel("update")
+        axes[0][1].set_title("held-out evaluation")
+        axes[0][1].legend()
     figure.tight_layout()
     figure.savefig(output_path, dpi=100)
     pyplot.close(figure)

@@ -168,7 +168,6 @@ def main(argv=None) -> int:
         dataset = tf.data.Dataset.from_tensors(batch).repeat()
         iterators["model_step"] = iter(strategy.experimental_distribute_dataset(dataset))
     if "full_loop" in modes:
-        trainer._iterators.pop(args.task, None)
         iterators["full_loop"] = trainer._iterator(args.task)  # the real per-replica pipeline
     # Interleaved A B B A ...: the machine's speed drifts by several percent between minutes, which
     # would otherwise land on whichever mode ran second.

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers.ingest_test_data import read_tfrecords
 
 from uniter_tf.config import UniterConfig
 from uniter_tf.data import sample_data, schema, tfrecord_io
@@ -20,20 +21,11 @@ def converted(tmp_path_factory):
     return root, config, paths
 
 
-def _decoded(paths):
-    import tensorflow as tf
-
-    records = []
-    for path in paths:
-        for serialized in tf.data.TFRecordDataset(path, compression_type="GZIP"):
-            records.append(schema.decode_example(serialized.numpy()))
-    return records
-
-
 def test_every_caption_becomes_one_record_split_by_image(converted):
     root, config, paths = converted
     captions = json.loads((root / "sample" / "captions.json").read_text())
-    train, held_out = _decoded(paths["train"]), _decoded(paths["eval"])
+    assert paths["train"] and paths["eval"]
+    train, held_out = read_tfrecords(root / "records", "train-*"), read_tfrecords(root / "records", "eval-*")
     assert len(train) + len(held_out) == len(captions["annotations"])
     # Images 0 and 5 (image_id % 5 == 0) are held out, whole: no image is on both sides.
     assert {record[schema.IMAGE_ID] for record in held_out} == {b"sample_000000.png", b"sample_000005.png"}
@@ -41,10 +33,10 @@ def test_every_caption_becomes_one_record_split_by_image(converted):
 
 
 def test_regions_are_the_ground_truth_boxes_with_labelled_soft_labels(converted):
-    root, config, paths = converted
+    root, config, _ = converted
     boxes = json.loads((root / "sample" / "boxes.json").read_text())
     classes = [f"{color} {shape}" for color in sample_data.COLORS for shape in sample_data.SHAPES]
-    for record in _decoded(paths["train"] + paths["eval"]):
+    for record in read_tfrecords(root / "records"):
         entry = boxes[record[schema.IMAGE_ID].decode()]
         assert record[schema.NUM_REGIONS] == len(entry["boxes"])
         assert record[schema.REGION_FEATURES].shape == (len(entry["boxes"]), config.region_feature_dim)
@@ -61,8 +53,8 @@ def test_regions_are_the_ground_truth_boxes_with_labelled_soft_labels(converted)
 def test_captions_are_wordpiece_tokenised_with_the_vendored_vocabulary(converted):
     from uniter_tf.tokenization import UniterTokenizer
 
-    _, _, paths = converted
-    records = _decoded(paths["train"])[:5]
+    root, _, _ = converted
+    records = read_tfrecords(root / "records", "train-*")[:5]
     expected = UniterTokenizer().encode([record[schema.TEXT].decode() for record in records])
     for record, token_ids in zip(records, expected):
         assert list(record[schema.TOKEN_IDS]) == list(token_ids)

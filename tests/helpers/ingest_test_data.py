@@ -62,13 +62,14 @@ def coco_captions(image_ids, captions_per_image=2, split="train2014"):
     return {"info": {}, "licenses": [], "images": images, "annotations": annotations}
 
 
-def read_tfrecords(directory):
-    """Every record under ``directory`` (GZIP shards), decoded with the schema's numpy decoder."""
+def read_tfrecords(directory, pattern="*.tfrecord.gz"):
+    """Every record of the GZIP shards under ``directory`` matching ``pattern``, decoded with the schema's
+    numpy decoder."""
     import tensorflow as tf
 
     from uniter_tf.data import schema
 
-    files = sorted(tf.io.gfile.glob(os.path.join(directory, "*.tfrecord.gz")))
+    files = sorted(tf.io.gfile.glob(os.path.join(directory, pattern)))
     records = []
     for path in files:
         for serialized in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():

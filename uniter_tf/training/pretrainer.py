@@ -367,6 +367,9 @@ class Pretrainer:
                 for name, value in record.items():
                     if name not in global_names:
                         tf.summary.scalar(f"{record['task']}/{name}", value)
+        self._append_metrics(records)
+
+    def _append_metrics(self, records: List[Dict[str, Any]]) -> None:
         with open(os.path.join(self.config.output_dir, METRICS_FILE), "a", encoding="utf-8") as handle:
             for record in records:
                 handle.write(json.dumps(record, sort_keys=True) + "\n")
@@ -377,8 +380,7 @@ class Pretrainer:
         with writer.as_default(step=step):
             for name, value in evaluation.items():
                 tf.summary.scalar(f"eval/{name}", value)
-        with open(os.path.join(self.config.output_dir, METRICS_FILE), "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": step, "task": EVAL_TASK, **evaluation}, sort_keys=True) + "\n")
+        self._append_metrics([{"step": step, "task": EVAL_TASK, **evaluation}])
         self.log(f"evaluation at step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(evaluation.items())))
 
     # ------------------------------------------------------------------------------ evaluation

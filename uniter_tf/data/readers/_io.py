@@ -50,6 +50,24 @@ def load_json(path: str) -> Any:
         raise UnreadableFileError(f"cannot read JSON {path!r}: {error}") from None
 
 
+def load_json_with_list(path: str, key: str, file_kind: str = "") -> dict:
+    """Loads a JSON file whose top-level object must hold a list under ``key``.
+
+    Args:
+        path: the file.
+        key: the field that must be a list (``"annotations"``, ``"images"``, ...).
+        file_kind: what the file should be, for the error (``"a COCO captions file"``); optional.
+
+    Raises:
+        UnreadableFileError: the file is missing, is not JSON, or lacks the list.
+    """
+    data = load_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        suffix = f" (not {file_kind})" if file_kind else ""
+        raise UnreadableFileError(f"{path!r} has no {key!r} list{suffix}")
+    return data
+
+
 def iter_json_array(path: str, chunk_size: int = 1 << 20) -> Iterator[Any]:
     """Streams the elements of a top-level JSON array without loading the file (e.g. Visual Genome).
 

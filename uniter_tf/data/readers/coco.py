@@ -39,9 +39,7 @@ def read_coco_captions(path: str) -> Iterator:
         :class:`TextItem`, or :class:`DeadLetter` for annotations without ``image_id``/``caption``.
     """
     try:
-        data = _io.load_json(path)
-        if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-            raise _io.UnreadableFileError(f"{path!r} has no 'annotations' list (not a COCO captions file)")
+        data = _io.load_json_with_list(path, "annotations", "a COCO captions file")
     except _io.UnreadableFileError as error:
         yield dead_letter.DeadLetter(path, dead_letter.UNREADABLE_INPUT, str(error), path, kind="input")
         return

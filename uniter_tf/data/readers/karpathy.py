@@ -20,9 +20,7 @@ def read_karpathy(path: str) -> Iterator:
         :class:`TextItem`, or :class:`DeadLetter` for entries missing ``filename``/``raw``.
     """
     try:
-        data = _io.load_json(path)
-        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-            raise _io.UnreadableFileError(f"{path!r} has no 'images' list (not a Karpathy-split file)")
+        data = _io.load_json_with_list(path, "images", "a Karpathy-split file")
     except _io.UnreadableFileError as error:
         yield dead_letter.DeadLetter(path, dead_letter.UNREADABLE_INPUT, str(error), path, kind="input")
         return

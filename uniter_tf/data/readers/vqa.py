@@ -60,14 +60,10 @@ def read_vqa(questions_path: str, annotations_path: Optional[str], answer_to_lab
         :class:`TextItem`; :class:`DeadLetter` for questions missing fields or without an annotation.
     """
     try:
-        questions = _io.load_json(questions_path)
-        if not isinstance(questions, dict) or not isinstance(questions.get("questions"), list):
-            raise _io.UnreadableFileError(f"{questions_path!r} has no 'questions' list")
+        questions = _io.load_json_with_list(questions_path, "questions")
         annotations = None
         if annotations_path:
-            loaded = _io.load_json(annotations_path)
-            if not isinstance(loaded, dict) or not isinstance(loaded.get("annotations"), list):
-                raise _io.UnreadableFileError(f"{annotations_path!r} has no 'annotations' list")
+            loaded = _io.load_json_with_list(annotations_path, "annotations")
             annotations = {annotation.get("question_id"): annotation for annotation in loaded["annotations"]
                            if isinstance(annotation, dict)}
     except _io.UnreadableFileError as error:

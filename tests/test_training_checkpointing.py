@@ -109,3 +109,18 @@ def test_loss_curves_png_has_a_held_out_panel_when_the_run_evaluated(tmp_path):
     train_only, with_eval = Image.open(tmp_path / "train_only.png"), Image.open(tmp_path / "with_eval.png")
     assert with_eval.size[0] == 2 * train_only.size[0] and with_eval.size[1] == train_only.size[1]
     assert plot_loss_curves(str(tmp_path / "missing.jsonl"), str(tmp_path / "none.png")) is None
+
+
+def test_trim_metrics_log_keeps_lines_up_to_the_resume_step_and_drops_torn_ones(tmp_path):
+    import json
+
+    from uniter_tf.training.pretrainer import trim_metrics_log
+
+    metrics = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": step, "task": "mlm", "loss": 1.0}) + "\n" for step in (5, 10, 15)]
+    metrics.write_text("".join(lines) + '{"step": 2')
+    assert trim_metrics_log(str(metrics), 10) == 2
+    assert metrics.read_text() == "".join(lines[:2])
+    assert trim_metrics_log(str(metrics), 10) == 0 and metrics.read_text() == "".join(lines[:2])
+    assert trim_metrics_log(str(metrics), 0) == 2 and metrics.read_text() == ""
+    assert trim_metrics_log(str(tmp_path / "missing.jsonl"), 5) == 0

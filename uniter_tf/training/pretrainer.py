@@ -286,6 +286,11 @@ class Pretrainer:
         config = self.config
         start_step = self.restore_or_initialize()
         os.makedirs(config.output_dir, exist_ok=True)
+        if self.is_chief:
+            # A run killed after logging step s but before checkpointing s replays s: drop its lines first.
+            dropped = trim_metrics_log(os.path.join(config.output_dir, METRICS_FILE), start_step)
+            if dropped:
+                self.log(f"dropped {dropped} {METRICS_FILE} line(s) past step {start_step} (from the interrupted run)")
         writer = tf.summary.create_file_writer(os.path.join(config.output_dir, "tensorboard")) \
             if self.is_chief else tf.summary.create_noop_writer()
         progress = keras.utils.Progbar(config.num_train_steps, stateful_metrics=None, unit_name="update") \
@@ -453,6 +458,37 @@ def evaluate_pretraining(model, files, tasks, input_config, *, seed: int = 43,
         elif task in ("mrckl", "mrc"):
             results[f"{task}_accuracy"] = sums["mrc_correct"] / max(sums["mrc_count"], 1.0)
     return results
+
+
+def trim_metrics_log(metrics_path: str, last_step: int) -> int:
+    """Rewrites ``metrics.jsonl`` keeping only lines up to ``last_step``, the step a run resumes from.
+
+    Lines past it (and a line torn by a kill mid-write) were written by an interrupted run whose updates are
+    replayed, so keeping them would log those steps twice.
+
+    Returns:
+        How many lines were dropped.
+    """
+    if not os.path.exists(metrics_path):
+        return 0
+    kept, dropped = [], 0
+    with open(metrics_path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+                keep = line.endswith("\n") and int(record["step"]) <= last_step
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+    if dropped:
+        scratch = metrics_path + ".trimmed"
+        with open(scratch, "w", encoding="utf-8") as handle:
+            handle.writelines(kept)
+        os.replace(scratch, metrics_path)
+    return dropped
 
 
 def plot_loss_curves(metrics_path: str, output_path: str) -> Optional[str]:

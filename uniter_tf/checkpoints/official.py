@@ -59,6 +59,8 @@ class LoadReport:
         tied: tied copies (stored twice in official files) checked against their primary.
         renamed: original key → normalised key for every renamed key (gamma/beta, prefixes).
         notes: anything else worth printing (tied copies that differ, ignored buffers).
+        reshaped: tables whose model shape was grown to the checkpoint's (NLVR2 / VCR type and word
+            tables), one line each naming the key and the config change.
     """
 
     loaded: List[str] = dataclasses.field(default_factory=list)
@@ -68,6 +70,7 @@ class LoadReport:
     tied: List[str] = dataclasses.field(default_factory=list)
     renamed: Dict[str, str] = dataclasses.field(default_factory=dict)
     notes: List[str] = dataclasses.field(default_factory=list)
+    reshaped: List[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> Dict[str, object]:
         """The report as a JSON-serialisable dict."""
@@ -80,6 +83,9 @@ class LoadReport:
                             ("allowed missing", self.allowed_missing), ("unexpected (ignored)", self.unexpected)):
             lines.append(f"{title}: {len(keys)}")
             lines.extend(f"  {key}" for key in keys)
+        if self.reshaped:
+            lines.append(f"reshaped (model grown to the checkpoint): {len(self.reshaped)}")
+            lines.extend(f"  {entry}" for entry in self.reshaped)
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
 
@@ -243,6 +249,16 @@ def official_variable_map(model) -> "OrderedDict[str, tuple]":
     raise ValueError(f"cannot map official UNITER keys onto {type(model).__name__}: it has no UNITER backbone")
 
 
+def head_variable_map(model) -> "OrderedDict[str, tuple]":
+    """Official key → ``(variable, transform)`` of a task model's downstream head (``model.head`` with an
+    ``official_weight_map()``, e.g. ``vqa_output.*``, ``nlvr2_output.*``); empty for other models."""
+    head = getattr(model, "head", None)
+    if head is None or not hasattr(head, "official_weight_map"):
+        return OrderedDict()
+    return OrderedDict((key, (variable, LINEAR if transpose else COPY))
+                       for key, (variable, transpose) in head.official_weight_map().items())
+
+
 # ------------------------------------------------------------------------------------------ loading
 def _to_official_shape(shape: Sequence[int], transform: str) -> Tuple[int, ...]:
     shape = tuple(int(dim) for dim in shape)
@@ -361,13 +377,15 @@ def to_official_state_dict(model, include_tied_copies: bool = True,
     """Exports ``model`` as an official state dict (PyTorch layout, float32 numpy arrays).
 
     Args:
-        model: a backbone, a pretraining model or a model with a ``backbone``.
+        model: a backbone, a pretraining model or a model with a ``backbone`` (a task model's official
+            head keys, :func:`head_variable_map`, are written too).
         include_tied_copies: also write ``cls.predictions.decoder.weight`` and ``feat_regress.weight``
             (as ``torch.save(model.state_dict())`` does) for pretraining models.
         prefix: prefix of the backbone keys (``"uniter."`` as in task checkpoints; ``""`` for a bare
             ``UniterModel``).
     """
     mapping = official_variable_map(model)
+    mapping.update(head_variable_map(model))
     state: "OrderedDict[str, np.ndarray]" = OrderedDict()
     for key, (variable, transform) in mapping.items():
         array = np.asarray(variable.numpy(), dtype=np.float32)
@@ -387,17 +405,22 @@ CONFIG_FILE = "config.json"
 BACKBONE_WEIGHTS_FILE = "backbone.weights.h5"
 PRETRAINING_WEIGHTS_FILE = "pretraining.weights.h5"
 REPORT_FILE = "conversion_report.json"
+#: Written for a task model (a fine-tuned official head): the head's Keras config and the whole model's weights.
+TASK_HEAD_FILE = "task_head.json"
+TASK_WEIGHTS_FILE = "task_model.weights.h5"
 
 
 def save_converted(model, output_dir: str, report: Optional[LoadReport] = None) -> Dict[str, str]:
     """Writes ``config.json``, ``backbone.weights.h5`` and, for a pretraining model,
-    ``pretraining.weights.h5`` (plus ``conversion_report.json`` when a report is given).
+    ``pretraining.weights.h5``, for a task model (backbone + official downstream head)
+    ``task_head.json`` and ``task_model.weights.h5`` (plus ``conversion_report.json`` when a report is
+    given).
 
     Returns:
         name → path of every file written.
     """
     os.makedirs(output_dir, exist_ok=True)
-    backbone = model.backbone if hasattr(model, "mlm_head") else model
+    backbone = model.backbone if hasattr(model, "backbone") else model
     paths = {"config": os.path.join(output_dir, CONFIG_FILE),
              "backbone": os.path.join(output_dir, BACKBONE_WEIGHTS_FILE)}
     backbone.config.to_json(paths["config"])
@@ -405,6 +428,15 @@ def save_converted(model, output_dir: str, report: Optional[LoadReport] = None) 
     if hasattr(model, "mlm_head"):
         paths["pretraining"] = os.path.join(output_dir, PRETRAINING_WEIGHTS_FILE)
         model.save_weights(paths["pretraining"])
+    if hasattr(model, "head"):
+        import keras  # pylint: disable=import-outside-toplevel
+
+        paths["task_head"] = os.path.join(output_dir, TASK_HEAD_FILE)
+        with open(paths["task_head"], "w", encoding="utf-8") as handle:
+            json.dump({"task_name": getattr(model, "task_name", ""),
+                       "head": keras.saving.serialize_keras_object(model.head)}, handle, indent=2)
+        paths["task_weights"] = os.path.join(output_dir, TASK_WEIGHTS_FILE)
+        model.save_weights(paths["task_weights"])
     if report is not None:
         paths["report"] = os.path.join(output_dir, REPORT_FILE)
         with open(paths["report"], "w", encoding="utf-8") as handle:
@@ -446,13 +478,50 @@ def load_pretrained(model_dir: str, pretraining: bool = False, **model_kwargs):
     return model
 
 
+def load_task_model(model_dir: str, **model_kwargs):
+    """Rebuilds a converted task model (backbone + official downstream head) from :func:`save_converted`.
+
+    Args:
+        model_dir: the directory (with ``task_head.json`` and ``task_model.weights.h5``).
+        **model_kwargs: passed to the backbone constructor.
+
+    Returns:
+        A :class:`~uniter_tf.models.task_model.TaskModel`.
+
+    Raises:
+        FileNotFoundError: when the directory lacks the config, the head or the weights.
+    """
+    import keras  # pylint: disable=import-outside-toplevel
+
+    from uniter_tf.models.backbone import UniterBackbone  # pylint: disable=import-outside-toplevel
+    from uniter_tf.models.task_model import TaskModel  # pylint: disable=import-outside-toplevel
+
+    paths = [os.path.join(model_dir, name) for name in (CONFIG_FILE, TASK_HEAD_FILE, TASK_WEIGHTS_FILE)]
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{model_dir!r} is not a converted UNITER task model: {path!r} is missing")
+    with open(paths[1], encoding="utf-8") as handle:
+        head_file = json.load(handle)
+    # Importing the head modules registers their classes for deserialisation.
+    from uniter_tf.models import official_heads  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    head = keras.saving.deserialize_keras_object(head_file["head"])
+    head.build()
+    task_name = head_file.get("task_name", "")
+    model = TaskModel(backbone=UniterBackbone(UniterConfig.from_json(paths[0]), **model_kwargs), head=head,
+                      task_name=task_name, name=f"uniter_{task_name}" if task_name else None)
+    model.load_weights(paths[2])
+    return model
+
+
 def convert_checkpoint(checkpoint_path: str, config: UniterConfig, output_dir: Optional[str] = None,
                        key_prefix: Optional[str] = None, text_only: bool = False, grow_tables: bool = True,
                        strict: bool = False, log: Optional[Callable[[str], None]] = None):
     """Reads a checkpoint, builds the matching model, loads it and optionally saves it.
 
-    A pretraining model is built when the file holds pretraining-head keys (``cls.*``, ``feat_regress.*``,
-    ``region_classifier.*``, ``itm_output.*``), a backbone otherwise.
+    A task model (backbone + head, :mod:`uniter_tf.models.official_heads`) is built when the file holds a
+    fine-tuned official head (``vqa_output.*``, ``nlvr2_output.*``, ``rank_output.*``, ``re_output.*``,
+    ``vcr_output.*``); else a pretraining model when it holds pretraining-head keys (``cls.*``,
+    ``feat_regress.*``, ``region_classifier.*``, ``itm_output.*``), a backbone otherwise.
 
     Args:
         checkpoint_path: the file (see :func:`read_state_dict`).
@@ -471,20 +540,44 @@ def convert_checkpoint(checkpoint_path: str, config: UniterConfig, output_dir: O
     from uniter_tf.models.backbone import UniterBackbone  # pylint: disable=import-outside-toplevel
     from uniter_tf.models.pretraining_model import UniterPretrainingModel  # pylint: disable=import-outside-toplevel
 
+    from uniter_tf.models import official_heads  # pylint: disable=import-outside-toplevel
+    from uniter_tf.models.task_model import TaskModel  # pylint: disable=import-outside-toplevel
+
     state_dict = read_state_dict(checkpoint_path)
+    reshaped = []
     if grow_tables:
         grown = config_for_state_dict(state_dict, config, key_prefix)
+        table_keys = {"vocab_size": UNITER_PREFIX + "embeddings.word_embeddings.weight",
+                      "type_vocab_size": UNITER_PREFIX + "embeddings.token_type_embeddings.weight"}
         for field_name in ("vocab_size", "type_vocab_size", "region_feature_dim", "num_soft_labels"):
-            if log is not None and getattr(grown, field_name) != getattr(config, field_name):
-                log(f"config: {field_name} {getattr(config, field_name)} -> {getattr(grown, field_name)} "
-                    "(from the checkpoint)")
+            if getattr(grown, field_name) == getattr(config, field_name):
+                continue
+            change = f"{field_name} {getattr(config, field_name)} -> {getattr(grown, field_name)}"
+            if log is not None:
+                log(f"config: {change} (from the checkpoint)")
+            if field_name in table_keys:
+                reshaped.append(f"{table_keys[field_name]}: {change}")
         config = grown
     normalized, _ = normalize_keys(state_dict, key_prefix)
     head_roots = ("cls.predictions.", "feat_regress.", "region_classifier.", "itm_output.")
     backbone = UniterBackbone(config)
-    model = UniterPretrainingModel(backbone) if any(key.startswith(head_roots) for key in normalized) else backbone
+    head_name = official_heads.detect_head(normalized, config.hidden_size)
+    extra_mapping = None
+    if head_name is not None:
+        head = official_heads.build_head(head_name, config, normalized)
+        model = TaskModel(backbone=backbone, head=head, task_name=head_name, name=f"uniter_{head_name}")
+        extra_mapping = official_heads.head_variable_map(head)
+        if log is not None:
+            log(f"fine-tuned head: {head_name} ({official_heads.get_head_spec(head_name).official_class})")
+    elif any(key.startswith(head_roots) for key in normalized):
+        model = UniterPretrainingModel(backbone)
+    else:
+        model = backbone
     report = load_official_state_dict(model, state_dict, key_prefix=key_prefix, text_only=text_only, strict=strict,
-                                      log=log)
+                                      extra_mapping=extra_mapping)
+    report.reshaped.extend(reshaped)
+    if log is not None:
+        log(report.format())
     if output_dir is not None:
         save_converted(model, output_dir, report)
     return model, report

@@ -1,10 +1,13 @@
 """Parity of the Keras model with the official PyTorch UNITER, on fixtures in the format of
 ``parity_official/`` (``state_dict.npz``, ``inputs.npz``, ``outputs.npz``, ``config.json``; see the
-README shipped in ``tests/fixtures/parity_official/``).
+README shipped in ``tests/fixtures/parity_official/``) and of ``parity_downstream/<head>/`` (the same
+files plus an optional ``pre_init.npz``; ``config.json`` names the head).
 
-:func:`run_parity` loads the fixture's state dict into a :class:`UniterPretrainingModel`, turns the
-official padded inputs into our batch dicts, runs every task, and compares each output present in
-``outputs.npz`` (sequence outputs at the valid positions, since our joint length is the static T+N).
+:func:`run_parity` loads the fixture's state dict into a :class:`UniterPretrainingModel` (pretraining
+fixture) or a backbone + head model (downstream fixture, :mod:`uniter_tf.checkpoints.downstream_parity`),
+turns the official padded inputs into our batch dicts, runs every task, and compares each output present
+in ``outputs.npz`` (sequence outputs at the valid positions, since our joint length is the static T+N).
+:func:`run_parity_folder` runs every fixture found in the sub-folders of a folder.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -49,6 +52,8 @@ class Fixture:
     state_dict: Dict[str, np.ndarray]
     inputs: Dict[str, np.ndarray]
     outputs: Dict[str, np.ndarray]
+    #: ``pre_init.npz`` of downstream fixtures whose training script calls ``init_*()`` (else empty).
+    pre_init: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def fixture_config(raw_config: Mapping[str, object]) -> UniterConfig:
@@ -92,8 +97,10 @@ def load_fixture(fixture_dir: str) -> Fixture:
         with np.load(path, allow_pickle=False) as archive:
             return {key: np.asarray(archive[key]) for key in archive.files}
 
+    pre_init_path = os.path.join(fixture_dir, "pre_init.npz")
     return Fixture(config=fixture_config(raw_config), raw_config=raw_config, state_dict=read(paths["state_dict.npz"]),
-                   inputs=read(paths["inputs.npz"]), outputs=read(paths["outputs.npz"]))
+                   inputs=read(paths["inputs.npz"]), outputs=read(paths["outputs.npz"]),
+                   pre_init=read(pre_init_path) if os.path.exists(pre_init_path) else {})
 
 
 def _scatter_rows(rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -243,9 +250,17 @@ def run_parity(fixture_dir: str, atol: float = 1e-5, model=None) -> List[ParityR
         model: an already loaded model to check instead of one built from the fixture's state dict.
 
     Returns:
-        One :class:`ParityRow` per compared output.
+        One :class:`ParityRow` per compared output (downstream fixtures: also one ``init:<key>`` row per
+        tensor made by the official ``init_*()`` calls).
+
+    Raises:
+        FileNotFoundError: a missing fixture file; ValueError: an unknown head.
     """
     fixture = load_fixture(fixture_dir)
+    if fixture.raw_config.get("head") is not None:
+        from uniter_tf.checkpoints import downstream_parity  # pylint: disable=import-outside-toplevel
+
+        return downstream_parity.run_head_parity(fixture, fixture.pre_init, atol=atol, model=model)
     if model is None:
         model = build_fixture_model(fixture.config, fixture.state_dict)
     return compare_outputs(model_outputs(model, fixture.inputs), fixture.outputs, fixture.inputs, atol)
@@ -253,12 +268,69 @@ def run_parity(fixture_dir: str, atol: float = 1e-5, model=None) -> List[ParityR
 
 def format_rows(rows: List[ParityRow], atol: float) -> str:
     """A table of the rows, one output per line."""
-    lines = [f"{'output':28s} {'shape':>18s} {'max abs error':>14s}  (atol {atol:g})"]
+    width = max([28] + [len(row.name) for row in rows])
+    lines = [f"{'output':{width}s} {'shape':>18s} {'max abs error':>14s}  (atol {atol:g})"]
     for row in rows:
-        lines.append(f"{row.name:28s} {str(list(row.shape)):>18s} {row.max_abs_error:14.3e}  "
+        lines.append(f"{row.name:{width}s} {str(list(row.shape)):>18s} {row.max_abs_error:14.3e}  "
                      f"{'ok' if row.ok else 'FAIL'}")
     failed = [row.name for row in rows if not row.ok]
     lines.append(f"{len(rows) - len(failed)}/{len(rows)} outputs within tolerance" +
                  (f"; failed: {', '.join(failed)}" if failed else ""))
     return "\n".join(lines)
 
+
+
+def fixture_folders(folder: str) -> List[str]:
+    """The fixture directories of ``folder``: itself when it holds a ``config.json``, else every direct
+    sub-folder that does (sorted by name)."""
+    if os.path.exists(os.path.join(folder, "config.json")):
+        return [folder]
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"parity fixture folder {folder!r} does not exist")
+    return [os.path.join(folder, name) for name in sorted(os.listdir(folder))
+            if os.path.exists(os.path.join(folder, name, "config.json"))]
+
+
+def fixture_label(fixture_dir: str) -> str:
+    """A fixture's name: the head of its ``config.json`` (downstream) or ``pretraining``."""
+    with open(os.path.join(fixture_dir, "config.json"), encoding="utf-8") as handle:
+        head = json.load(handle).get("head")
+    return str(head) if head is not None else "pretraining"
+
+
+def run_parity_folder(folder: str, atol: float = 1e-5) -> List[Tuple[str, str, Optional[List[ParityRow]], str]]:
+    """Runs every fixture of a folder of fixtures (e.g. ``parity_downstream/``).
+
+    Returns:
+        One ``(label, fixture_dir, rows or None, error message)`` per fixture, in name order; ``rows`` is
+        ``None`` when the fixture could not be run (unknown head, missing file), with the reason.
+
+    Raises:
+        FileNotFoundError: when the folder holds no fixture at all.
+    """
+    fixture_dirs = fixture_folders(folder)
+    if not fixture_dirs:
+        raise FileNotFoundError(f"no parity fixture (a folder with config.json) in {folder!r}")
+    results = []
+    for fixture_dir in fixture_dirs:
+        label = os.path.basename(os.path.normpath(fixture_dir))
+        try:
+            label = fixture_label(fixture_dir)
+            results.append((label, fixture_dir, run_parity(fixture_dir, atol=atol), ""))
+        except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError) as error:
+            results.append((label, fixture_dir, None, str(error)))
+    return results
+
+
+def format_summary_line(label: str, rows: Optional[List[ParityRow]], error: str, atol: float) -> str:
+    """One line per fixture: its largest error over every output and whether all are within ``atol``."""
+    if rows is None:
+        return f"{label:20s} FAIL  {error}"
+    if not rows:
+        return f"{label:20s} FAIL  no output of the fixture could be compared"
+    worst = max(rows, key=lambda row: row.max_abs_error)
+    failed = [row.name for row in rows if not row.ok]
+    status = "ok  " if not failed else "FAIL"
+    detail = f"; failed: {', '.join(failed)}" if failed else ""
+    return (f"{label:20s} {status}  largest error {worst.max_abs_error:.3e} ({worst.name}) over {len(rows)} outputs, "
+            f"atol {atol:g}{detail}")

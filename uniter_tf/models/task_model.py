@@ -15,8 +15,8 @@ class TaskModel(keras.Model):
     The backbone is passed in (not built here) so that the same class serves every task and any
     encoder that follows the backbone contract of docs/architecture.md: it takes the input dict
     (``token_ids``, ``text_mask``, ``region_features``, ``region_positions``, ``region_mask``, …) and
-    returns a dict with at least ``pooled_output [B, H]``. The head receives that whole dict, so heads
-    that need ``sequence_output`` (RefCOCO, NLVR2 attention) fit too.
+    returns a dict with at least ``pooled_output [B, H]``. The head receives that whole dict plus the
+    input ``region_mask``, so heads that need ``sequence_output`` (RefCOCO, NLVR2 attention) fit too.
 
     Args:
         backbone: the encoder (a Keras layer or model).
@@ -33,7 +33,11 @@ class TaskModel(keras.Model):
         self.task_name = task_name
 
     def call(self, inputs: Mapping[str, tf.Tensor], training: Optional[bool] = None) -> tf.Tensor:
-        encoder_outputs: Dict[str, tf.Tensor] = self.backbone(inputs, training=training)
+        encoder_outputs: Dict[str, tf.Tensor] = dict(self.backbone(inputs, training=training))
+        # Heads that read regions (RefCOCO) need the region slots' width and validity, which the
+        # joint-layout outputs alone do not give.
+        if inputs.get("region_mask") is not None and "region_mask" not in encoder_outputs:
+            encoder_outputs["region_mask"] = inputs["region_mask"]
         return self.head(encoder_outputs, training=training)
 
     def get_config(self):

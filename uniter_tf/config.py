@@ -12,8 +12,10 @@ Presets (``UniterConfig.from_preset(name)``):
 * ``tiny``: 2 layers, hidden 32, for tests; keeps the cased vocabulary so the real tokenizer fits.
 
 The JSON form is a flat object with the field names below. :meth:`UniterConfig.from_dict` also
-accepts the official UNITER ``config/uniter-*.json`` files (their keys are a subset of ours) and the
-official ``img_dim`` / ``img_label_dim`` names.
+accepts the official UNITER ``config/uniter-*.json`` files (their keys are a subset of ours), the
+official ``img_dim`` / ``img_label_dim`` / ``ot_k`` names, and the ``vocab`` block of the parity
+fixtures' ``config.json`` (``{"pad": 0, "cls": 1, "sep": 2, "mask": 3, "v_range": [5, 100]}``), which
+names the special token ids of a toy vocabulary.
 """
 
 from __future__ import annotations
@@ -27,7 +29,51 @@ from typing import Any, Dict, Mapping, Union
 _OFFICIAL_ALIASES = {
         "img_dim": "region_feature_dim",
         "img_label_dim": "num_soft_labels",
+        "ot_k": "ot_inner_iterations",
 }
+# Names in a fixture's ``vocab`` block → the id fields they set.
+_VOCAB_IDS = {"pad": "pad_token_id", "unk": "unk_token_id", "cls": "cls_token_id", "sep": "sep_token_id",
+              "mask": "mask_token_id"}
+_SPECIAL_ID_FIELDS = ("pad_token_id", "unk_token_id", "cls_token_id", "sep_token_id", "mask_token_id")
+
+
+def _vocab_block_fields(vocab: Mapping[str, Any], explicit: Mapping[str, Any]) -> Dict[str, Any]:
+    """The id fields a ``vocab`` block names (see the module docstring).
+
+    ``v_range: [first, end]`` is the range MLM draws random words from: ``first`` is ``first_word_id``.
+    A toy vocabulary without ``unk`` whose size leaves no room for the default ``[UNK]`` id (100) gets the
+    highest id below ``first_word_id`` that no other special token uses (nothing reads it there).
+
+    Raises:
+        ValueError: a malformed block, or an id that contradicts the same field given explicitly.
+    """
+    fields: Dict[str, Any] = {}
+    for name, value in vocab.items():
+        if name == "v_range":
+            if not isinstance(value, (list, tuple)) or len(value) != 2:
+                raise ValueError(f"UniterConfig vocab.v_range must be [first_word_id, end], got {value!r}")
+            fields["first_word_id"] = value[0]
+        elif name in _VOCAB_IDS:
+            fields[_VOCAB_IDS[name]] = value
+        else:
+            raise ValueError(f"unknown entry vocab.{name} in a UniterConfig vocab block (known: "
+                             f"{sorted(_VOCAB_IDS) + ['v_range']})")
+    for field_name, value in fields.items():
+        if field_name in explicit and explicit[field_name] != value:
+            raise ValueError(f"UniterConfig.{field_name} is {explicit[field_name]!r} but the vocab block says "
+                             f"{value!r}")
+    vocab_size = explicit.get("vocab_size", UniterConfig.vocab_size)
+    default_unk = UniterConfig.unk_token_id
+    if ("unk_token_id" not in fields and "unk_token_id" not in explicit and isinstance(vocab_size, int)
+            and default_unk >= vocab_size):
+        first_word = fields.get("first_word_id", explicit.get("first_word_id", UniterConfig.first_word_id))
+        taken = {fields.get(name, explicit.get(name)) for name in _SPECIAL_ID_FIELDS}
+        free = [token_id for token_id in range(int(first_word) - 1, -1, -1) if token_id not in taken]
+        if not free:
+            raise ValueError(f"the vocab block names no unk id and every id below first_word_id={first_word} is "
+                             "another special token; give vocab.unk")
+        fields["unk_token_id"] = free[0]
+    return fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +199,8 @@ class UniterConfig:
         """Builds a config from a dict of fields.
 
         Official UNITER config keys are accepted (``img_dim`` → ``region_feature_dim``,
-        ``img_label_dim`` → ``num_soft_labels``).
+        ``img_label_dim`` → ``num_soft_labels``, ``ot_k`` → ``ot_inner_iterations``), and so is a parity
+        fixture's ``vocab`` block of special ids (module docstring).
 
         Args:
             values: field name → value.
@@ -165,14 +212,19 @@ class UniterConfig:
         field_names = {field.name for field in dataclasses.fields(cls)}
         kwargs = {}
         unknown = []
+        vocab_block = None
         for key, value in values.items():
             key = _OFFICIAL_ALIASES.get(key, key)
             if key in field_names:
                 kwargs[key] = value
+            elif key == "vocab" and isinstance(value, Mapping):
+                vocab_block = value
             else:
                 unknown.append(key)
         if unknown and not allow_unknown:
             raise ValueError(f"unknown UniterConfig fields: {sorted(unknown)}")
+        if vocab_block is not None:
+            kwargs.update(_vocab_block_fields(vocab_block, kwargs))
         return cls(**kwargs)
 
     @classmethod

@@ -1,7 +1,8 @@
 """Official UNITER (PyTorch) state dicts ↔ the Keras models.
 
-* :func:`read_state_dict` reads ``.pt`` / ``.pth`` / ``.bin`` (torch, optional), ``.npz`` and
-  ``.safetensors`` files into ``{key: numpy array}``.
+* :func:`read_state_dict` reads ``.pt`` / ``.pth`` / ``.bin`` (PyTorch's zip and legacy layouts, without
+  torch and without running pickle code: :mod:`.torch_format`), ``.npz`` and ``.safetensors`` files into
+  ``{key: numpy array}`` (or :class:`~.torch_format.LazyTensor` values read on demand).
 * :func:`load_official_state_dict` copies a state dict into a :class:`UniterBackbone` or a
   :class:`UniterPretrainingModel` and returns a :class:`LoadReport` (loaded / missing / unexpected /
   tied keys). It handles TF-style ``gamma``/``beta`` names, ``bert.*`` init checkpoints (as if
@@ -27,6 +28,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
+from uniter_tf.checkpoints import torch_format
 from uniter_tf.config import UniterConfig
 
 UNITER_PREFIX = "uniter."
@@ -91,17 +93,23 @@ class LoadReport:
 
 
 # ------------------------------------------------------------------------------------------ reading
-def read_state_dict(path: str) -> "OrderedDict[str, np.ndarray]":
+def read_state_dict(path: str, lazy: bool = False) -> "OrderedDict[str, np.ndarray]":
     """Reads a state dict file into numpy arrays (official key order kept).
 
     Args:
-        path: ``.pt``/``.pth``/``.bin`` (needs torch; loaded with ``weights_only=True``), ``.npz`` or
-            ``.safetensors``. A ``{"model_state": ...}`` / ``{"state_dict": ...}`` wrapper is unwrapped.
+        path: ``.pt``/``.pth``/``.bin``/``.ckpt`` (``torch.save`` zip or legacy layout, read by
+            :func:`torch_format.load`: no torch needed, nothing in the pickle runs), ``.npz`` or
+            ``.safetensors``. A ``{"model_state": ...}`` / ``{"state_dict": ...}`` wrapper is unwrapped;
+            non-tensor entries of a torch file are dropped. Tensors keep their stored dtype (float16 stays
+            float16, bfloat16 is ``ml_dtypes.bfloat16``); loading casts them to the variables' dtype.
+        lazy: for torch files, return :class:`torch_format.LazyTensor` values whose bytes are read when
+            converted (``np.asarray``), so a conversion holds one tensor at a time.
 
     Raises:
         FileNotFoundError: no such file.
-        ImportError: a torch file without torch installed.
-        ValueError: an unknown extension or a file that holds no tensors.
+        torch_format.UnsafeCheckpointError: a torch pickle that names a global outside the allow-list
+            (a ``ValueError``; nothing was run).
+        ValueError: an unknown extension, a corrupt torch file, or a file that holds no tensors.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
@@ -114,24 +122,17 @@ def read_state_dict(path: str) -> "OrderedDict[str, np.ndarray]":
 
         state = OrderedDict(load_file(path).items())
     elif extension in (".pt", ".pth", ".bin", ".ckpt"):
-        try:
-            import torch  # pylint: disable=import-outside-toplevel
-        except ImportError as error:
-            raise ImportError(f"reading {path!r} needs PyTorch (`pip install torch`, the optional 'torch' extra); "
-                              "or convert it to .npz where torch is available: "
-                              "numpy.savez(out, **{k: v.float().numpy() for k, v in sd.items()})") from error
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch_format.load(path, lazy=True)
         for wrapper_key in ("model_state", "state_dict", "model"):
             if isinstance(loaded, Mapping) and wrapper_key in loaded and isinstance(loaded[wrapper_key], Mapping):
                 loaded = loaded[wrapper_key]
                 break
-        state = OrderedDict()
-        for key, tensor in loaded.items():
-            if hasattr(tensor, "detach"):
-                tensor = tensor.detach().cpu()
-                if tensor.dtype in (torch.float16, torch.bfloat16):
-                    tensor = tensor.float()
-                state[key] = tensor.numpy()
+        if not isinstance(loaded, Mapping):
+            raise ValueError(f"checkpoint {path!r} holds a {type(loaded).__name__}, not a state dict")
+        state = OrderedDict((key, tensor) for key, tensor in loaded.items()
+                            if isinstance(tensor, torch_format.LazyTensor))
+        if not lazy:
+            state = torch_format.materialize(state)
     else:
         raise ValueError(f"checkpoint {path!r}: unknown extension {extension!r} (expected .pt, .pth, .bin, .npz or "
                          ".safetensors)")
@@ -180,7 +181,8 @@ def normalize_keys(state_dict: Mapping[str, np.ndarray],
                 new_key = UNITER_PREFIX + new_key
         if new_key != key:
             renamed[key] = new_key
-        normalized[new_key] = np.asarray(value)
+        # Lazy torch tensors stay lazy: their bytes are read when loaded into a variable.
+        normalized[new_key] = value if isinstance(value, torch_format.LazyTensor) else np.asarray(value)
     return normalized, renamed
 
 
@@ -344,8 +346,7 @@ def load_official_state_dict(model, state_dict: Mapping[str, np.ndarray], key_pr
             raise ValueError(f"shape mismatch for {key!r}: checkpoint has {list(value.shape)}, the model expects "
                              f"{list(expected)} (use config_for_state_dict / `uniter convert` to grow vocabulary or "
                              "type tables, or pick the matching --config)")
-        array = value.T if transform == LINEAR else value
-        assignments.append((variable, np.asarray(array, dtype=np.dtype(variable.dtype))))
+        assignments.append((variable, value, transform))
         report.loaded.append(key)
 
     for key, value in normalized.items():
@@ -354,8 +355,10 @@ def load_official_state_dict(model, state_dict: Mapping[str, np.ndarray], key_pr
         primary = TIED_KEYS.get(key)
         if primary is not None and primary in mapping:
             report.tied.append(key)
-            if primary in normalized and not np.array_equal(np.asarray(normalized[primary], np.float32),
-                                                            np.asarray(value, np.float32)):
+            # A tied copy sharing its primary's storage (torch files) is equal without reading it.
+            same_storage = isinstance(value, torch_format.LazyTensor) and value.same_data(normalized.get(primary))
+            if primary in normalized and not same_storage and not np.array_equal(
+                    np.asarray(normalized[primary], np.float32), np.asarray(value, np.float32)):
                 report.notes.append(f"tied copy {key} differs from {primary}; {primary} was used")
             continue
         if key in IGNORED_KEYS or key.endswith(".position_ids"):
@@ -365,8 +368,10 @@ def load_official_state_dict(model, state_dict: Mapping[str, np.ndarray], key_pr
 
     if strict and (report.missing or report.unexpected):
         raise ValueError(f"strict load failed: missing {report.missing}, unexpected {report.unexpected}")
-    for variable, array in assignments:
-        variable.assign(array)
+    # Values are read (lazy torch tensors) and cast one variable at a time, after every shape was checked.
+    for variable, value, transform in assignments:
+        array = np.asarray(value, dtype=np.dtype(variable.dtype))
+        variable.assign(array.T if transform == LINEAR else array)
     if log is not None:
         log(report.format())
     return report
@@ -543,7 +548,7 @@ def convert_checkpoint(checkpoint_path: str, config: UniterConfig, output_dir: O
     from uniter_tf.models import official_heads  # pylint: disable=import-outside-toplevel
     from uniter_tf.models.task_model import TaskModel  # pylint: disable=import-outside-toplevel
 
-    state_dict = read_state_dict(checkpoint_path)
+    state_dict = read_state_dict(checkpoint_path, lazy=True)  # torch files: one tensor in memory at a time
     reshaped = []
     if grow_tables:
         grown = config_for_state_dict(state_dict, config, key_prefix)

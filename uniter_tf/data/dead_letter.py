@@ -16,12 +16,16 @@ METRICS_NAMESPACE = "uniter_ingest"
 
 # Reasons. Input-level problems.
 UNREADABLE_INPUT = "unreadable_input"          # file or record that cannot be opened, decoded or parsed
-MISSING_FIELD = "missing_field"                # a record lacks a field its format requires
+MISSING_FIELD = "missing_field"                # a record lacks a field its format requires (or it is null)
+BAD_TYPE = "bad_type"                          # a field of the wrong type (non-string text, list id, "tall" height)
 BAD_LABEL = "bad_label"                        # a label outside the format's label set
+UNSAFE_INPUT = "unsafe_input"                  # a value that only unpickling could decode (object array): refused
+DUPLICATE_ID = "duplicate_id"                  # a text item whose example id an earlier item already has
 # Image (feature record) problems.
 NON_FINITE_FEATURES = "non_finite_features"    # NaN or inf in features, positions or soft labels
 WRONG_FEATURE_DIM = "wrong_feature_dim"        # feature width differs from the dataset's feature_dim
 NO_REGIONS = "no_regions"                      # zero regions after the box-selection rule
+DUPLICATE_IMAGE_ID = "duplicate_image_id"      # feature records that share a join key with another record
 # Text item problems.
 EMPTY_TEXT = "empty_text"                      # empty or whitespace-only text, or no WordPiece tokens
 OVERLONG_TEXT = "overlong_text"                # more tokens than max_text_tokens with overlong=drop
@@ -31,17 +35,18 @@ IMAGE_REJECTED = "image_rejected"              # the text's image had a feature 
 
 #: Every reason, in the order summaries print them.
 ALL_REASONS = (
-        UNREADABLE_INPUT, MISSING_FIELD, BAD_LABEL, NON_FINITE_FEATURES, WRONG_FEATURE_DIM, NO_REGIONS,
-        EMPTY_TEXT, OVERLONG_TEXT, NON_UTF8_TEXT, UNKNOWN_IMAGE, IMAGE_REJECTED)
+        UNREADABLE_INPUT, UNSAFE_INPUT, MISSING_FIELD, BAD_TYPE, BAD_LABEL, NON_FINITE_FEATURES, WRONG_FEATURE_DIM,
+        NO_REGIONS, DUPLICATE_IMAGE_ID, DUPLICATE_ID, EMPTY_TEXT, OVERLONG_TEXT, NON_UTF8_TEXT, UNKNOWN_IMAGE,
+        IMAGE_REJECTED)
 
 #: Reasons that concern an image (feature record) rather than a text item.
-IMAGE_REASONS = frozenset({NON_FINITE_FEATURES, WRONG_FEATURE_DIM, NO_REGIONS})
+IMAGE_REASONS = frozenset({NON_FINITE_FEATURES, WRONG_FEATURE_DIM, NO_REGIONS, DUPLICATE_IMAGE_ID})
 
 # Counters that are not dead letters (the records are kept or deliberately left out).
 TRUNCATED_TEXT = "truncated_text"              # over-long text cut to max_text_tokens (overlong=truncate)
 EXCLUDED_SPLIT = "excluded_split"              # text whose annotation split maps to no output split
 IMAGES_WITHOUT_TEXT = "images_without_text"    # good feature records that no text item refers to
-DUPLICATE_IMAGE_IDS = "duplicate_image_ids"    # image ids with more than one good feature record (each is used)
+DUPLICATE_IMAGE_IDS = "duplicate_image_ids"    # join keys shared by several feature records (all are rejected)
 UNKNOWN_IMAGE_SIZE = "unknown_image_size"      # records written with normalised boxes (image size recorded 1x1)
 TEXT_ITEMS_READ = "text_items_read"            # text items read (good or bad), file-level failures excluded
 IMAGE_RECORDS_READ = "image_records_read"      # feature records read (good or bad)
@@ -96,6 +101,20 @@ def safe_text(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def describe_value(value: Any, limit: int = 80) -> str:
+    """``"<type> <bounded repr>"`` of a JSON value for a dead-letter detail.
+
+    ``reprlib`` bounds both the length and the nesting depth, so a value nested thousands deep (hostile
+    JSON) is described without recursing through it.
+    """
+    import reprlib
+
+    shortener = reprlib.Repr()
+    shortener.maxlevel, shortener.maxstring, shortener.maxother = 3, limit, limit
+    shortener.maxlist = shortener.maxdict = shortener.maxtuple = 4
+    return f"{type(value).__name__} {safe_text(shortener.repr(value), limit)}"
+
+
 def format_summary(counts: Dict[str, int], title: str = "ingest summary") -> str:
     """Formats counter values as an aligned table, reasons in :data:`ALL_REASONS` order first.
 
@@ -128,7 +147,8 @@ def read_dead_letters(paths) -> "list[DeadLetter]":
 
 __all__ = [
         "METRICS_NAMESPACE", "DeadLetter", "ALL_REASONS", "IMAGE_REASONS", "format_summary", "safe_text",
-        "read_dead_letters", "UNREADABLE_INPUT", "MISSING_FIELD", "BAD_LABEL", "NON_FINITE_FEATURES",
+        "read_dead_letters", "describe_value", "UNREADABLE_INPUT", "UNSAFE_INPUT", "MISSING_FIELD", "BAD_TYPE",
+        "BAD_LABEL", "DUPLICATE_ID", "DUPLICATE_IMAGE_ID", "NON_FINITE_FEATURES",
         "WRONG_FEATURE_DIM", "NO_REGIONS", "EMPTY_TEXT", "OVERLONG_TEXT", "NON_UTF8_TEXT",
         "UNKNOWN_IMAGE", "IMAGE_REJECTED", "TRUNCATED_TEXT", "EXCLUDED_SPLIT", "IMAGES_WITHOUT_TEXT",
         "DUPLICATE_IMAGE_IDS", "UNKNOWN_IMAGE_SIZE", "TEXT_ITEMS_READ", "IMAGE_RECORDS_READ", "EXAMPLES_WRITTEN_PREFIX",

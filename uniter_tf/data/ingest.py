@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -172,7 +173,18 @@ def output_split(item: readers_lib.TextItem, split_key: str, config: IngestConfi
 
 
 def text_problem(item: readers_lib.TextItem) -> Optional[dead_letter.DeadLetter]:
-    """A dead letter for non-UTF-8 or empty text, else None."""
+    """A dead letter for non-string, non-UTF-8 or empty text (or ids that are not UTF-8), else None."""
+    if not isinstance(item.text, str):  # readers check types; this guards readers written later
+        return dead_letter.DeadLetter(str(item.example_id), dead_letter.BAD_TYPE,
+                                      f"text must be a string, got {dead_letter.describe_value(item.text)}",
+                                      item.source)
+    for field, value in [("example id", item.example_id)] + [("image id", image_id) for image_id in item.image_ids]:
+        # Ids become Beam keys, which are encoded as UTF-8: a lone surrogate there would end the run.
+        if not reader_io.is_valid_utf8(value):
+            shown = dead_letter.safe_text(value.encode("utf-8", "surrogateescape"))
+            record_id = item.example_id if reader_io.is_valid_utf8(item.example_id) else shown
+            return dead_letter.DeadLetter(record_id, dead_letter.NON_UTF8_TEXT,
+                                          f"{field} is not valid UTF-8: {shown}", item.source)
     if not reader_io.is_valid_utf8(item.text):
         return dead_letter.DeadLetter(item.example_id, dead_letter.NON_UTF8_TEXT,
                                       f"text is not valid UTF-8: {dead_letter.safe_text(item.text)}", item.source)
@@ -225,9 +237,12 @@ def _read_annotations(task, annotation_format: str, options: readers_lib.ReaderO
     path = task[0]
     try:
         yield from readers_lib.read_task(annotation_format, task, options)
-    except (OSError, ValueError, reader_io.UnreadableFileError) as error:
+    except Exception as error:  # pylint: disable=broad-except
+        # Readers turn bad records into dead letters; anything they did not foresee (a TypeError from an
+        # unexpected JSON shape, a RecursionError) still costs only the rest of this file, never the run.
         yield dead_letter.DeadLetter(path, dead_letter.UNREADABLE_INPUT,
-                                     f"reading stopped: {dead_letter.safe_text(error)}", path, kind="input")
+                                     f"reading stopped: {type(error).__name__}: {dead_letter.safe_text(error)}",
+                                     path, kind="input")
 
 
 class SortTextOutputs(beam.DoFn):
@@ -302,17 +317,22 @@ class AssignSplit(beam.DoFn):
             yield key, (item, slot, split)
 
 class ReadFeatures(beam.DoFn):
-    """Streams one feature shard; good records as ``(image_key, record)``, the rest to ``dead``/``rejected``."""
+    """Streams one feature shard; good records as ``(image_key, record)``, the rest to ``dead``/``rejected``.
+
+    The side input ``shared_keys`` (join key -> number of records, from :func:`shared_image_keys`) names
+    the keys that several records map to; those records are rejected as ``duplicate_image_id``.
+    """
 
     def __init__(self, config: IngestConfig, emit_dead: bool = True):
         self._config = config
         self._emit_dead = emit_dead
         self._read = _counter(dead_letter.IMAGE_RECORDS_READ)
 
-    def process(self, shard):
+    def process(self, shard, shared_keys=None):
         from uniter_tf.data import importers
 
         config = self._config
+        shared_keys = shared_keys or {}
         try:
             results = importers.iter_shard(shard, config.box_selection)
             for result in results:
@@ -324,6 +344,12 @@ class ReadFeatures(beam.DoFn):
                     except ValueError as error:
                         problem = dead_letter.DeadLetter(result.image_id, dead_letter.MISSING_FIELD, str(error),
                                                          result.source, kind="image")
+                if problem is None and key in shared_keys:
+                    problem = dead_letter.DeadLetter(
+                            result.image_id, dead_letter.DUPLICATE_IMAGE_ID,
+                            f"{shared_keys[key]} feature records have the join key {key!r} (e.g. photo.png and "
+                            "photo.jpg): which image a text means is ambiguous, so all of them are rejected",
+                            result.source, kind="image")
                 if problem is None:
                     if self._emit_dead:
                         self._read.inc()
@@ -348,6 +374,62 @@ class ReadFeatures(beam.DoFn):
     def _key(self, image_id):
         prefix = self._config.strip_feature_prefix
         return image_keys.image_key(image_id, self._config.image_key_mode, prefix)
+
+def _natural_key(text: str):
+    """Sort key that orders ``annotations[9]`` before ``annotations[10]`` (file order of the sources)."""
+    parts = re.split(r"(\d+)", text)
+    return tuple(int(part) if index % 2 else part for index, part in enumerate(parts))
+
+
+class KeepFirstOfEachId(beam.DoFn):
+    """``(example_id, items)`` -> the first item (in source order); the others are ``duplicate_id`` letters.
+
+    Two text items with one example id (two COCO captions with ``"id": 101``) would be written as two
+    records that downstream code cannot tell apart; the first in file order is kept.
+    """
+
+    def process(self, keyed):
+        example_id, items = keyed
+        items = sorted(items, key=lambda item: _natural_key(item.source))
+        yield items[0]
+        for item in items[1:]:
+            yield beam.pvalue.TaggedOutput("dead", dead_letter.DeadLetter(
+                    example_id, dead_letter.DUPLICATE_ID,
+                    f"example id {example_id!r} is already used by {items[0].source}", item.source))
+
+
+def _shard_image_keys(shard, config: IngestConfig):
+    """Join keys of every record of a shard, from the cheap id-only read (the keys pass)."""
+    from uniter_tf.data import importers
+
+    try:
+        for image_id in importers.iter_shard_image_ids(shard, config.box_selection):
+            try:
+                yield image_keys.image_key(image_id, config.image_key_mode, config.strip_feature_prefix)
+            except ValueError:
+                continue  # no usable key: it can collide with nothing (the full read dead-letters it)
+    except Exception:  # pylint: disable=broad-except  (the full read reports an unreadable shard)
+        return
+
+
+def shared_image_keys(pipeline, shards: Sequence, config: IngestConfig, label: str = "ImageKeys"):
+    """``(join key, count)`` for every key that several feature records map to (counted once each).
+
+    Different images can map to one key (``photo.png`` / ``photo.jpg`` extracted to ``photo``; two
+    ``coco_*2014_000000000009`` names in ``numeric`` mode). A text's image would then be ambiguous, so
+    those records are rejected rather than each joined to the texts.
+    """
+    def count(key_count):
+        _counter(dead_letter.DUPLICATE_IMAGE_IDS).inc()
+        return key_count
+
+    return (pipeline
+            | f"{label}Shards" >> beam.Create(list(shards))
+            | f"{label}Read" >> beam.FlatMap(_shard_image_keys, config)
+            | f"{label}Count" >> beam.combiners.Count.PerElement()
+            | f"{label}Shared" >> beam.Filter(lambda key_count: key_count[1] > 1)
+            | f"{label}Counter" >> beam.Map(count))
+
 
 class JoinWithTexts(beam.DoFn):
     """Builds the examples of one image from the side-input text index; reports the key as seen.
@@ -433,8 +515,6 @@ def _missing_image_letters(grouped, multi_image: bool):
     key, groups = grouped
     texts, seen, rejected = list(groups["texts"]), list(groups["seen"]), list(groups["rejected"])
     if seen:
-        if len(seen) > 1:
-            _counter(dead_letter.DUPLICATE_IMAGE_IDS).inc()
         if not texts:
             _counter(dead_letter.IMAGES_WITHOUT_TEXT).inc()
         return
@@ -461,17 +541,23 @@ def _ingest_expand(pipeline, config: IngestConfig, answer_to_label: Optional[Dic
             | "AnnotationFiles" >> beam.Create(tasks)
             | "ReadAnnotations" >> beam.FlatMap(_read_annotations, config.annotation_format, options)
             | "CheckText" >> beam.ParDo(SortTextOutputs()).with_outputs("dead", main="items"))
-    tokenized = (read.items
+    unique = (read.items
+              | "ByExampleId" >> beam.Map(lambda item: (item.example_id, item))
+              | "GroupByExampleId" >> beam.GroupByKey()
+              | "OnePerExampleId" >> beam.ParDo(KeepFirstOfEachId()).with_outputs("dead", main="items"))
+    tokenized = (unique.items
                  | "BatchTexts" >> beam.BatchElements(min_batch_size=16, max_batch_size=512)
                  | "Tokenize" >> beam.ParDo(TokenizeBatch(config)).with_outputs("dead", main="items"))
     keyed_texts = tokenized.items | "AssignSplit" >> beam.ParDo(AssignSplit(config)).with_outputs("dead", main="keyed")
-    dead = [read.dead, tokenized.dead, keyed_texts.dead]
+    dead = [read.dead, unique.dead, tokenized.dead, keyed_texts.dead]
     text_index = keyed_texts.keyed
+
+    shared_keys = beam.pvalue.AsDict(shared_image_keys(pipeline, shards, config))
 
     def read_features(label, emit_dead):
         return (pipeline
                 | f"{label}Shards" >> beam.Create(list(shards))
-                | f"{label}Read" >> beam.ParDo(ReadFeatures(config, emit_dead)).with_outputs(
+                | f"{label}Read" >> beam.ParDo(ReadFeatures(config, emit_dead), shared_keys).with_outputs(
                         "dead", "rejected", main="records"))
 
     features = read_features("Features", emit_dead=True)

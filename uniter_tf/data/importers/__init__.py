@@ -110,6 +110,28 @@ def iter_shard(shard: FeatureShard, selection: Optional[boxes_lib.BoxSelection] 
     raise ValueError(f"unknown feature format {shard.feature_format!r}")
 
 
+def iter_shard_image_ids(shard: FeatureShard, selection: Optional[boxes_lib.BoxSelection] = boxes_lib.BoxSelection()
+                         ) -> Iterator[str]:
+    """Streams the image id of every record of a shard without decoding features (the ingest's keys pass).
+
+    Cheap where the format allows it: LMDB keys only (img_db), file names (npz), the first column of each
+    line (TSV); canonical TFRecords are read and only the ``image_id`` field is looked at (``selection``
+    picks the img_db's LMDB as :func:`iter_shard` does). Records whose id
+    cannot be read are skipped (the full read dead-letters them); an unreadable file ends its ids early.
+    """
+    from uniter_tf.data.importers import butd_tsv, canonical, img_db, npz_dir
+
+    if shard.feature_format == "img_db":
+        return img_db.iter_img_db_image_ids(shard.paths[0], selection)
+    if shard.feature_format in ("butd_tsv", "lxmert_tsv"):
+        return butd_tsv.iter_butd_tsv_image_ids(shard.paths[0])
+    if shard.feature_format == "npz":
+        return iter(npz_dir.image_id_from_path(path) for path in shard.paths)
+    if shard.feature_format == "canonical":
+        return canonical.iter_canonical_image_ids(shard.paths[0])
+    raise ValueError(f"unknown feature format {shard.feature_format!r}")
+
+
 def iter_features(features: str, feature_format: str = "auto",
                   selection: Optional[boxes_lib.BoxSelection] = boxes_lib.BoxSelection()) -> Iterator:
     """Streams every record (and dead letter) of a feature location, shard after shard."""
@@ -118,4 +140,4 @@ def iter_features(features: str, feature_format: str = "auto",
 
 
 __all__ = ["FEATURE_FORMATS", "FeatureRecord", "FeatureShard", "select_boxes", "list_shards", "iter_shard",
-           "iter_features"]
+           "iter_shard_image_ids", "iter_features"]

@@ -112,6 +112,15 @@ def iter_butd_tsv(path: str, fieldnames: Sequence[str] = BUTD_FIELDS,
             yield feature_record.select_boxes(record, selection)
 
 
+def iter_butd_tsv_image_ids(path: str) -> Iterator[str]:
+    """The first column (the image id, in both column orders) of every non-blank line, nothing decoded."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        for raw_line in handle:
+            if raw_line.strip():
+                yield raw_line.split(b"\t", 1)[0].decode("utf-8", errors="backslashreplace")
+
+
 def encode_line(image_id, image_width: int, image_height: int, boxes: np.ndarray, features: np.ndarray) -> str:
     """One line in the BUTD format (for tests and benchmarks)."""
     def encode(array):

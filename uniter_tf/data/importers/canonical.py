@@ -52,3 +52,26 @@ def iter_canonical_tfrecord(path: str, compression: Optional[str] = None) -> Ite
         yield dead_letter.DeadLetter(f"{path}#{index + 1}", dead_letter.UNREADABLE_INPUT,
                                      f"corrupt TFRecord file after {index} records: "
                                      f"{dead_letter.safe_text(error.message)}", path, kind="input")
+
+
+def iter_canonical_image_ids(path: str, compression: Optional[str] = None) -> Iterator[str]:
+    """The ``image_id`` of every record of one TFRecord file (undecodable records are skipped).
+
+    A truncated or corrupt file ends the ids early; :func:`iter_canonical_tfrecord` reports it.
+    """
+    import tensorflow as tf
+
+    from uniter_tf.data import schema
+
+    if compression is None:
+        compression = "GZIP" if path.endswith(".gz") else ""
+    try:
+        for serialized in tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator():
+            try:
+                values = tf.train.Example.FromString(serialized).features.feature[schema.IMAGE_ID].bytes_list.value
+            except Exception:  # pylint: disable=broad-except  (a bad record has no usable id)
+                continue
+            if len(values) == 1:
+                yield values[0].decode("utf-8", errors="backslashreplace")
+    except tf.errors.OpError:
+        return

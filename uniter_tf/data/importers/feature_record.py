@@ -12,6 +12,72 @@ from uniter_tf.data import dead_letter
 
 #: Largest finite float16 (the canonical record stores features as float16).
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+#: numpy dtype kinds accepted in feature sources: booleans, signed and unsigned integers, floats.
+NUMERIC_KINDS = "biuf"
+
+
+class RefusedValueError(ValueError):
+    """A stored value that is refused before decoding (object arrays, non-numeric dtypes).
+
+    Attributes:
+        reason: the dead-letter reason (``unsafe_input`` or ``bad_type``).
+    """
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def check_numeric_dtype(dtype, field: str) -> np.dtype:
+    """Returns ``dtype`` if it is a plain numeric dtype; raises :class:`RefusedValueError` otherwise.
+
+    Object dtypes (and structured dtypes holding objects) are ``unsafe_input``: decoding them means
+    unpickling. Every other non-numeric dtype (strings, complex, datetimes, structured) is ``bad_type``.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise RefusedValueError(dead_letter.UNSAFE_INPUT,
+                                f"{field!r} is an object array (a pickled payload); refused, never unpickled")
+    if dtype.kind not in NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise RefusedValueError(dead_letter.BAD_TYPE, f"{field!r} has the non-numeric dtype {dtype.str!r}")
+    return dtype
+
+
+def numeric_array(value, field: str) -> np.ndarray:
+    """``value`` as a numpy array of a numeric dtype (see :func:`check_numeric_dtype`)."""
+    array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    check_numeric_dtype(array.dtype, field)
+    return array
+
+
+def load_npz_arrays(file) -> dict:
+    """The arrays of an ``.npz`` (path or file object), numeric dtypes only; nothing is ever unpickled.
+
+    Each member's ``.npy`` header is read first and object / non-numeric dtypes are refused with
+    :class:`RefusedValueError` before any data is read; the arrays themselves are then loaded with
+    ``allow_pickle=False`` as a second line of defence.
+    """
+    import zipfile
+
+    from numpy.lib import format as npy_format
+
+    with zipfile.ZipFile(file) as archive:
+        for member in archive.namelist():
+            if not member.endswith(".npy"):
+                continue
+            with archive.open(member) as handle:
+                version = npy_format.read_magic(handle)
+                if version == (1, 0):
+                    _, _, dtype = npy_format.read_array_header_1_0(handle)
+                elif version == (2, 0):
+                    _, _, dtype = npy_format.read_array_header_2_0(handle)
+                else:
+                    continue  # np.load below checks it (and refuses object arrays without unpickling)
+            check_numeric_dtype(dtype, member[:-4])
+    if hasattr(file, "seek"):
+        file.seek(0)
+    with np.load(file, allow_pickle=False) as archive:
+        return {name: numeric_array(archive[name], name) for name in archive.files}
 
 
 @dataclasses.dataclass
@@ -138,6 +204,10 @@ def pixel_boxes_from_normalized(positions: np.ndarray, image_height: int, image_
     return (np.asarray(positions, dtype=np.float32)[:, :4] * scale).astype(np.float32)
 
 
+_NUMERIC_FIELDS = ("features", "norm_bb", "boxes", "conf", "soft_labels", "image_h", "image_w", "image_height",
+                   "image_width")
+
+
 def record_from_arrays(image_id: str, arrays, source: str, image_height: int = 0,
                        image_width: int = 0) -> FeatureRecord:
     """Builds a record from a mapping of named arrays (official img_db / npz layout).
@@ -147,11 +217,15 @@ def record_from_arrays(image_id: str, arrays, source: str, image_height: int = 0
     when present), and optional ``conf`` and ``soft_labels``.
 
     Raises:
-        KeyError / ValueError: with the missing or malformed field named.
+        KeyError / ValueError: with the missing or malformed field named; :class:`RefusedValueError` (a
+            ``ValueError``) for a field of a non-numeric dtype.
     """
     if "features" not in arrays:
         raise KeyError(f"no 'features' array (has {sorted(arrays)})")
-    features = np.asarray(arrays["features"])
+    # Every array used must be numeric; strings or objects would otherwise be coerced (or fail) later.
+    arrays = {name: (numeric_array(value, name) if name in _NUMERIC_FIELDS else value)
+              for name, value in arrays.items()}
+    features = arrays["features"]
     if features.dtype not in (np.float16, np.float32):
         features = features.astype(np.float32)
     for height_key, width_key in (("image_h", "image_w"), ("image_height", "image_width")):

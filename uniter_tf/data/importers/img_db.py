@@ -84,22 +84,83 @@ def load_nbb(path: str, selection: Optional[boxes_lib.BoxSelection]) -> Optional
 
 
 def decode_value(value: bytes) -> Dict[str, np.ndarray]:
-    """Decodes one LMDB value: compressed npz bytes or a msgpack(msgpack_numpy) dict.
+    """Decodes one LMDB value: compressed npz bytes or a msgpack(msgpack_numpy) dict, numeric arrays only.
+
+    Nothing is ever unpickled. ``msgpack_numpy.decode`` calls ``pickle.loads`` on object arrays
+    (``kind: 'O'``), so a crafted img_db value would run code in ``uniter import-features`` /
+    ``uniter ingest``; this decoder uses its own msgpack hook (:func:`_numeric_array_hook`) that rebuilds
+    only arrays of numeric dtypes from their raw bytes and refuses everything else before touching the
+    payload. Compressed npz values are checked the same way (:func:`feature_record.load_npz_arrays`).
 
     Raises:
-        ValueError: the bytes are neither.
+        feature_record.RefusedValueError: an object array or pickled payload (``reason`` ``unsafe_input``),
+            or a non-numeric array (``bad_type``).
+        ValueError: the bytes are neither format, or an array's bytes do not match its shape.
     """
     if value[:2] == b"PK":  # zip magic: np.savez_compressed (the official --compress option)
-        with np.load(io.BytesIO(value), allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+        return feature_record.load_npz_arrays(io.BytesIO(value))
     import msgpack
-    import msgpack_numpy
 
-    decoded = msgpack.unpackb(value, object_hook=msgpack_numpy.decode, raw=False)
+    decoded = msgpack.unpackb(value, object_hook=_numeric_array_hook, raw=False)
     if not isinstance(decoded, dict):
         raise ValueError(f"msgpack value is a {type(decoded).__name__}, expected a dict of arrays")
     return {(key.decode("utf-8") if isinstance(key, bytes) else str(key)): value
             for key, value in decoded.items()}
+
+
+def _field(obj: dict, name: str):
+    """``obj[b'name']`` or ``obj['name']`` (msgpack-numpy writes bytes keys; accept str keys too)."""
+    raw = name.encode("ascii")
+    return obj[raw] if raw in obj else obj.get(name)
+
+
+def _numeric_array_hook(obj: dict):
+    """msgpack ``object_hook``: msgpack-numpy array / scalar maps -> numpy, numeric dtypes only.
+
+    The msgpack-numpy layout is ``{nd: True, type: dtype.str, kind: b'', shape: [...], data: bytes}`` for
+    arrays (``kind`` ``b'O'`` marks a pickled object array, ``b'V'`` a structured one with a list ``type``),
+    ``{nd: False, type, data}`` for numpy scalars and ``{complex: True, data}`` for complex numbers. Only
+    plain numeric arrays and scalars are rebuilt, with ``np.frombuffer`` after checking the byte count;
+    any other map is returned unchanged.
+    """
+    nd = _field(obj, "nd")
+    if nd is None:
+        if _field(obj, "complex") is not None:
+            raise feature_record.RefusedValueError(dead_letter.BAD_TYPE, "complex numbers are not region features")
+        return obj
+    kind = _field(obj, "kind")
+    if kind in (b"O", "O"):
+        raise feature_record.RefusedValueError(
+                dead_letter.UNSAFE_INPUT, "msgpack-numpy object array (kind 'O': a pickled payload); refused, "
+                                          "never unpickled: img_db values must hold numeric arrays")
+    descr = _field(obj, "type")
+    if not isinstance(descr, (bytes, str)) or kind not in (None, b"", "", b"b", b"i", b"u", b"f"):
+        raise feature_record.RefusedValueError(
+                dead_letter.BAD_TYPE, f"msgpack-numpy array of kind {kind!r} / type {dead_letter.describe_value(descr)}"
+                                      " refused: only numeric arrays are read")
+    if isinstance(descr, bytes):
+        descr = descr.decode("ascii", errors="replace")
+    try:
+        dtype = np.dtype(descr)
+    except TypeError:
+        raise feature_record.RefusedValueError(dead_letter.BAD_TYPE, f"unknown dtype {descr[:40]!r}") from None
+    dtype = feature_record.check_numeric_dtype(dtype, "msgpack-numpy array")
+    data = _field(obj, "data")
+    if not isinstance(data, bytes):
+        raise ValueError(f"msgpack-numpy array data must be bytes, got {type(data).__name__}")
+    if nd is not True:
+        if len(data) != dtype.itemsize:
+            raise ValueError(f"numpy scalar of {dtype.str} needs {dtype.itemsize} bytes, got {len(data)}")
+        return np.frombuffer(data, dtype=dtype)[0]
+    shape = _field(obj, "shape")
+    if not isinstance(shape, (list, tuple)) or not all(
+            isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in shape):
+        raise ValueError(f"msgpack-numpy array shape must be a list of sizes, got {dead_letter.describe_value(shape)}")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if count * dtype.itemsize != len(data):
+        raise ValueError(f"msgpack-numpy array of shape {list(shape)} and dtype {dtype.str} needs "
+                         f"{count * dtype.itemsize} bytes, got {len(data)}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def image_id_from_key(key: str) -> str:
@@ -142,6 +203,11 @@ def iter_img_db(path: str, selection: Optional[boxes_lib.BoxSelection] = boxes_l
                 try:
                     arrays = decode_value(value)
                     record = feature_record.record_from_arrays(image_id, arrays, source)
+                except feature_record.RefusedValueError as error:
+                    yield dead_letter.DeadLetter(image_id, error.reason,
+                                                 f"refused img_db value: {dead_letter.safe_text(error)}", source,
+                                                 kind="image")
+                    continue
                 except Exception as error:  # any decoding failure of one value is that record's problem
                     yield dead_letter.DeadLetter(image_id, dead_letter.UNREADABLE_INPUT,
                                                  f"cannot decode img_db value: {dead_letter.safe_text(error)}",
@@ -153,6 +219,26 @@ def iter_img_db(path: str, selection: Optional[boxes_lib.BoxSelection] = boxes_l
                 else:
                     record = feature_record.select_boxes(record, selection)
                 yield record
+    finally:
+        environment.close()
+
+
+def iter_img_db_image_ids(path: str, selection: Optional[boxes_lib.BoxSelection] = boxes_lib.BoxSelection()
+                          ) -> Iterator[str]:
+    """The image id of every LMDB key (``__keys__`` aside), without reading any value (the keys pass).
+
+    ``selection`` picks the LMDB exactly as :func:`iter_img_db` does.
+    """
+    import lmdb
+
+    lmdb_dir = resolve_lmdb_dir(path, selection)
+    environment = lmdb.open(lmdb_dir, readonly=True, create=False, lock=False, readahead=False,
+                            max_readers=1, subdir=True)
+    try:
+        with environment.begin(buffers=False) as transaction:
+            for raw_key in transaction.cursor().iternext(keys=True, values=False):
+                if raw_key != KEYS_ENTRY:
+                    yield image_id_from_key(raw_key.decode("utf-8", errors="backslashreplace"))
     finally:
         environment.close()
 

@@ -28,12 +28,18 @@ def image_id_from_path(path: str) -> str:
 
 
 def read_npz(path: str, selection: Optional[boxes_lib.BoxSelection] = boxes_lib.BoxSelection()) -> ImportResult:
-    """Reads one npz file; returns its record, or a dead letter when it cannot be read."""
+    """Reads one npz file; returns its record, or a dead letter when it cannot be read.
+
+    Object arrays are refused from their header (``unsafe_input``), never unpickled; other non-numeric
+    arrays are ``bad_type``.
+    """
     image_id = image_id_from_path(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
+        arrays = feature_record.load_npz_arrays(path)
         record = feature_record.record_from_arrays(image_id, arrays, path)
+    except feature_record.RefusedValueError as error:
+        return dead_letter.DeadLetter(image_id, error.reason, f"refused npz: {dead_letter.safe_text(error)}", path,
+                                      kind="image")
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
         return dead_letter.DeadLetter(image_id, dead_letter.UNREADABLE_INPUT,
                                       f"cannot read npz: {dead_letter.safe_text(error)}", path, kind="image")

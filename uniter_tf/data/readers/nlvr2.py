@@ -28,25 +28,33 @@ def read_nlvr2(path: str) -> Iterator:
     0 for False (as the official ``target``); split from the identifier prefix (train / val / test).
 
     Yields:
-        :class:`TextItem`; :class:`DeadLetter` for undecodable lines, missing fields and other labels.
+        :class:`TextItem`; :class:`DeadLetter` for undecodable lines, missing (``missing_field``) or
+        non-string (``bad_type``) identifier / sentence, and other labels (``bad_label``).
     """
     for entry in _io.iter_json_lines(path):
         if isinstance(entry, dead_letter.DeadLetter):
             yield entry
             continue
         _, source, record = entry
-        if not isinstance(record, dict) or "identifier" not in record or "sentence" not in record:
-            yield dead_letter.DeadLetter(source, dead_letter.MISSING_FIELD,
-                                         "NLVR2 record needs identifier and sentence", source)
+        if not isinstance(record, dict):
+            yield _io.letter(source, (dead_letter.BAD_TYPE, "NLVR2 record must be an object, got "
+                                                            f"{dead_letter.describe_value(record)}"), source)
             continue
-        identifier = str(record["identifier"])
+        problem = _io.text_problem(record.get("identifier"), "identifier")
+        identifier = source if problem else record["identifier"]
+        problem = problem or _io.text_problem(record.get("sentence"), "sentence")
+        if problem is not None:
+            yield _io.letter(identifier, problem, source)
+            continue
         label = None
         if "label" in record:
-            label = _LABELS.get(str(record["label"]).strip().lower())
+            label = _LABELS.get(str(record["label"]).strip().lower()) if isinstance(record["label"], (str, bool)) \
+                else None
             if label is None:
                 yield dead_letter.DeadLetter(identifier, dead_letter.BAD_LABEL,
-                                             f"label must be True or False, got {record['label']!r}", source)
+                                             f"label must be True or False, got "
+                                             f"{dead_letter.describe_value(record['label'])}", source)
                 continue
         yield TextItem(example_id=identifier, image_ids=nlvr2_image_ids(identifier),
-                       text=str(record["sentence"]), split=_SPLITS.get(identifier.split("-", 1)[0]),
+                       text=record["sentence"], split=_SPLITS.get(identifier.split("-", 1)[0]),
                        label=label, source=source)

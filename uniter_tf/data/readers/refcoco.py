@@ -26,7 +26,8 @@ def read_refcoco(refs_path: str, instances_path: str) -> Iterator:
     split = the ref's split (``train``, ``val``, ``testA``, ``testB``, ``test``).
 
     Yields:
-        :class:`TextItem`; :class:`DeadLetter` for refs whose annotation is missing or lack fields.
+        :class:`TextItem`; :class:`DeadLetter` for refs whose annotation is missing, for missing
+        (``missing_field``) or mistyped (``bad_type``) fields, and for bad ``images[]`` entries (kind ``input``).
     """
     if refs_path.endswith(".p") or refs_path.endswith(".pkl"):
         yield dead_letter.DeadLetter(refs_path, dead_letter.UNREADABLE_INPUT,
@@ -43,35 +44,49 @@ def read_refcoco(refs_path: str, instances_path: str) -> Iterator:
     except _io.UnreadableFileError as error:
         yield dead_letter.DeadLetter(refs_path, dead_letter.UNREADABLE_INPUT, str(error), refs_path, kind="input")
         return
-    images = {}
-    for image in instances.get("images", []) or []:
-        if isinstance(image, dict) and "id" in image:
-            name = os.path.splitext(str(image.get("file_name", image["id"])))[0]
-            size = (int(image["height"]), int(image["width"])) if image.get("height") and image.get("width") else None
-            images[image["id"]] = (name, size)
-    boxes = {annotation["id"]: annotation.get("bbox") for annotation in instances["annotations"]
-             if isinstance(annotation, dict) and "id" in annotation}
+    images, rejected, letters = _io.image_table(instances.get("images"), instances_path)
+    yield from letters
+    # Annotations with a list/object id or a malformed bbox cannot be referred to: their refs get a letter.
+    boxes = {}
+    for annotation in instances["annotations"]:
+        if isinstance(annotation, dict) and _io.id_problem(annotation.get("id"), "id") is None:
+            boxes[annotation["id"]] = annotation.get("bbox")
     for ref_index, ref in enumerate(refs):
         ref_source = f"{refs_path}#[{ref_index}]"
-        if not isinstance(ref, dict) or any(key not in ref for key in ("ann_id", "image_id", "sentences")):
-            yield dead_letter.DeadLetter(ref_source, dead_letter.MISSING_FIELD,
-                                         "ref needs ann_id, image_id and sentences", ref_source)
+        if not isinstance(ref, dict):
+            yield _io.letter(ref_source, (dead_letter.BAD_TYPE, f"ref must be an object, got "
+                                                                f"{dead_letter.describe_value(ref)}"),
+                             ref_source, kind="input")
+            continue
+        problem = (_io.id_problem(ref.get("ann_id"), "ann_id") or _io.id_problem(ref.get("image_id"), "image_id")
+                   or (None if isinstance(ref.get("sentences"), list) else
+                       (dead_letter.MISSING_FIELD if ref.get("sentences") is None else dead_letter.BAD_TYPE,
+                        f"'sentences' must be a list, got {dead_letter.describe_value(ref.get('sentences'))}")))
+        split = ref.get("split")
+        problem = problem or (None if split is None else _io.text_problem(split, "split"))
+        if problem is not None:
+            yield _io.letter(ref_source, problem, ref_source, kind="input")
             continue
         bbox = boxes.get(ref["ann_id"])
+        box_problem = None
+        if not isinstance(bbox, list) or len(bbox) != 4:
+            box_problem = (dead_letter.MISSING_FIELD, f"annotation {ref['ann_id']} has no bbox in {instances_path}")
+        else:
+            box_problem = next(filter(None, (_io.number_problem(value, "bbox[]") for value in bbox)), None)
         name, size = images.get(ref["image_id"], (str(ref["image_id"]), None))
-        for sentence_index, sentence in enumerate(ref["sentences"] or []):
+        for sentence_index, sentence in enumerate(ref["sentences"]):
             source = f"{ref_source}.sentences[{sentence_index}]"
             sent_id = sentence.get("sent_id") if isinstance(sentence, dict) else None
-            record_id = f"ref_{sent_id}" if sent_id is not None else source
-            if sent_id is None or "sent" not in sentence:
-                yield dead_letter.DeadLetter(record_id, dead_letter.MISSING_FIELD, "sentence needs sent_id and sent",
-                                             source)
-                continue
-            if not bbox or len(bbox) != 4:
-                yield dead_letter.DeadLetter(record_id, dead_letter.MISSING_FIELD,
-                                             f"annotation {ref['ann_id']} has no bbox in {instances_path}", source)
+            problem = _io.id_problem(sent_id, "sent_id")
+            record_id = f"ref_{sent_id}" if problem is None else source
+            if not isinstance(sentence, dict):
+                problem = (dead_letter.BAD_TYPE, f"sentence must be an object, got {dead_letter.describe_value(sentence)}")
+            problem = problem or _io.text_problem(sentence.get("sent"), "sent") or box_problem
+            if problem is None and ref["image_id"] in rejected:
+                problem = (dead_letter.IMAGE_REJECTED, f"its image entry was rejected: {rejected[ref['image_id']]}")
+            if problem is not None:
+                yield _io.letter(record_id, problem, source)
                 continue
             x, y, width, height = (float(value) for value in bbox)
-            yield TextItem(example_id=record_id, image_ids=(name,), text=str(sentence["sent"]),
-                           split=ref.get("split"), target_box=(x, y, x + width, y + height), image_size=size,
-                           source=source)
+            yield TextItem(example_id=record_id, image_ids=(name,), text=sentence["sent"], split=split,
+                           target_box=(x, y, x + width, y + height), image_size=size, source=source)

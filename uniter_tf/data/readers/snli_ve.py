@@ -28,7 +28,8 @@ def read_snli_ve(path: str) -> Iterator:
     entailment 1 / neutral 2; split from the file name.
 
     Yields:
-        :class:`TextItem`; :class:`DeadLetter` for undecodable lines, missing fields, other labels.
+        :class:`TextItem`; :class:`DeadLetter` for undecodable lines, missing (``missing_field``) or
+        mistyped (``bad_type``: a non-string sentence2, a list id) fields, other labels (``bad_label``).
     """
     split = _split_from_name(path)
     for entry in _io.iter_json_lines(path):
@@ -36,17 +37,26 @@ def read_snli_ve(path: str) -> Iterator:
             yield entry
             continue
         line_number, source, record = entry
-        image = record.get("Flikr30kID", record.get("Flickr30kID")) if isinstance(record, dict) else None
-        if image is None or "sentence2" not in record or "gold_label" not in record:
-            yield dead_letter.DeadLetter(source, dead_letter.MISSING_FIELD,
-                                         "SNLI-VE record needs Flikr30kID, sentence2 and gold_label", source)
+        if not isinstance(record, dict):
+            yield _io.letter(source, (dead_letter.BAD_TYPE, "SNLI-VE record must be an object, got "
+                                                            f"{dead_letter.describe_value(record)}"), source)
             continue
-        example_id = f"snli_ve_{record.get('pairID', line_number)}"
-        label = SNLI_VE_LABELS.get(str(record["gold_label"]).strip().lower())
+        pair_id = record.get("pairID", line_number)
+        problem = _io.id_problem(pair_id, "pairID")
+        example_id = source if problem else f"snli_ve_{pair_id}"
+        image = record.get("Flikr30kID", record.get("Flickr30kID"))
+        problem = (problem or _io.id_problem(image, "Flikr30kID")
+                   or _io.text_problem(record.get("sentence2"), "sentence2")
+                   or (None if "gold_label" in record else (dead_letter.MISSING_FIELD, "'gold_label' is missing")))
+        if problem is not None:
+            yield _io.letter(example_id, problem, source)
+            continue
+        gold = record["gold_label"]
+        label = SNLI_VE_LABELS.get(gold.strip().lower()) if isinstance(gold, str) else None
         if label is None:
             yield dead_letter.DeadLetter(example_id, dead_letter.BAD_LABEL,
                                          f"gold_label must be one of {sorted(SNLI_VE_LABELS)}, "
-                                         f"got {record['gold_label']!r}", source)
+                                         f"got {dead_letter.describe_value(gold)}", source)
             continue
         yield TextItem(example_id=example_id, image_ids=(os.path.splitext(str(image))[0],),
-                       text=str(record["sentence2"]), split=split, label=label, source=source)
+                       text=record["sentence2"], split=split, label=label, source=source)

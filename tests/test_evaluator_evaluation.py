@@ -82,3 +82,48 @@ def test_malformed_record_is_named(tmp_path):
     good = _records(tmp_path)
     with pytest.raises(ValueError, match="eval record #1"):
         evaluation.EvalRecords([good[0], b"not a tf.Example"])
+
+
+def _question(text, labels, scores):
+    example = tf.train.Example()
+    feature_map = example.features.feature
+    feature_map[schema.TEXT].bytes_list.value.append(text.encode("utf-8"))
+    feature_map[schema.ANSWER_LABELS].int64_list.value.extend(labels)
+    feature_map[schema.ANSWER_SCORES].float_list.value.extend(scores)
+    return example
+
+
+def test_question_types_follow_the_vqa_prefixes():
+    assert evaluation.question_type("What color is the circle?") == "what color is the"
+    assert evaluation.question_type("How many squares are there?") == "how many"
+    assert evaluation.question_type("Is the red circle above the blue square?") == "is the"
+    assert evaluation.question_type("What shape is the green object?") == "what shape is the"
+    # Not a known prefix: the first two words.
+    assert evaluation.question_type("Describe the, scene!") == "describe the"
+
+
+def test_question_only_baseline_answers_each_type_with_its_training_prior():
+    train = [_question("How many shapes are there?", [2], [1.0]), _question("How many circles?", [2], [1.0]),
+             _question("How many squares?", [1], [1.0]), _question("What color is the circle?", [5], [1.0]),
+             _question("What color is the square?", [6], [1.0]), _question("What color is the star?", [6], [0.6])]
+    prior = evaluation.question_prior_answers(train)
+    # Per type, the answer with the most soft credit; ties go to the smaller label; "" is the overall best.
+    assert prior == {"how many": 2, "what color is the": 6, "": 2}
+    eval_questions = [_question("How many shapes are there?", [2, 3], [1.0, 0.3]),   # prior 2: 1.0
+                      _question("How many triangles?", [3], [1.0]),                   # prior 2: 0.0
+                      _question("What color is the square?", [6], [0.3]),             # prior 6: 0.3
+                      _question("Why is it here?", [6, 2], [1.0, 0.6])]               # unseen type, 2: 0.6
+    assert evaluation.question_prior_score(prior, eval_questions) == pytest.approx((1.0 + 0.0 + 0.3 + 0.6) / 4)
+    with pytest.raises(ValueError, match="train split holds none"):
+        evaluation.question_prior_answers([])
+
+
+def test_baseline_figures_come_with_the_vqa_score(tmp_path):
+    records = evaluation.EvalRecords(_records(tmp_path))
+    train_questions = list(records.questions)
+    metrics = evaluation.evaluate(_oracle_scorer(), records, train_questions=train_questions)
+    assert metrics["vqa_score"] == 1.0
+    expected = evaluation.question_prior_score(evaluation.question_prior_answers(train_questions), records.questions)
+    assert metrics["vqa_baseline_score"] == pytest.approx(expected) and expected < 1.0
+    assert metrics["vqa_score_over_baseline"] == pytest.approx(1.0 - expected)
+    assert "vqa_baseline_score" not in evaluation.evaluate(_oracle_scorer(), records)

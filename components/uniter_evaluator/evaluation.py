@@ -25,6 +25,16 @@ VQA_LOGITS = "task_logits"
 
 Scorer = Callable[[Sequence[bytes]], Mapping[str, np.ndarray]]
 
+#: VQA v2 question types (the annotations' ``question_type``: a question's opening words) that the
+#: question-only baseline groups by. The canonical record keeps the question text but not this field, so
+#: the type is re-derived: the longest of these prefixes the question starts with, else its first two words.
+QUESTION_TYPE_PREFIXES = (
+        "what color is the", "what color are the", "what color", "what shape is the", "what shape",
+        "what is the", "what is", "what are the", "what kind of", "what type of", "how many people are",
+        "how many", "is the", "is there a", "is this a", "is this", "is there", "is it", "are there", "are the",
+        "are these", "does the", "do you", "can you", "where is the", "where are the", "which", "who is",
+        "why", "none of the above")
+
 
 class EvalRecords:
     """The eval split, split into caption records (ITM, retrieval) and question records (VQA).
@@ -61,7 +71,78 @@ class EvalRecords:
             raise ValueError("the eval split holds no text records")
 
 
-def _with_image(text_example, image_example):
+def question_type(question: str) -> str:
+    """The VQA question type of ``question`` (see :data:`QUESTION_TYPE_PREFIXES`).
+
+    >>> question_type("What color is the circle?"), question_type("How many squares are there?")
+    ('what color is the', 'how many')
+    """
+    words = "".join(character if character.isalnum() or character.isspace() else " "
+                    for character in question.lower()).split()
+    text = " ".join(words)
+    for prefix in sorted(QUESTION_TYPE_PREFIXES, key=len, reverse=True):
+        if text == prefix or text.startswith(prefix + " "):
+            return prefix
+    return " ".join(words[:2])
+
+
+def _question_fields(example) -> tuple:
+    """``(question text, answer labels, soft scores)`` of a question record (a ``tf.train.Example``)."""
+    from uniter_tf.data import schema
+
+    feature_map = example.features.feature
+    text = feature_map[schema.TEXT].bytes_list.value[0].decode("utf-8") if schema.TEXT in feature_map else ""
+    labels = np.asarray(feature_map[schema.ANSWER_LABELS].int64_list.value, np.int64)
+    scores = np.asarray(feature_map[schema.ANSWER_SCORES].float_list.value, np.float32)
+    return text, labels, scores
+
+
+def question_prior_answers(train_questions: Sequence) -> Dict[str, int]:
+    """The question-only baseline: per question type, the answer label with the most soft credit in training.
+
+    Args:
+        train_questions: the training split's question records (``tf.train.Example``).
+
+    Returns:
+        ``{question type: answer label}``, plus the key ``""``: the best answer over all types (used for
+        types that training never saw).
+
+    Raises:
+        ValueError: ``train_questions`` is empty.
+    """
+    if not train_questions:
+        raise ValueError("the question-only baseline needs training questions; the train split holds none")
+    credit: Dict[str, Dict[int, float]] = {}
+    for example in train_questions:
+        text, labels, scores = _question_fields(example)
+        for key in (question_type(text), ""):
+            per_answer = credit.setdefault(key, {})
+            for label, score in zip(labels.tolist(), scores.tolist()):
+                per_answer[label] = per_answer.get(label, 0.0) + score
+    # Ties go to the smaller label, so the baseline is deterministic.
+    return {key: min(per_answer, key=lambda label: (-per_answer[label], label))
+            for key, per_answer in credit.items() if per_answer}
+
+
+def soft_score(example, answer: int) -> float:
+    """The VQA credit of answer label ``answer`` for a question record (its soft score, 0 if not a label)."""
+    _, labels, scores = _question_fields(example)
+    return float(np.sum(scores[labels == answer]))
+
+
+def question_prior_score(prior_answers: Mapping[str, int], questions: Sequence) -> float:
+    """VQA score of answering each question with its type's training prior (:func:`question_prior_answers`)."""
+    if not questions:
+        raise ValueError("no questions to score the question-only baseline on")
+    fallback = prior_answers.get("")
+    total = 0.0
+    for example in questions:
+        answer = prior_answers.get(question_type(_question_fields(example)[0]), fallback)
+        total += soft_score(example, answer) if answer is not None else 0.0
+    return total / len(questions)
+
+
+def with_image(text_example, image_example):
     """The text of ``text_example`` on the image of ``image_example`` (the image id changes too)."""
     from uniter_tf.data import schema
 
@@ -82,14 +163,15 @@ def _score_in_batches(scorer: Scorer, examples: Sequence, output_key: str, batch
     return np.concatenate(outputs, axis=0)
 
 
-def _image_id(example) -> bytes:
+def image_id(example) -> bytes:
+    """The image id of a canonical record (a ``tf.train.Example``)."""
     from uniter_tf.data import schema
 
     return example.features.feature[schema.IMAGE_ID].bytes_list.value[0]
 
 
 def evaluate(scorer: Scorer, records: EvalRecords, batch_size: int = 32, max_gallery_texts: int = 1000,
-             has_vqa_head: Optional[bool] = None) -> Dict[str, float]:
+             has_vqa_head: Optional[bool] = None, train_questions: Optional[Sequence] = None) -> Dict[str, float]:
     """Computes every metric the model supports on ``records``.
 
     Args:
@@ -99,21 +181,24 @@ def evaluate(scorer: Scorer, records: EvalRecords, batch_size: int = 32, max_gal
         max_gallery_texts: the first this-many captions form the retrieval queries; their images the
             gallery.
         has_vqa_head: whether to compute the VQA score; None: when the scorer returns ``task_logits``.
+        train_questions: the training split's question records; with them (and a VQA score) the
+            question-only baseline is computed on the same split: ``vqa_baseline_score`` (each eval question
+            answered with its type's most credited training answer) and ``vqa_score_over_baseline``.
 
     Returns:
         ``itm_accuracy``, ``img_r1/5/10``, ``txt_r1/5/10``, ``img_r_mean``, ``txt_r_mean``, ``r_mean``
         (when the split has captions of at least 2 images), ``vqa_score`` (when the split has questions
-        and the model a VQA head), and the counts ``num_captions``, ``num_gallery_images``,
+        and the model a VQA head), the baseline figures above, and the counts ``num_captions``, ``num_gallery_images``,
         ``num_questions``.
     """
     metrics: Dict[str, float] = {"num_captions": float(len(records.captions)),
                                  "num_questions": float(len(records.questions))}
-    image_ids = sorted({_image_id(example) for example in records.captions})
+    image_ids = sorted({image_id(example) for example in records.captions})
     if len(image_ids) >= 2:
         # ITM: every caption with its own image (label 1) and with the next image in id order (label 0).
         next_image = {image_id: image_ids[(position + 1) % len(image_ids)]
                       for position, image_id in enumerate(image_ids)}
-        negatives = [_with_image(example, records.image_records[next_image[_image_id(example)]])
+        negatives = [with_image(example, records.image_records[next_image[image_id(example)]])
                      for example in records.captions]
         positive_logits = _score_in_batches(scorer, records.captions, ITM_LOGITS, batch_size)
         negative_logits = _score_in_batches(scorer, negatives, ITM_LOGITS, batch_size)
@@ -121,14 +206,14 @@ def evaluate(scorer: Scorer, records: EvalRecords, batch_size: int = 32, max_gal
 
         # Retrieval: every query caption against every gallery image; the score is the match logit.
         queries = records.captions[:max_gallery_texts]
-        gallery = sorted({_image_id(example) for example in queries})
+        gallery = sorted({image_id(example) for example in queries})
         if len(gallery) >= 2:
             column = {image_id: position for position, image_id in enumerate(gallery)}
-            pairs = [_with_image(query, records.image_records[image_id]) for query in queries for image_id in gallery]
+            pairs = [with_image(query, records.image_records[image_id]) for query in queries for image_id in gallery]
             pair_logits = _score_in_batches(scorer, pairs, ITM_LOGITS, batch_size)
             score_matrix = pair_logits[:, 1].reshape(len(queries), len(gallery))
             metrics.update(metrics_lib.retrieval_recalls(
-                    score_matrix, [column[_image_id(query)] for query in queries]))
+                    score_matrix, [column[image_id(query)] for query in queries]))
             metrics["num_gallery_images"] = float(len(gallery))
     else:
         _LOG.warning("ITM and retrieval skipped: the eval split has captions of %d image(s), 2 are needed",
@@ -138,15 +223,12 @@ def evaluate(scorer: Scorer, records: EvalRecords, batch_size: int = 32, max_gal
         if has_vqa_head is None:
             has_vqa_head = VQA_LOGITS in scorer([records.questions[0].SerializeToString()])
         if has_vqa_head:
-            from uniter_tf.data import schema
-
             logits = _score_in_batches(scorer, records.questions, VQA_LOGITS, batch_size)
             predicted = np.argmax(logits, axis=-1)
-            scores = []
-            for example, answer in zip(records.questions, predicted):
-                feature_map = example.features.feature
-                labels = np.asarray(feature_map[schema.ANSWER_LABELS].int64_list.value)
-                soft_scores = np.asarray(feature_map[schema.ANSWER_SCORES].float_list.value)
-                scores.append(float(np.sum(soft_scores[labels == answer])))
-            metrics["vqa_score"] = float(np.mean(scores))
+            metrics["vqa_score"] = float(np.mean([soft_score(example, int(answer))
+                                                  for example, answer in zip(records.questions, predicted)]))
+            if train_questions:
+                baseline = question_prior_score(question_prior_answers(train_questions), records.questions)
+                metrics["vqa_baseline_score"] = baseline
+                metrics["vqa_score_over_baseline"] = metrics["vqa_score"] - baseline
     return metrics

@@ -29,6 +29,8 @@ BLESSED_FILE_NAME = "BLESSED"
 NOT_BLESSED_FILE_NAME = "NOT_BLESSED"
 METRICS_FILE_NAME = "metrics.json"
 PREFERRED_SIGNATURE = "serve_examples"
+#: The split whose questions give the question-only baseline (the split the model was trained on).
+TRAIN_SPLIT = "train"
 
 
 def read_split_records(examples_artifact: types.Artifact, split: str) -> List[bytes]:
@@ -44,6 +46,21 @@ def read_split_records(examples_artifact: types.Artifact, split: str) -> List[by
         compression = "GZIP" if path.endswith(".gz") else ""
         records.extend(record.numpy() for record in tf.data.TFRecordDataset(path, compression_type=compression))
     return records
+
+
+def read_question_records(serialized_records: List[bytes]) -> list:
+    """The records of a split that carry VQA answer labels, as ``tf.train.Example`` (for the baseline)."""
+    import tensorflow as tf
+
+    from uniter_tf.data import schema
+
+    questions = []
+    for serialized in serialized_records:
+        example = tf.train.Example.FromString(serialized)
+        feature_map = example.features.feature
+        if schema.ANSWER_LABELS in feature_map and len(feature_map[schema.ANSWER_LABELS].int64_list.value):
+            questions.append(example)
+    return questions
 
 
 def load_scorer(model_dir: str) -> evaluation.Scorer:
@@ -99,18 +116,22 @@ class Executor(base_executor.BaseExecutor):
         max_gallery_texts = int(exec_properties.get(spec_lib.MAX_GALLERY_TEXTS_KEY) or 1000)
 
         serialized = read_split_records(examples, split)
+        train_questions = []
         for task_examples in input_dict.get(spec_lib.TASK_EXAMPLES_KEY) or []:
             serialized.extend(read_split_records(task_examples, split))
+            if split != TRAIN_SPLIT and TRAIN_SPLIT in artifact_utils.decode_split_names(task_examples.split_names):
+                train_questions.extend(read_question_records(read_split_records(task_examples, TRAIN_SPLIT)))
         records = evaluation.EvalRecords(serialized)
         model_dir = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
-        candidate_metrics = evaluation.evaluate(load_scorer(model_dir), records, batch_size, max_gallery_texts)
+        candidate_metrics = evaluation.evaluate(load_scorer(model_dir), records, batch_size, max_gallery_texts,
+                                                train_questions=train_questions)
         logging.info("UniterEvaluator: candidate metrics %s", candidate_metrics)
 
         baseline_metrics = None
         if baseline is not None and baseline.id != model.id:
             baseline_dir = path_utils.serving_model_path(baseline.uri, path_utils.is_old_model_artifact(baseline))
             baseline_metrics = evaluation.evaluate(load_scorer(baseline_dir), records, batch_size,
-                                                   max_gallery_texts)
+                                                   max_gallery_texts, train_questions=train_questions)
             logging.info("UniterEvaluator: baseline (model id %s) metrics %s", baseline.id, baseline_metrics)
 
         blessed, reasons = metrics_lib.bless(candidate_metrics, lower_bounds, baseline_metrics, max_regression)

@@ -1,14 +1,17 @@
 """Official state-dict loading / export, the `uniter convert` command and load_pretrained."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from uniter_tf import cli
-from uniter_tf.checkpoints import official
+from uniter_tf.checkpoints import official, parity, torch_format
 from uniter_tf.config import UniterConfig
 from uniter_tf.models.backbone import UniterBackbone
 from uniter_tf.models.pretraining_model import UniterPretrainingModel
+from uniter_tf.testing import numpy_reference
 
 CONFIG = UniterConfig(vocab_size=120, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                       intermediate_size=32, max_position_embeddings=32, region_feature_dim=12, num_soft_labels=5,
@@ -208,3 +211,102 @@ def test_backbone_weights_map_covers_every_variable_once():
     assert set(mapped) == {id(variable) for variable in model.weights}
     assert isinstance(model.backbone.word_embedding_matrix, tf.Variable) or hasattr(
             model.backbone.word_embedding_matrix, "assign")
+
+
+# ------------------------------------------------------------------- real PyTorch files (../shared)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(REPO_ROOT), "shared")  # beside the clone, in CI too (read-only)
+PARITY_OFFICIAL = os.path.join(SHARED, "parity_official")
+FIXTURE_CONFIG = os.path.join(PARITY_OFFICIAL, "config.json")
+# float16 keeps 11 significant bits, so every weight of the legacy file is its float32 source rounded by
+# at most 2**-11 relative (the unit roundoff). The fixture's outputs are LayerNorm-scale (|x| up to ~3) and
+# carry that rounding through: 4 × 2**-11 ≈ 2.0e-3 allows it, while anything wrong in reading (a
+# transposed or shifted tensor) moves outputs by O(0.1–1). The rounding alone is checked at 1e-5 below.
+FP16_ATOL = 4 * 2.0 ** -11
+
+
+@pytest.mark.parametrize("file_name, atol", [("state_dict_zip_fp32.pt", 1e-5), ("state_dict_legacy_fp16.pt", FP16_ATOL)])
+def test_real_torch_files_convert_with_the_fixture_config_and_pass_parity(tmp_path, capsys, file_name, atol):
+    checkpoint = os.path.join(SHARED, "checkpoints", file_name)
+    output = tmp_path / "converted"
+    assert cli.main(["convert", "--checkpoint", checkpoint, "--config", FIXTURE_CONFIG, "--output", str(output),
+                     "--strict"]) == 0
+    printed = capsys.readouterr().out
+    assert "loaded 68 tensors, tied copies 2" in printed
+    assert "missing (left at initial values): 0" in printed and "unexpected (ignored): 0" in printed
+    fixture = parity.load_fixture(PARITY_OFFICIAL)
+    assert UniterConfig.from_json(str(output / "config.json")) == fixture.config
+
+    model = official.load_pretrained(str(output), pretraining=True)
+    rows = parity.run_parity(PARITY_OFFICIAL, atol=atol, model=model)
+    failed = {row.name: row.max_abs_error for row in rows if not row.ok}
+    assert not failed, f"outputs over {atol:g}: {failed}"
+    assert set(fixture.outputs) <= {row.name for row in rows}
+    if "fp16" in file_name:
+        # The tolerance is needed: float16 rounding shows at 1e-5 ...
+        assert max(row.max_abs_error for row in rows) > 1e-5
+        # ... and it is the only difference: against the NumPy reference run on the float16-rounded source
+        # weights, the converted model matches at 1e-5.
+        rounded = {key: value.astype(np.float16) for key, value in fixture.state_dict.items()}
+        reference = numpy_reference.official_outputs(rounded, fixture.inputs,
+                                                     num_heads=fixture.config.num_attention_heads)
+        rows = parity.compare_outputs(parity.model_outputs(model, fixture.inputs), reference, fixture.inputs, 1e-5)
+        failed = {row.name: row.max_abs_error for row in rows if not row.ok}
+        assert not failed, f"outputs over 1e-5 against the float16-rounded reference: {failed}"
+
+
+def test_convert_refuses_the_malicious_pickle_without_running_it(tmp_path, capsys, monkeypatch):
+    marker = "/tmp/uniter_pwned_by_checkpoint"  # what malicious.pt's os.system call would create
+    if os.path.exists(marker):
+        os.remove(marker)
+    calls = []
+    monkeypatch.setattr(os, "system", lambda command: calls.append(command) or 0)
+    assert cli.main(["convert", "--checkpoint", os.path.join(SHARED, "checkpoints", "malicious.pt"), "--config",
+                     FIXTURE_CONFIG, "--output", str(tmp_path / "out")]) == 1
+    assert "refused to load the global posix.system" in capsys.readouterr().err
+    assert not calls and not os.path.exists(marker)
+    assert not (tmp_path / "out").exists()
+
+
+def test_lazy_torch_conversion_matches_eager_arrays_for_views_and_bfloat16(tmp_path):
+    """A file with transposed (non-contiguous) kernels, a tied decoder sharing its storage and bfloat16
+    values converts to the same weights as the arrays themselves."""
+    import ml_dtypes
+
+    state_dict = _random_official_state_dict(seed=5)
+    crafted = {}
+    for key, value in state_dict.items():
+        if value.ndim == 2 and key.endswith("dense.weight"):
+            crafted[key] = np.ascontiguousarray(value.T).T  # same values, stored [in, out] with strides (1, out)
+        elif key.startswith("itm_output"):
+            crafted[key] = value.astype(ml_dtypes.bfloat16)
+        else:
+            crafted[key] = value
+    crafted["cls.predictions.decoder.weight"] = crafted["uniter.embeddings.word_embeddings.weight"]
+    checkpoint = tmp_path / "crafted.pt"
+    torch_format.save_zip(checkpoint, crafted)
+    lazy = official.read_state_dict(str(checkpoint), lazy=True)
+    assert not lazy["uniter.pooler.dense.weight"].is_contiguous()
+
+    model, report = official.convert_checkpoint(str(checkpoint), CONFIG, strict=True)
+    assert sorted(report.tied) == ["cls.predictions.decoder.weight", "feat_regress.weight"] and not report.notes
+    expected = UniterPretrainingModel(UniterBackbone(CONFIG))
+    official.load_official_state_dict(expected, {key: np.asarray(value, np.float32) for key, value in crafted.items()})
+    for ours, theirs in zip(model.weights, expected.weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
+    np.testing.assert_array_equal(model.itm_head.classifier.kernel.numpy().T,
+                                  state_dict["itm_output.weight"].astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+def test_fixture_config_vocab_block_sets_the_special_ids():
+    config = UniterConfig.resolve(FIXTURE_CONFIG)
+    assert (config.pad_token_id, config.cls_token_id, config.sep_token_id, config.mask_token_id,
+            config.first_word_id) == (0, 1, 2, 3, 5)
+    assert config.unk_token_id == 4  # the toy vocabulary has no [UNK]: the free id below the first word
+    assert config.ot_inner_iterations == 1  # "ot_k"
+    explicit = UniterConfig.from_dict({"vocab_size": 200, "vocab": {"unk": 7, "v_range": [8, 200]}})
+    assert (explicit.unk_token_id, explicit.first_word_id) == (7, 8)
+    with pytest.raises(ValueError, match=r"mask_token_id is 103 but the vocab block says 3"):
+        UniterConfig.from_dict({"vocab_size": 120, "mask_token_id": 103, "vocab": {"mask": 3}})
+    with pytest.raises(ValueError, match=r"unknown entry vocab\.bos"):
+        UniterConfig.from_dict({"vocab": {"bos": 1}})

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 NAME = "convert"
 HELP = ("Convert an official UNITER (or BERT init / HF-BERT) state dict (.pt, .npz, .safetensors) into a "
-        "directory with Keras weights and the config JSON; prints missing and unexpected keys.")
+        "directory with Keras weights and the config JSON; prints missing and unexpected keys. .pt files are "
+        "read without PyTorch, and their pickle code is never run (only tensor data is accepted).")
 
 
 def add_arguments(parser):
     parser.add_argument("--checkpoint", required=True,
-                        help="State-dict file: .pt/.pth/.bin (needs torch), .npz or .safetensors.")
+                        help="State-dict file: .pt/.pth/.bin (torch.save zip or legacy layout; torch not needed), .npz or "
+                             ".safetensors.")
     parser.add_argument("--config", default="base",
-                        help="Preset (base, large, mini, tiny, uniter-base, ...) or a config JSON file (default base).")
+                        help="Preset (base, large, mini, tiny, uniter-base, ...) or a config JSON file: ours, an official "
+                             "config/uniter-*.json, or a parity fixture's config.json (default base).")
     parser.add_argument("--output", required=True, help="Output directory.")
     parser.add_argument("--key-prefix", default=None,
                         help="Prefix of the backbone keys in the file: 'uniter.', 'bert.' or '' (bare HF BertModel); "

@@ -2,6 +2,9 @@
 # Creates .venv with Python 3.10 and installs the fully pinned lock, then the project (console script
 # `uniter`). Idempotent: a venv whose stamp matches the lock and pyproject is left as it is.
 #
+# The terminal gets one line per phase; pip's output goes to $UNITER_LOG_DIR (default
+# ~/.cache/uniter/logs)/install-*.log, whose tail is printed if a phase fails.
+#
 # Every package is pinned and installed with --no-deps: the pip 23 of a fresh 3.10 venv backtracks for
 # over 40 minutes when it resolves this stack unpinned, and takes 2-4 minutes with the lock.
 set -euo pipefail
@@ -35,13 +38,32 @@ PY=$(find_python310) || {
   echo "       Install it (e.g. 'pyenv install 3.10') or set PYTHON310=/path/to/python3.10." >&2
   exit 1
 }
-echo "==> creating $VENV with $PY"
+# One line per phase on the terminal; pip's and the import check's output go to a log file (pip's
+# DEPRECATION and "Location" warnings included). A failing phase prints the log's tail and its path.
+LOG_DIR=${UNITER_LOG_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/uniter/logs}
+mkdir -p "$LOG_DIR"
+LOG="$LOG_DIR/install-$(date +%Y%m%d-%H%M%S)-$$.log"
+: > "$LOG"
 start=$(date +%s)
-"$PY" -m venv "$VENV"
-# Some machines' pip config names missing local indexes; pip warns once per package about them.
-pip_quiet() { "$VENV/bin/pip" "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
-pip_quiet install -q --disable-pip-version-check --no-deps -r requirements.lock
-pip_quiet install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-TF_CPP_MIN_LOG_LEVEL=3 PYTHONWARNINGS=ignore "$VENV/bin/python" -c "import tensorflow, tensorflow_text, keras, tfx.v1, apache_beam, uniter_tf"
+phase() {  # phase "what" command...: one line, the command's output to $LOG, the tail on failure
+  local what=$1; shift
+  echo "==> $what"
+  echo "=== $what: $*" >> "$LOG"
+  if ! "$@" >> "$LOG" 2>&1; then
+    echo "error: $what failed; the last lines of $LOG:" >&2
+    tail -n 25 "$LOG" | sed 's/^/    /' >&2
+    echo "       full log: $LOG" >&2
+    exit 1
+  fi
+}
+pip_install() { "$VENV/bin/pip" install --disable-pip-version-check --no-input "$@"; }
+packages=$(grep -cE '^[A-Za-z0-9_.-]+==' requirements.lock || true)
+phase "creating $VENV with $PY (log: $LOG)" "$PY" -m venv "$VENV"
+phase "installing $packages pinned packages from requirements.lock (a few minutes)" \
+  pip_install --no-deps -r requirements.lock
+phase "installing uniter-tf (editable, console script 'uniter')" \
+  pip_install --no-deps --no-build-isolation -e .
+phase "checking the imports" env TF_CPP_MIN_LOG_LEVEL=3 PYTHONWARNINGS=ignore "$VENV/bin/python" -c \
+  "import tensorflow, tensorflow_text, keras, tfx.v1, apache_beam, uniter_tf"
 echo "$want" > "$STAMP"
 echo "==> installed in $(( $(date +%s) - start )) s"

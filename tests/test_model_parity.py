@@ -106,5 +106,5 @@ def test_parity_cli_passes_on_the_fixture_and_fails_on_corrupted_outputs(tmp_pat
 
 
 def test_parity_cli_reports_a_missing_fixture_file(tmp_path, capsys):
-    assert cli.main(["parity", "--fixture", str(tmp_path)]) == 1
+    assert cli.main(["parity", "--fixture", str(tmp_path)]) == 2  # a user error: the fixture is incomplete
     assert "config.json" in capsys.readouterr().err

@@ -7,13 +7,15 @@ helps one debugging a failure. :func:`quiet_libraries` therefore sends it to a l
 terminal for the command's own output:
 
 * ``sys.stdout`` is left alone: results and progress lines go there as before.
-* ``sys.stderr`` (Python warnings, tracebacks of ignored exceptions, libraries that print) goes to the
-  log file; :attr:`Console.terminal` is the real stderr, for our own error lines.
-* With ``redirect_fd=True`` (the ``uniter`` process itself) file descriptor 2 also goes to the log
-  file, so C++ logs of TensorFlow / XLA / gRPC and the stderr of child processes (Beam workers) land
-  there too.
+* Python warnings (``FutureWarning`` and friends) and "Exception ignored in ..." reports of objects
+  finalised late go to the log file.
 * ``logging``: every record at INFO and above goes to the log file; records of our own packages
   (``uniter_tf``, ``serving``, ``pipeline``, ``components``) are also shown on the terminal.
+* With ``redirect_fd=True`` (the ``uniter`` process itself) file descriptor 2 goes to the log file, so
+  C++ logs of TensorFlow / XLA / gRPC and the stderr of child processes (Beam workers) land there too;
+  ``sys.stderr`` is re-opened on the real terminal, so ``print(..., file=sys.stderr)`` still shows.
+  :meth:`Console.detach_terminal` (at the very end of a program) sends ``sys.stderr`` to the log as
+  well, for what the interpreter prints while it shuts down.
 
 ``UNITER_VERBOSE=1`` (or ``uniter --verbose``) turns all of this off: libraries log to the terminal as
 they normally do and errors come with their traceback.
@@ -148,7 +150,7 @@ class Console:
     Attributes:
         verbose: libraries log to the terminal as usual (nothing is redirected).
         log_path: the log file, or ``None`` when verbose.
-        terminal: a text stream to the real stderr, for the command's own error lines.
+        terminal: a text stream to the real stderr, for the command's own lines.
     """
 
     def __init__(self, verbose: bool, log_path: Optional[str], terminal: TextIO):
@@ -158,32 +160,54 @@ class Console:
         self._log_stream: Optional[TextIO] = None
         self._saved_stderr: Optional[TextIO] = None
         self._saved_fd: Optional[int] = None
+        self._saved_unraisablehook = None
+        self._captured_warnings = False
         self._handlers = []
         self._saved_root_level: Optional[int] = None
         self._restored = False
 
     def say(self, line: str) -> None:
-        """Prints one line on the terminal (stderr side), whatever stderr points to now."""
+        """Prints one line on the terminal (the stderr side)."""
         self.terminal.write(line.rstrip("\n") + "\n")
         self.terminal.flush()
 
     def log(self, text: str) -> None:
-        """Appends text to the log file (or to the terminal when verbose)."""
+        """Appends text to the log file (to the terminal when verbose)."""
         stream = self._log_stream or self.terminal
         stream.write(text if text.endswith("\n") else text + "\n")
         stream.flush()
 
     def log_exception(self, error: BaseException) -> None:
-        """Writes ``error``'s traceback to the log file, and to the terminal when verbose."""
+        """Writes ``error``'s traceback to the log file, or to the terminal when verbose."""
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        if self._log_stream is not None:
-            self.log(text)
-        if self.verbose:
-            self.terminal.write(text)
+        self.log(text)
+
+    def _unraisable(self, unraisable) -> None:
+        # "Exception ignored in: <function AtomicFunction.__del__ ...>" and the like: library cleanup
+        # noise, not the user's business; the log keeps it.
+        try:
+            message = unraisable.err_msg or "Exception ignored in"
+            lines = traceback.format_exception(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+            self.log(f"{message}: {unraisable.object!r}\n{''.join(lines)}")
+        except Exception:  # pylint: disable=broad-except
+            pass
+
+    def detach_terminal(self) -> None:
+        """Sends ``sys.stderr`` to the log file too; for the end of a program, after its last line.
+
+        What the interpreter prints while it shuts down (finalisers of TensorFlow functions, Beam
+        threads) then goes to the log instead of ending the terminal output with a traceback.
+        """
+        if self._log_stream is None:
+            return
+        try:
             self.terminal.flush()
+        except (OSError, ValueError):
+            pass
+        sys.stderr = self._log_stream
 
     def restore(self) -> None:
-        """Puts stderr, file descriptor 2 and logging back as they were. Idempotent."""
+        """Puts stderr, file descriptor 2, warnings and logging back as they were. Idempotent."""
         if self._restored:
             return
         self._restored = True
@@ -192,11 +216,11 @@ class Console:
             logger.removeHandler(handler)
         if self._saved_root_level is not None:
             root.setLevel(self._saved_root_level)
+        if self._captured_warnings:
+            logging.captureWarnings(False)
+        if self._saved_unraisablehook is not None:
+            sys.unraisablehook = self._saved_unraisablehook
         if self._saved_stderr is not None:
-            try:
-                sys.stderr.flush()
-            except (OSError, ValueError):
-                pass
             sys.stderr = self._saved_stderr
         if self._saved_fd is not None:
             self.terminal.flush()
@@ -225,8 +249,8 @@ def quiet_libraries(log_dir_or_file: Optional[str] = None, verbose: bool = False
     Args:
         log_dir_or_file: a directory for a new log file, or a ``.log`` file to append to; default
             ``$UNITER_LOG_DIR``, else ``~/.cache/uniter/logs``.
-        verbose: change nothing (``--verbose`` / ``UNITER_VERBOSE=1``): libraries print as usual. Our
-            own loggers still get an INFO handler on the terminal.
+        verbose: redirect nothing (``--verbose`` / ``UNITER_VERBOSE=1``): libraries print as usual. Our
+            own loggers get an INFO handler on stderr when the root logger has none.
         name: the run's name, used in the log file name (e.g. the command).
         redirect_fd: also point file descriptor 2 at the log file, for C++ logs and child processes.
             Only for a process that owns its stderr (the ``uniter`` program, a script's ``main``), not
@@ -255,24 +279,28 @@ def quiet_libraries(log_dir_or_file: Optional[str] = None, verbose: bool = False
     log_stream = open(log_path, "a", encoding="utf-8", errors="backslashreplace", buffering=1)  # pylint: disable=consider-using-with
     log_stream.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')} {name}: "
                      f"{' '.join(sys.argv)}\n")
-    try:
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):
-        pass
-    saved_fd = None
     terminal: TextIO = sys.stderr
+    console = Console(False, log_path, terminal)
+    console._log_stream = log_stream
     if redirect_fd:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
         saved_fd = os.dup(2)  # not inheritable: child processes get the log file as their stderr
         encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
         terminal = io.TextIOWrapper(io.FileIO(saved_fd, "w", closefd=True), encoding=encoding,
                                     errors="backslashreplace", line_buffering=True, write_through=True)
         os.dup2(log_stream.fileno(), 2)
-    console = Console(False, log_path, terminal)
-    console._log_stream = log_stream
-    console._saved_fd = saved_fd
-    console._saved_stderr = sys.stderr
-    # Python-level stderr (warnings.showwarning, "Exception ignored in ...", libraries that print).
-    sys.stderr = log_stream
+        console.terminal = terminal
+        console._saved_fd = saved_fd
+        console._saved_stderr = sys.stderr
+        # The old sys.stderr writes to fd 2, now the log; our own prints to stderr still belong on screen.
+        sys.stderr = terminal
+    logging.captureWarnings(True)
+    console._captured_warnings = True
+    console._saved_unraisablehook = sys.unraisablehook
+    sys.unraisablehook = console._unraisable
 
     file_handler = logging.StreamHandler(log_stream)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -36,29 +36,25 @@ def add_arguments(parser):
 def run(args) -> int:
     import json
     import os
-    import sys
 
     from uniter_tf.export.exporter import EXPORT_METADATA_FILE, export_uniter
     from uniter_tf.export.model_dir import load_exportable_model
     from uniter_tf.export.op_inventory import non_core_ops
     from uniter_tf.export.signatures import ExportOptions
 
-    try:
-        model = load_exportable_model(args.model_dir, config=args.config, top_k=args.top_k)
-        max_text_length = args.max_text_length or model.max_text_length or 60
-        max_text_length = min(max_text_length, model.backbone.config.max_position_embeddings)
-        if args.text_buckets:
-            text_buckets = _sizes(args.text_buckets)
-        else:
-            text_buckets = tuple(width for width in (16, 32) if width < max_text_length) + (max_text_length,)
-        options = ExportOptions(max_text_length=max_text_length, text_buckets=text_buckets,
-                                region_buckets=_sizes(args.region_buckets), top_k=args.top_k,
-                                warmup=not args.no_warmup)
-        path = export_uniter(args.output, model.backbone, model.itm_head, task=model.task, options=options,
-                             version=args.version)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"uniter export: {error}", file=sys.stderr)
-        return 2
+    # A missing model, an existing version or a bad value raises OSError / ValueError: one line, exit 2.
+    model = load_exportable_model(args.model_dir, config=args.config, top_k=args.top_k)
+    max_text_length = args.max_text_length or model.max_text_length or 60
+    max_text_length = min(max_text_length, model.backbone.config.max_position_embeddings)
+    if args.text_buckets:
+        text_buckets = _sizes(args.text_buckets)
+    else:
+        text_buckets = tuple(width for width in (16, 32) if width < max_text_length) + (max_text_length,)
+    options = ExportOptions(max_text_length=max_text_length, text_buckets=text_buckets,
+                            region_buckets=_sizes(args.region_buckets), top_k=args.top_k,
+                            warmup=not args.no_warmup)
+    path = export_uniter(args.output, model.backbone, model.itm_head, task=model.task, options=options,
+                         version=args.version)
     ops = non_core_ops(path)
     metadata_path = os.path.join(path, "assets.extra", EXPORT_METADATA_FILE)
     with open(metadata_path, encoding="utf-8") as handle:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 NAME = "extract"
 HELP = ("Extract region features from images (JPEG/PNG) with a detector into canonical GZIP TFRecords, "
-        "on Apache Beam; unknown flags go to Beam's PipelineOptions.")
+        "on Apache Beam; other flags go to Beam's PipelineOptions (e.g. --runner=DataflowRunner).")
+# The CLI passes flags this command does not define to Beam, and rejects those Beam does not know either.
+BEAM_FLAGS = True
 
 
 def add_arguments(parser):
@@ -27,40 +29,18 @@ def add_arguments(parser):
     parser.add_argument("--crop-size", type=int, default=7, help="RoI pooling crop side on each feature map.")
     parser.add_argument("--num-shards", type=int, default=0, help="TFRecord shards (0: the runner decides).")
     parser.set_defaults(beam_args=[])
-    _pass_unknown_flags_to_beam(parser)
-
-
-def _pass_unknown_flags_to_beam(parser):
-    """Makes this subparser keep flags it does not know in ``args.beam_args`` instead of failing.
-
-    The shared CLI calls ``parse_args``; argparse asks each subparser for ``parse_known_args`` and fails on
-    what it returns as unknown, so returning nothing unknown lets ``--runner=DataflowRunner ...`` through.
-    """
-    parse_known_args = parser.parse_known_args
-
-    def parse_known_args_keeping_beam_flags(args=None, namespace=None):
-        namespace, unknown = parse_known_args(args, namespace)
-        namespace.beam_args = list(namespace.beam_args) + list(unknown)
-        return namespace, []
-
-    parser.parse_known_args = parse_known_args_keeping_beam_flags
 
 
 def run(args) -> int:
-    import sys
-
     from uniter_tf.extraction import beam_pipeline
 
     config = beam_pipeline.ExtractionConfig(
             detector_path=args.detector, num_classes=args.num_classes, conf_threshold=args.conf_threshold,
             min_boxes=args.min_boxes, max_boxes=args.max_boxes, fill=not args.no_fill, boxes_json=args.boxes_json,
             crop_size=args.crop_size)
-    try:
-        counters = beam_pipeline.run_extraction(args.images, args.output, config, beam_args=args.beam_args,
-                                                num_shards=args.num_shards)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"uniter extract: {error}", file=sys.stderr)
-        return 2
+    # A bad glob, detector or boxes file raises FileNotFoundError / ValueError: the CLI reports it in one line.
+    counters = beam_pipeline.run_extraction(args.images, args.output, config, beam_args=args.beam_args,
+                                            num_shards=args.num_shards)
     print(beam_pipeline.format_counters(counters))
     print(f"records: {args.output}/{beam_pipeline.EXAMPLES_PREFIX}-*.tfrecord.gz; "
           f"dead letters: {beam_pipeline.num_dead_letters(counters)} in {args.output}/"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 NAME = "ingest"
 HELP = ("Join annotations (captions, questions, ...) with region features into canonical GZIP TFRecords "
-        "with train/eval splits, dead letters and a summary (Apache Beam, DirectRunner by default).")
+        "with train/eval splits, dead letters and a summary (Apache Beam, DirectRunner by default); other "
+        "flags go to Beam's PipelineOptions (e.g. --runner=DataflowRunner).")
+# The CLI passes flags this command does not define to Beam, and rejects those Beam does not know either.
+BEAM_FLAGS = True
 
 
 def add_arguments(parser):
@@ -44,8 +47,8 @@ def add_arguments(parser):
     parser.add_argument("--lower-case", action="store_true")
     parser.add_argument("--num-shards", type=int, default=0, help="shards per split (0: runner decides)")
     parser.add_argument("--split-salt", default="")
-    parser.add_argument("beam_args", nargs="*",
-                        help="Beam pipeline options after `--`, e.g. -- --runner=DirectRunner --direct_num_workers=2")
+    # Beam options need no `--` separator (it is still accepted): --runner=DirectRunner --direct_num_workers=2
+    parser.set_defaults(beam_args=[])
 
 
 def run(args) -> int:

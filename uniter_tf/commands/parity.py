@@ -6,7 +6,8 @@ NAME = "parity"
 HELP = ("Run the model on an official-UNITER parity fixture (state_dict.npz, inputs.npz, outputs.npz, "
         "config.json; pretraining or one downstream head) and print the max abs error of every output, or on "
         "a folder of fixtures (e.g. parity_downstream/) and print one line per head; exit 1 if any output "
-        "exceeds --atol or a fixture cannot be run (unknown head, missing file).")
+        "exceeds --atol or a fixture of a folder cannot be run (unknown head, missing file); exit 2 if the one "
+        "fixture given is incomplete.")
 
 
 def add_arguments(parser):
@@ -18,7 +19,6 @@ def add_arguments(parser):
 
 def run(args) -> int:
     import os  # pylint: disable=import-outside-toplevel
-    import sys  # pylint: disable=import-outside-toplevel
 
     from uniter_tf.checkpoints import parity  # pylint: disable=import-outside-toplevel
 
@@ -31,11 +31,13 @@ def run(args) -> int:
         print(f"{len(results) - len(failed)}/{len(results)} fixtures within tolerance"
               + (f"; failed: {', '.join(failed)}" if failed else ""))
         return 1 if failed else 0
+    from uniter_tf.console import UserError  # pylint: disable=import-outside-toplevel
+
     try:
         rows = parity.run_parity(args.fixture, atol=args.atol)
-    except (FileNotFoundError, ValueError, KeyError) as error:
-        print(f"uniter parity: error: {error}", file=sys.stderr)
-        return 1
+    except KeyError as error:  # a fixture without an array the model needs; exit 2, as a missing file does
+        raise UserError(f"fixture {args.fixture}: missing array {error}") from None
+    # A missing fixture file (FileNotFoundError) or a bad one (ValueError): one line from the CLI, exit 2.
     print(parity.format_rows(rows, args.atol))
     if not rows:
         print("no output of the fixture could be compared")

@@ -17,10 +17,23 @@ def add_arguments(parser):
 
 def run(args) -> int:
     import json
+    import os
 
+    from uniter_tf.console import UserError
+
+    # Checked before the TensorFlow import below (seconds), so that a typo in the path fails at once.
+    if args.config and not os.path.isfile(args.config):
+        raise UserError(f"--config {args.config}: no such file")
     from uniter_tf.training.pretrain_config import load_config
 
-    config = load_config(args.config, args.overrides)
+    try:
+        config = load_config(args.config, args.overrides)
+    except FileNotFoundError:
+        raise UserError(f"--config {args.config}: no such file") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"--config {args.config}: not valid JSON ({error})") from None
+    except ValueError as error:  # unknown keys, bad --set syntax, values out of range
+        raise UserError(f"config: {error}") from None
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=2, sort_keys=True))
         return 0

@@ -60,14 +60,12 @@ def run(args) -> int:
     import json
 
     from uniter_tf import visualization
+    from uniter_tf.console import UserError
     from uniter_tf.tokenization import UniterTokenizer
 
     if bool(args.regions_npz) == bool(args.tfrecord):
-        raise SystemExit("uniter visualize: give exactly one of --regions-npz and --tfrecord")
-    try:
-        backbone = _load_backbone(args)
-    except ValueError as error:
-        raise SystemExit(f"uniter visualize: {error}") from None
+        raise UserError("give exactly one of --regions-npz and --tfrecord")
+    backbone = _load_backbone(args)  # ValueError on a bad combination: reported in one line by the CLI
     caption = args.caption
     if args.regions_npz:
         regions = visualization.load_regions_npz(args.regions_npz)
@@ -76,7 +74,7 @@ def run(args) -> int:
         regions, record_text = visualization.load_regions_tfrecord(args.tfrecord, args.record_index, compression)
         caption = caption if caption is not None else record_text
     if not caption:
-        raise SystemExit("uniter visualize: no caption (pass --caption; the record has no text)")
+        raise UserError("no caption (pass --caption; the record has no text)")
     layers = None
     if args.layers:
         layers = [int(layer) for layer in args.layers.split(",") if layer.strip()]

@@ -274,9 +274,9 @@ def quiet_libraries(log_dir_or_file: Optional[str] = None, verbose: bool = False
         return console
 
     log_path = new_log_path(name, log_dir_or_file)
-    if not (log_dir_or_file and str(log_dir_or_file).endswith(".log")):
-        _prune(os.path.dirname(log_path))
     log_stream = open(log_path, "a", encoding="utf-8", errors="backslashreplace", buffering=1)  # pylint: disable=consider-using-with
+    if not (log_dir_or_file and str(log_dir_or_file).endswith(".log")):
+        _prune(os.path.dirname(log_path))  # after creating ours: it is the newest and stays
     log_stream.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')} {name}: "
                      f"{' '.join(sys.argv)}\n")
     terminal: TextIO = sys.stderr

@@ -159,7 +159,12 @@ def test_shipped_configs_load(name):
         assert (config.learning_rate, config.warmup_steps, config.num_train_steps) == (5e-5, 10_000, 200_000)
         assert (config.beta_1, config.beta_2, config.weight_decay, config.grad_norm) == (0.9, 0.98, 0.01, 5.0)
         assert config.gradient_accumulation_steps == 6 and config.input_config().max_tokens == 10240
-        assert config.task_ratios == {"itm": 3, "mlm": 4, "mrfr": 2, "mrckl": 2}
+        # The official all-data mix per (task, dataset): tasks 30:40:20:20, datasets coco/vg/cc/sbu 22:33:33:22.
+        ratios = config.mix_ratios()
+        assert {task: sum(value for key, value in ratios.items() if key.startswith(task + "/"))
+                for task in ("itm", "mlm", "mrfr", "mrckl")} == {"itm": 30, "mlm": 40, "mrfr": 20, "mrckl": 20}
+        assert {name: sum(value for key, value in ratios.items() if key.endswith("/" + name))
+                for name in ("coco", "vg", "cc", "sbu")} == {"coco": 22, "vg": 33, "cc": 33, "sbu": 22}
 
 
 def test_float16_trainer_skips_an_overflowing_update_and_halves_the_scale(tmp_path):

@@ -12,13 +12,17 @@ From the canonical TFRecords (docs/architecture.md) each task builds an endless 
   functions of ``text_mask`` and ``region_mask`` in our compact layout, so the batch carries those two
   masks and the model derives the rest.
 
-ITM negatives come from a **pool**: after the per-epoch shuffle the stream is cut into windows of
-``itm_negative_pool_size`` consecutive (shuffled) examples, and a negative takes the image of a uniformly
-random example of its window whose ``image_id`` differs. Why a pool and not a global image table: records
-are denormalised (each carries its image's features), so a global table would mean a second pass and an
-in-memory copy of every image; a window of the shuffled stream is a uniform sample of the shard's images,
-which is what the official per-rank ``all_imgs`` draw gives, at O(window) memory. When a window holds a
-single image (tiny data sets only) the example stays a positive.
+ITM negatives follow the official ``ItmDataset`` (spec §3.6): a negative's image is drawn uniformly from
+the **distinct images** of the same dataset (this input pipeline's shard of it, as the official per-rank
+``all_imgs``), never the caption's own. Records are denormalised (each carries its image's features), so
+there is no random access by image id; instead a second, independent pass over the same files yields each
+distinct image once per *image epoch* (a ``MutableHashTable`` remembers the last image epoch that emitted
+an id: O(distinct ids) memory, no features kept), shuffled with a buffer of ``itm_negative_pool_size``
+images. Every ITM example is zipped with the next two images of that stream and a negative takes a random one
+of them, the other one when that is its own image. An image is therefore drawn with the same probability whatever its
+number of captions (the caption-weighted window the first version used favoured images with many
+captions, and a window holding one image forced positives). When the shard holds a single image the
+example stays a positive.
 
 Masks and negatives are redrawn every epoch: every random op is stateless and seeded with
 ``(seed, task, epoch, position in the epoch)``, nothing is cached. The stream is therefore a pure function
@@ -78,7 +82,9 @@ class PretrainingInputConfig:
             ``>= max_text_length + 2``.
         region_bucket_boundaries: padded region counts; the last must cover the largest region count.
         shuffle_buffer: records in the per-epoch shuffle buffer (0: no shuffle, for evaluation).
-        itm_negative_pool_size: window of shuffled examples that ITM negatives are drawn from.
+        itm_negative_pool_size: shuffle buffer (in distinct images) of the image stream that ITM negatives
+            are drawn from; the draw is uniform over the shard's distinct images whatever its size, the
+            buffer only decorrelates consecutive draws.
         mlm_probability: MLM selection probability.
         mrm_probability: MRM selection probability.
         itm_negative_probability: probability that an ITM example gets a different image.
@@ -257,7 +263,8 @@ def build_task_dataset(
         examples = examples.filter(lambda example: tf.size(example["token_ids"]) <= options.max_text_length)
         examples = examples.map(check_regions, num_parallel_calls=parallel, deterministic=True)
         if task == "itm":
-            examples = _with_itm_negatives(examples, epoch, task_seed, options, parallel, feature_dim)
+            examples = _with_itm_negatives(examples, files, epoch, task_seed, options, input_context, parallel,
+                                           feature_dim)
         examples = examples.enumerate()
         return examples.map(
                 lambda index, example: _mask_example(task, example, masking.example_seed(task_seed, epoch, index),
@@ -269,53 +276,82 @@ def build_task_dataset(
     return _bucket_and_batch(examples, options).prefetch(tf.data.AUTOTUNE)
 
 
-def _with_itm_negatives(examples, epoch, seed: int, options: PretrainingInputConfig, parallel, feature_dim: int):
-    """Replaces the image of about half the examples by a different image from the same window."""
-    pool = options.itm_negative_pool_size
-    examples = examples.map(_for_itm, num_parallel_calls=parallel, deterministic=True)
-    windows = examples.padded_batch(pool, padded_shapes={
-            "image_id": [], "token_ids": [None], "num_tokens": [], "num_regions": [],
-            "region_features": [None, feature_dim], "region_positions": [None, 7]})
+def _image_id_only(serialized):
+    return tf.io.parse_single_example(serialized, {schema.IMAGE_ID: tf.io.FixedLenFeature([], tf.string)})[
+            schema.IMAGE_ID]
 
-    def swap_images(window_index, window):
-        window_seed = masking.example_seed(seed + 1, epoch, window_index)
-        draw_seed, pick_seed = tf.unstack(tf.random.experimental.stateless_split(window_seed, 2))
-        size = tf.shape(window["image_id"])[0]
-        wants_negative = tf.random.stateless_uniform([size], draw_seed) < options.itm_negative_probability
-        different = tf.not_equal(window["image_id"][:, None], window["image_id"][None, :])
-        # A uniformly random partner among the examples of the window that show a different image.
-        scores = tf.where(different, tf.random.stateless_uniform([size, size], pick_seed), -1.0)
-        partner = tf.argmax(scores, axis=1, output_type=tf.int32)
-        negative = wants_negative & tf.reduce_any(different, axis=1)
-        source = tf.where(negative, partner, tf.range(size))
-        swapped = dict(window)
-        for key in ("image_id", "num_regions", "region_features", "region_positions"):
-            swapped[key] = tf.gather(window[key], source)
+
+def _distinct_images(files, seed: int, options: PretrainingInputConfig, input_context, parallel,
+                     feature_dim: int) -> tf.data.Dataset:
+    """An endless stream of this shard's distinct images: each exactly once per image epoch, shuffled.
+
+    The filter is sequential (``Dataset.filter`` runs in order), so the table's read-then-write is
+    deterministic, and a replayed (resumed) pipeline rebuilds the same table.
+    """
+    last_epoch = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, default_value=-1)
+
+    def image_epoch(epoch):
+        records = _records_of_epoch(files, epoch, seed, options, input_context)
+
+        def first_in_epoch(serialized):
+            image_id = _image_id_only(serialized)
+            previous = last_epoch.lookup(image_id)
+            with tf.control_dependencies([previous]):
+                update = last_epoch.insert(image_id, tf.cast(epoch, tf.int64))
+            with tf.control_dependencies([update]):
+                return tf.not_equal(previous, tf.cast(epoch, tf.int64))
+
+        images = records.filter(first_in_epoch).map(
+                lambda serialized: _image_part(_decode_for_pretraining(serialized, feature_dim, None)),
+                num_parallel_calls=parallel, deterministic=True)
+        if options.shuffle_buffer:
+            images = images.shuffle(options.itm_negative_pool_size, seed=tf.cast(epoch, tf.int64) * 7919 + seed + 2)
+        return images
+
+    return tf.data.Dataset.counter().flat_map(image_epoch)
+
+
+def _image_part(example):
+    return {key: example[key] for key in ("image_id", "num_regions", "region_features", "region_positions")}
+
+
+def _with_itm_negatives(examples, files, epoch, seed: int, options: PretrainingInputConfig, input_context,
+                        parallel, feature_dim: int):
+    """Replaces the image of about half the examples by a uniformly drawn different image (spec §3.6)."""
+    candidates = _distinct_images(files, seed + 1, options, input_context, parallel, feature_dim)
+    candidates = candidates.padded_batch(2, padded_shapes={
+            "image_id": [], "num_regions": [], "region_features": [None, feature_dim],
+            "region_positions": [None, 7]}, drop_remainder=True)
+
+    def swap_image(index, example, pair):
+        draw_seed = masking.example_seed(seed + 1, epoch, index)
+        draws = tf.random.stateless_uniform([2], draw_seed)
+        wants_negative = draws[0] < options.itm_negative_probability
+        own = example["image_id"]
+        # A random one of the two images (so that every image of the stream is equally likely to be used),
+        # the other one when that is the caption's own image.
+        choice = tf.cast(draws[1] < 0.5, tf.int32)
+        choice = tf.where(tf.equal(pair["image_id"][choice], own), 1 - choice, choice)
+        negative = wants_negative & tf.not_equal(pair["image_id"][choice], own)
+        swapped = dict(example)
+        num_regions = pair["num_regions"][choice]
+        swapped["image_id"] = tf.where(negative, pair["image_id"][choice], own)
+        swapped["num_regions"] = tf.where(negative, num_regions, example["num_regions"])
+        for key in ("region_features", "region_positions"):
+            swapped[key] = tf.cond(negative, lambda key=key: pair[key][choice][:num_regions],
+                                   lambda key=key: example[key])
         swapped["itm_label"] = tf.cast(tf.logical_not(negative), tf.int32)
         return swapped
 
-    def trim(example):
-        # Undo the window padding: the text keeps its own length, the image its (new) region count.
-        example = dict(example)
-        example["token_ids"] = example["token_ids"][:example["num_tokens"]]
-        for key in ("region_features", "region_positions"):
-            example[key] = example[key][:example["num_regions"]]
-        return example
-
-    windows = windows.enumerate().map(swap_images, num_parallel_calls=parallel, deterministic=True)
-    return windows.unbatch().map(trim, num_parallel_calls=parallel, deterministic=True)
+    examples = examples.map(_for_itm, num_parallel_calls=parallel, deterministic=True)
+    zipped = tf.data.Dataset.zip((examples.enumerate(), candidates))
+    return zipped.map(lambda indexed, pair: swap_image(indexed[0], indexed[1], pair),
+                      num_parallel_calls=parallel, deterministic=True)
 
 
 def _for_itm(example):
-    # ITM needs no soft labels; dropping them keeps the negative pool small.
-    return {
-            "image_id": example["image_id"],
-            "token_ids": example["token_ids"],
-            "num_tokens": tf.size(example["token_ids"]),
-            "num_regions": example["num_regions"],
-            "region_features": example["region_features"],
-            "region_positions": example["region_positions"],
-    }
+    # ITM needs no soft labels (and the swap must not leave the caption's image's labels behind).
+    return {"token_ids": example["token_ids"], **_image_part(example)}
 
 
 def _mask_example(task: str, example, seed, model_config, options: PretrainingInputConfig):

@@ -29,7 +29,12 @@ class PretrainConfig:
     Attributes:
         model: a ``UniterConfig`` preset name or JSON path (``uniter-base``, ``tiny``, ...).
         model_overrides: ``UniterConfig`` fields to change (e.g. dropout).
-        train_files: glob(s) of canonical GZIP TFRecord shards.
+        train_files: glob(s) of canonical GZIP TFRecord shards (one dataset; tasks mixed by ``task_ratios``).
+        train_datasets: instead of ``train_files``, the official per-dataset mix (spec §3.9): a list of
+            ``{"name": ..., "files": [...], "task_ratios": {...}}``; one (task, dataset) pair is drawn per
+            update with probability proportional to its ratio, e.g. coco ``{"itm": 6, "mlm": 8, "mrfr": 4,
+            "mrckl": 4}`` beside vg ``{"itm": 9, "mlm": 12, ...}``. Each pair has its own input stream, so
+            ITM negatives come from the images of the same dataset. ``task_ratios`` is then unused.
         eval_files: held-out shards evaluated at the end (and every ``eval_every`` steps); may be empty.
         output_dir: checkpoints (``checkpoints/``), TensorBoard (``tensorboard/``), ``metrics.jsonl``,
             ``loss_curves.png`` and ``summary.json`` go here.
@@ -67,6 +72,7 @@ class PretrainConfig:
     model: str = "tiny"
     model_overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
     train_files: List[str] = dataclasses.field(default_factory=list)
+    train_datasets: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
     eval_files: List[str] = dataclasses.field(default_factory=list)
     output_dir: str = "runs/pretrain"
     inputs: Dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -102,12 +108,14 @@ class PretrainConfig:
             self.train_files = [self.train_files]
         if isinstance(self.eval_files, str):
             self.eval_files = [self.eval_files] if self.eval_files else []
-        unknown_tasks = sorted(set(self.task_ratios) - set(TASKS))
-        if unknown_tasks:
-            raise ValueError(f"task_ratios: unknown tasks {unknown_tasks}; known: {TASKS}")
-        if not self.task_ratios or any(float(ratio) < 0 for ratio in self.task_ratios.values()) \
-                or sum(float(ratio) for ratio in self.task_ratios.values()) <= 0:
-            raise ValueError(f"task_ratios must be non-negative with a positive sum, got {self.task_ratios}")
+        _check_task_ratios(self.task_ratios, "task_ratios")
+        self.train_datasets = [_checked_dataset(entry, index) for index, entry in enumerate(self.train_datasets)]
+        names = [entry["name"] for entry in self.train_datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"train_datasets: dataset names must be unique, got {names}")
+        if self.train_datasets and self.train_files:
+            raise ValueError("give either train_files (one dataset, mixed by task_ratios) or train_datasets "
+                             "(a mix per dataset), not both")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.init not in INIT_TYPES:
@@ -130,8 +138,28 @@ class PretrainConfig:
         return PretrainingInputConfig.from_dict(self.inputs)
 
     def active_tasks(self) -> List[str]:
-        """Tasks with a positive ratio, in a fixed order."""
-        return [task for task in TASKS if float(self.task_ratios.get(task, 0)) > 0]
+        """Tasks with a positive ratio (in any dataset), in a fixed order."""
+        return sorted({mix_task(key) for key in self.mix_ratios()}, key=TASKS.index)
+
+    def mix_ratios(self) -> Dict[str, float]:
+        """The mixing ratio of every input stream: ``task`` keys for ``train_files``, ``task/dataset`` keys
+        for ``train_datasets`` (see :func:`mix_task`)."""
+        if not self.train_datasets:
+            return {task: float(self.task_ratios[task]) for task in TASKS
+                    if float(self.task_ratios.get(task, 0)) > 0}
+        return {f"{task}/{entry['name']}": float(entry["task_ratios"][task])
+                for entry in self.train_datasets for task in TASKS
+                if float(entry["task_ratios"].get(task, 0)) > 0}
+
+    def files_for(self, mix_key: str) -> List[str]:
+        """The training files of the stream ``mix_key`` (a key of :meth:`mix_ratios`)."""
+        if "/" not in mix_key:
+            return list(self.train_files)
+        name = mix_key.split("/", 1)[1]
+        for entry in self.train_datasets:
+            if entry["name"] == name:
+                return list(entry["files"])
+        raise KeyError(f"no training dataset named {name!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         """The config as a JSON-serialisable dict."""
@@ -146,6 +174,44 @@ class PretrainConfig:
         if unknown:
             raise ValueError(f"unknown pretraining config keys: {unknown}")
         return cls(**values)
+
+
+def mix_task(mix_key: str) -> str:
+    """The task of a mixing key: ``"itm/coco"`` → ``"itm"``, ``"itm"`` → ``"itm"``."""
+    return mix_key.split("/", 1)[0]
+
+
+def _check_task_ratios(ratios: Any, where: str) -> None:
+    if not isinstance(ratios, Mapping):
+        raise ValueError(f"{where} must be an object of task → ratio, got {ratios!r}")
+    unknown_tasks = sorted(set(ratios) - set(TASKS))
+    if unknown_tasks:
+        raise ValueError(f"{where}: unknown tasks {unknown_tasks}; known: {TASKS}")
+    try:
+        values = [float(ratio) for ratio in ratios.values()]
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: ratios must be numbers, got {dict(ratios)}") from None
+    if not values or any(value < 0 for value in values) or sum(values) <= 0:
+        raise ValueError(f"{where} must be non-negative with a positive sum, got {dict(ratios)}")
+
+
+def _checked_dataset(entry: Any, index: int) -> Dict[str, Any]:
+    where = f"train_datasets[{index}]"
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"{where} must be an object with name, files and task_ratios, got {entry!r}")
+    unknown = sorted(set(entry) - {"name", "files", "task_ratios"})
+    missing = sorted({"name", "files", "task_ratios"} - set(entry))
+    if unknown or missing:
+        raise ValueError(f"{where}: unknown keys {unknown}, missing keys {missing} "
+                         "(each dataset has name, files and task_ratios)")
+    name = entry["name"]
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"{where}.name must be a non-empty string without '/', got {name!r}")
+    files = [entry["files"]] if isinstance(entry["files"], str) else entry["files"]
+    if not isinstance(files, list) or not files or not all(isinstance(path, str) and path for path in files):
+        raise ValueError(f"{where}.files must be a non-empty list of file patterns, got {entry['files']!r}")
+    _check_task_ratios(entry["task_ratios"], f"{where}.task_ratios")
+    return {"name": name, "files": list(files), "task_ratios": dict(entry["task_ratios"])}
 
 
 def _parse_value(text: str) -> Any:
@@ -191,4 +257,4 @@ def load_config(path: Optional[Union[str, os.PathLike]] = None, overrides: Seque
     return PretrainConfig.from_dict(apply_overrides(values, overrides))
 
 
-__all__ = ["PretrainConfig", "DEFAULT_TASK_RATIOS", "PRECISIONS", "INIT_TYPES", "apply_overrides", "load_config"]
+__all__ = ["PretrainConfig", "DEFAULT_TASK_RATIOS", "mix_task", "PRECISIONS", "INIT_TYPES", "apply_overrides", "load_config"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import zlib
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -36,7 +37,7 @@ import tensorflow as tf
 from uniter_tf.data import pretraining_inputs
 from uniter_tf.training import checkpointing
 from uniter_tf.training.optimizer import AdamW, DynamicLossScale, exempt_from_weight_decay
-from uniter_tf.training.pretrain_config import PretrainConfig
+from uniter_tf.training.pretrain_config import PretrainConfig, mix_task
 from uniter_tf.training.schedule import LinearWarmupLinearDecay
 from uniter_tf.training.strategy import build_strategy, is_chief
 from uniter_tf.training.task_sampler import TaskSampler
@@ -105,8 +106,10 @@ class Pretrainer:
         self.is_chief = is_chief(self.strategy)
         self.model_config = UniterConfig.resolve(config.model).replace(**config.model_overrides)
         self.input_config = config.input_config()
-        self.sampler = TaskSampler({task: config.task_ratios[task] for task in config.active_tasks()}, config.seed)
-        self.tasks = self.sampler.tasks
+        # One input stream per mixing key: a task (train_files) or a (task, dataset) pair (train_datasets).
+        self.sampler = TaskSampler(config.mix_ratios(), config.seed)
+        self.mix_keys = self.sampler.tasks
+        self.tasks = config.active_tasks()
         self.num_replicas = self.strategy.num_replicas_in_sync
         self.local_replicas = _local_replica_count(self.strategy)
         self.float16 = config.precision == "mixed_float16"
@@ -168,24 +171,26 @@ class Pretrainer:
         return self.restored_step
 
     def consumed_batches(self, step: int) -> Dict[str, int]:
-        """Per task, how many per-replica batches its pipeline on this worker delivered before ``step``."""
-        counts = self.sampler.counts(1, step) if step > 0 else {task: 0 for task in self.tasks}
-        return {task: count * self.config.gradient_accumulation_steps * self.local_replicas
-                for task, count in counts.items()}
+        """Per mixing key, how many per-replica batches its pipeline on this worker delivered before ``step``."""
+        counts = self.sampler.counts(1, step) if step > 0 else {key: 0 for key in self.mix_keys}
+        return {key: count * self.config.gradient_accumulation_steps * self.local_replicas
+                for key, count in counts.items()}
 
-    def _iterator(self, task: str):
-        if task not in self._iterators:
-            skip = self.consumed_batches(self.restored_step)[task]
+    def _iterator(self, mix_key: str):
+        if mix_key not in self._iterators:
+            skip = self.consumed_batches(self.restored_step)[mix_key]
+            task, files = mix_task(mix_key), self.config.files_for(mix_key)
+            # Streams of the same task on different datasets must not share masks and negatives.
+            seed = self.config.seed if task == mix_key else self.config.seed + zlib.crc32(mix_key.encode("utf-8"))
 
             def dataset_fn(input_context):
                 dataset = pretraining_inputs.build_task_dataset(
-                        task, self.config.train_files, self.model_config, self.input_config, seed=self.config.seed,
-                        input_context=input_context)
+                        task, files, self.model_config, self.input_config, seed=seed, input_context=input_context)
                 return dataset.skip(skip) if skip else dataset
 
             distributed = self.strategy.distribute_datasets_from_function(dataset_fn)
-            self._iterators[task] = iter(distributed)
-        return self._iterators[task]
+            self._iterators[mix_key] = iter(distributed)
+        return self._iterators[mix_key]
 
     # ------------------------------------------------------------------------------ step logic
     def _replica_gradients(self, task: str, batch):
@@ -265,9 +270,11 @@ class Pretrainer:
         self._step_functions[key] = function
         return function
 
-    def train_update(self, task: str) -> Dict[str, float]:
-        """Runs one optimizer update of ``task`` (all its micro-batches); returns the metrics as floats."""
-        iterator = self._iterator(task)
+    def train_update(self, mix_key: str) -> Dict[str, float]:
+        """Runs one optimizer update of a mixing key (a task, or ``task/dataset``) with all its micro-batches;
+        returns the metrics as floats."""
+        iterator = self._iterator(mix_key)
+        task = mix_task(mix_key)
         examples = 0.0
         for _ in range(self.config.gradient_accumulation_steps - 1):
             _, metrics = self._step_function(task, "accumulate")(iterator)
@@ -306,10 +313,11 @@ class Pretrainer:
         total_examples = 0.0
         step = start_step
         while step < config.num_train_steps:
-            task = self.sampler.task_for_step(step + 1)
-            values = self.train_update(task)
+            # Logged per mixing key: a task, or task/dataset under train_datasets.
+            mix_key = self.sampler.task_for_step(step + 1)
+            values = self.train_update(mix_key)
             step = int(self.global_step.numpy())
-            last_losses[task] = values["loss"]
+            last_losses[mix_key] = values["loss"]
             window_examples += values["examples"]
             total_examples += values["examples"]
             if progress is not None:
@@ -317,11 +325,11 @@ class Pretrainer:
                 shown = [(f"{name}_loss", value) for name, value in sorted(last_losses.items())]
                 shown.append(("examples/s", window_examples / elapsed))
                 progress.update(step, values=shown, finalize=step >= config.num_train_steps)
-            sums = window_sums.setdefault(task, {})
+            sums = window_sums.setdefault(mix_key, {})
             for name, value in values.items():
                 if name not in ("examples", "learning_rate"):
                     sums[name] = sums.get(name, 0.0) + value
-            window_updates[task] = window_updates.get(task, 0) + 1
+            window_updates[mix_key] = window_updates.get(mix_key, 0) + 1
             if step % config.log_every == 0 or step == config.num_train_steps:
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 records = [{"step": step, "task": name, "updates": window_updates[name],

@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from uniter_tf.layers.initializers import normal_initializer
+from uniter_tf.layers.rows import dense_rows
 
 # The official additive mask value (not -inf): masked keys get exp(s - 10000) = 0 in fp32.
 ATTENTION_MASK_VALUE = -10000.0
@@ -79,9 +80,9 @@ class UniterSelfAttention(keras.layers.Layer):
         Returns:
             ``(context [B, L, H], probabilities [B, A, L, L])``.
         """
-        query = self._split_heads(self.query(hidden_states))
-        key = self._split_heads(self.key(hidden_states))
-        value = self._split_heads(self.value(hidden_states))
+        query = self._split_heads(dense_rows(self.query, hidden_states))
+        key = self._split_heads(dense_rows(self.key, hidden_states))
+        value = self._split_heads(dense_rows(self.value, hidden_states))
         scores = tf.matmul(query, key, transpose_b=True)
         scores = tf.cast(scores, tf.float32) * (1.0 / float(self.head_size) ** 0.5)
         scores = scores + tf.cast(attention_bias, tf.float32)

@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from uniter_tf.layers.initializers import normal_initializer
+from uniter_tf.layers.rows import dense_rows
 
 
 @keras.saving.register_keras_serializable(package="uniter_tf")
@@ -83,8 +84,8 @@ class UniterRegionEmbeddings(keras.layers.Layer):
             masked = tf.cast(masked_regions, tf.bool)[:, :, tf.newaxis]
             mask_vector = tf.cast(self.mask_embedding.embeddings[1], self.compute_dtype)
             features = tf.where(masked, mask_vector[tf.newaxis, tf.newaxis, :], features)
-        visual = self.img_layer_norm(self.img_linear(features))
-        spatial = self.pos_layer_norm(self.pos_linear(tf.cast(region_positions, self.compute_dtype)))
+        visual = self.img_layer_norm(dense_rows(self.img_linear, features))
+        spatial = self.pos_layer_norm(dense_rows(self.pos_linear, tf.cast(region_positions, self.compute_dtype)))
         embeddings = self.layer_norm(visual + spatial + tf.cast(type_embeddings, visual.dtype))
         return self.dropout(embeddings, training=training)
 

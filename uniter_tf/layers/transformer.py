@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from uniter_tf.layers.attention import UniterSelfAttention
 from uniter_tf.layers.initializers import normal_initializer
+from uniter_tf.layers.rows import dense_rows
 
 
 def exact_gelu(values: tf.Tensor) -> tf.Tensor:
@@ -82,10 +83,10 @@ class UniterTransformerLayer(keras.layers.Layer):
             ``(output [B, L, H], attention probabilities [B, A, L, L])``.
         """
         context, probabilities = self.attention(hidden_states, attention_bias, training=training)
-        attended = self.attention_dropout(self.attention_output(context), training=training)
+        attended = self.attention_dropout(dense_rows(self.attention_output, context), training=training)
         attended = self.attention_layer_norm(attended + hidden_states)
-        intermediate = exact_gelu(self.intermediate(attended))
-        output = self.output_dropout(self.output_dense(intermediate), training=training)
+        intermediate = exact_gelu(dense_rows(self.intermediate, attended))
+        output = self.output_dropout(dense_rows(self.output_dense, intermediate), training=training)
         output = self.output_layer_norm(output + attended)
         return output, probabilities
 

@@ -11,6 +11,7 @@ import keras
 import tensorflow as tf
 
 from uniter_tf.layers.initializers import normal_initializer
+from uniter_tf.layers.rows import dense_rows
 from uniter_tf.layers.transformer import exact_gelu
 
 
@@ -36,7 +37,7 @@ class _TransformHead(keras.layers.Layer):
 
     def transform(self, hidden: tf.Tensor) -> tf.Tensor:
         """Applies dense → exact GELU → LayerNorm."""
-        return self.transform_layer_norm(exact_gelu(self.transform_dense(hidden)))
+        return self.transform_layer_norm(exact_gelu(dense_rows(self.transform_dense, hidden)))
 
     def get_config(self):
         config = super().get_config()
@@ -164,7 +165,7 @@ class MrcHead(_TransformHead):
 
     def call(self, hidden: tf.Tensor) -> tf.Tensor:
         """Returns ``[..., C]`` raw logits."""
-        return self.classifier(self.transform(hidden))
+        return dense_rows(self.classifier, self.transform(hidden))
 
     def get_config(self):
         config = super().get_config()

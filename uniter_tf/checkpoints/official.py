@@ -441,6 +441,8 @@ def save_converted(model, output_dir: str, report: Optional[LoadReport] = None) 
             json.dump({"task_name": getattr(model, "task_name", ""),
                        "head": keras.saving.serialize_keras_object(model.head)}, handle, indent=2)
         paths["task_weights"] = os.path.join(output_dir, TASK_WEIGHTS_FILE)
+        if not model.built:
+            model.build()
         model.save_weights(paths["task_weights"])
     if report is not None:
         paths["report"] = os.path.join(output_dir, REPORT_FILE)
@@ -514,6 +516,7 @@ def load_task_model(model_dir: str, **model_kwargs):
     task_name = head_file.get("task_name", "")
     model = TaskModel(backbone=UniterBackbone(UniterConfig.from_json(paths[0]), **model_kwargs), head=head,
                       task_name=task_name, name=f"uniter_{task_name}" if task_name else None)
+    model.build()
     model.load_weights(paths[2])
     return model
 

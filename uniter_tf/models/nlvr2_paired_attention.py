@@ -27,6 +27,11 @@ from uniter_tf.models.head_weights import OfficialHead, linear_entries
 from uniter_tf.models.nlvr2_paired import pair_rows
 
 
+def _softmax_dtype(dtype: tf.DType) -> tf.DType:
+    """Softmaxes run in float32 under mixed precision (float16 / bfloat16), else in the compute dtype."""
+    return tf.float32 if tf.as_dtype(dtype) in (tf.float16, tf.bfloat16) else tf.as_dtype(dtype)
+
+
 @keras.saving.register_keras_serializable(package="uniter_tf")
 class Nlvr2PairedAttentionHead(OfficialHead):
     """Cross attention between the two images' sequences, attention pooling, ``Linear(2H, 2)``.
@@ -103,10 +108,10 @@ class Nlvr2PairedAttentionHead(OfficialHead):
             shape = tf.shape(values)
             return tf.reshape(values, [shape[0], shape[1], heads, head_size])
 
-        scores = tf.einsum("bqhd,bkhd->bhqk", split(projected_query), split(projected_key))
-        scores = tf.cast(scores, tf.float32)
+        scores = tf.cast(tf.einsum("bqhd,bkhd->bhqk", split(projected_query), split(projected_key)),
+                         _softmax_dtype(query.dtype))
         # -inf on padded keys, as the official masked_fill (each row has a [CLS], so no row is all -inf).
-        scores = tf.where(key_padding[:, tf.newaxis, tf.newaxis, :], tf.constant(float("-inf"), tf.float32), scores)
+        scores = tf.where(key_padding[:, tf.newaxis, tf.newaxis, :], tf.constant(float("-inf"), scores.dtype), scores)
         probabilities = tf.cast(tf.nn.softmax(scores, axis=-1), query.dtype)
         probabilities = self.attention_dropout(probabilities, training=training)
         context = tf.einsum("bhqk,bkhd->bqhd", probabilities, split(projected_value))
@@ -115,7 +120,8 @@ class Nlvr2PairedAttentionHead(OfficialHead):
 
     def _attention_pool(self, values: tf.Tensor, padding: tf.Tensor, training: Optional[bool]) -> tf.Tensor:
         scores = tf.nn.relu(self.attn_pool_fc(values))[..., 0]
-        scores = tf.cast(scores, tf.float32) + tf.cast(padding, tf.float32) * -1e4
+        softmax_dtype = _softmax_dtype(values.dtype)
+        scores = tf.cast(scores, softmax_dtype) + tf.cast(padding, softmax_dtype) * -1e4
         weights = self.pool_dropout(tf.cast(tf.nn.softmax(scores, axis=-1), values.dtype), training=training)
         return tf.einsum("bl,blh->bh", weights, values)
 

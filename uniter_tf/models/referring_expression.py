@@ -113,8 +113,11 @@ class ReferringExpressionHead(OfficialHead):
         hidden = region_hidden
         if self.mlp == 2:
             hidden = self.layer_norm(exact_gelu(self.dense(hidden)))
-        raw_scores = tf.cast(self.scorer(hidden)[..., 0], tf.float32)
-        scores = tf.where(region_mask, raw_scores, tf.constant(PADDED_REGION_SCORE, tf.float32))
+        raw_scores = self.scorer(hidden)[..., 0]
+        if raw_scores.dtype in (tf.float16, tf.bfloat16):
+            # Scores (and the softmax over them) in float32 under mixed precision.
+            raw_scores = tf.cast(raw_scores, tf.float32)
+        scores = tf.where(region_mask, raw_scores, tf.constant(PADDED_REGION_SCORE, raw_scores.dtype))
         return {"img_hidden": region_hidden, "raw_scores": raw_scores, "scores": scores}
 
     def call(self, encoder_outputs: Mapping[str, tf.Tensor], training: Optional[bool] = None) -> tf.Tensor:

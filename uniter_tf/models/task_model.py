@@ -32,6 +32,13 @@ class TaskModel(keras.Model):
         self.head = head
         self.task_name = task_name
 
+    def build(self, input_shape=None):
+        # The backbone builds itself from its config; heads of official checkpoints build from theirs, so
+        # a task model can be saved or loaded before its first call.
+        if not self.head.built:
+            self.head.build()
+        self.built = True
+
     def call(self, inputs: Mapping[str, tf.Tensor], training: Optional[bool] = None) -> tf.Tensor:
         encoder_outputs: Dict[str, tf.Tensor] = dict(self.backbone(inputs, training=training))
         # Heads that read regions (RefCOCO) need the region slots' width and validity, which the

@@ -80,8 +80,9 @@ def ot_scatter(txt_lens: Sequence[int], max_tl: int, joint_length: int) -> np.nd
 
 
 def uniter_forward(state, input_ids, position_ids, img_feat, img_pos_feat, attn_masks, gather_index_array,
-                   num_heads: int, img_masks=None, txt_type_ids=None, prefix: str = "uniter.") -> Dict[str, np.ndarray]:
-    """``UniterModel.forward`` in eval mode.
+                   num_heads: int, img_masks=None, txt_type_ids=None, prefix: str = "uniter.",
+                   img_type_ids=None) -> Dict[str, np.ndarray]:
+    """``UniterModel.forward`` in eval mode (``img_type_ids`` default: all 1; NLVR2 passes 1 and 2).
 
     Returns:
         ``{"embedding_output" [B, L, H], "all_encoder_layers" [layers, B, L, H], "sequence_output"}``.
@@ -103,7 +104,8 @@ def uniter_forward(state, input_ids, position_ids, img_feat, img_pos_feat, attn_
     visual = layer_norm(state, f"{image_prefix}.img_layer_norm", linear(state, f"{image_prefix}.img_linear", features))
     spatial = layer_norm(state, f"{image_prefix}.pos_layer_norm",
                          linear(state, f"{image_prefix}.pos_linear", np.asarray(img_pos_feat, np.float64)))
-    image_type = _w(state, f"{prefix}embeddings.token_type_embeddings.weight")[1]
+    type_table = _w(state, f"{prefix}embeddings.token_type_embeddings.weight")
+    image_type = type_table[1] if img_type_ids is None else type_table[np.asarray(img_type_ids)]
     image = layer_norm(state, f"{image_prefix}.LayerNorm", visual + spatial + image_type)
 
     concatenated = np.concatenate([text, image], axis=1)

@@ -389,3 +389,99 @@ def test_feature_records_sharing_a_join_key_are_rejected_and_counts_add_up(tmp_p
     assert counts[dead_letter.IMAGE_RECORDS_READ] == 4
     assert 1 + counts[dead_letter.IMAGES_WITHOUT_TEXT] + len(image_letters) == 4
     assert counts[dead_letter.DUPLICATE_IMAGE_IDS] == 1 and counts[dead_letter.DUPLICATE_IMAGE_ID] == 2
+
+
+# ------------------------------------------------------ 8 and 10 through the real extraction, then ingest
+
+
+def _png(path, pixels):
+    from PIL import Image
+
+    Image.fromarray(pixels).save(path, format="PNG")
+    return path
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory):
+    """``uniter extract`` (toy detector) over 8- and 16-bit scenes and two files named photo.*."""
+    from PIL import Image
+
+    from uniter_tf.extraction import beam_pipeline, toy_detector
+
+    root = tmp_path_factory.mktemp("hardening_extract")
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    scene8 = np.clip(rng.normal(128, 60, (48, 64)), 0, 255).astype(np.uint8)
+    scene8[10:30, 20:50] = 20  # a dark block: the features depend on the intensities
+    _png(images / "scene8.png", scene8)
+    _png(images / "scene16.png", scene8.astype(np.uint16) * 257)  # the same picture in 16 bits
+    colour = np.zeros((40, 40, 3), np.uint8)
+    colour[:20, :20] = (250, 10, 10)
+    _png(images / "photo.png", colour)
+    Image.fromarray(colour[::-1, ::-1].copy()).save(images / "photo.jpg", format="JPEG", quality=95)
+    detector = toy_detector.write_toy_detector(str(root / "detector"))
+    config = beam_pipeline.ExtractionConfig(detector_path=detector, num_classes=toy_detector.NUM_CLASSES,
+                                            min_boxes=3, max_boxes=3)
+    counters = beam_pipeline.run_extraction(str(images / "*"), str(root / "features"), config,
+                                            beam_args=["--runner=DirectRunner"], num_shards=1)
+    return root, counters
+
+
+def test_sixteen_bit_png_is_scaled_to_eight_bits_not_clipped(tmp_path):
+    from uniter_tf.extraction.images import decode_image
+
+    full_range = np.linspace(0, 65535, 256 * 256).round().astype(np.uint16).reshape(256, 256)
+    path = _png(tmp_path / "full.png", full_range)
+    decoded = decode_image(path.read_bytes(), str(path))
+    assert decoded.shape == (256, 256, 3) and decoded.dtype == np.uint8
+    expected = np.round(full_range.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    np.testing.assert_array_equal(decoded[..., 0], expected)
+    assert (decoded == 255).mean() < 0.01  # PIL's own convert("RGB") makes 99.6 % of them 255
+    assert abs(float(decoded.mean()) - 127.5) < 1.0
+    from PIL import Image
+
+    Image.fromarray(full_range.astype(np.int32)).save(tmp_path / "wide.tif")
+    with pytest.raises(ValueError, match="no defined range"):
+        decode_image((tmp_path / "wide.tif").read_bytes(), "wide.tif")
+
+
+def test_extraction_of_a_sixteen_bit_png_matches_its_eight_bit_twin(extracted):
+    from uniter_tf.extraction import beam_pipeline
+    from uniter_tf.data import schema
+
+    root, counters = extracted
+    assert counters[beam_pipeline.IMAGES_IN] == 4 and counters[beam_pipeline.IMAGES_OK] == 4
+    records = {}
+    for record in data.read_tfrecords(str(root / "features"), "region_features-*"):
+        records.setdefault(record[schema.IMAGE_ID].decode(), []).append(record)
+    np.testing.assert_array_equal(records["scene16"][0][schema.REGION_FEATURES],
+                                  records["scene8"][0][schema.REGION_FEATURES])
+    assert len(records["photo"]) == 2  # extraction names both photo.png and photo.jpg "photo"
+
+
+def test_extracted_photo_png_and_photo_jpg_are_rejected_at_the_join(extracted, tmp_path):
+    from uniter_tf.extraction import toy_detector
+
+    root, _ = extracted
+    coco = {"images": [{"id": 1, "file_name": "photo.jpg"}, {"id": 2, "file_name": "photo.png"},
+                       {"id": 3, "file_name": "scene8.png"}],
+            "annotations": [{"id": 10 * image_id + index, "image_id": image_id, "caption": f"Caption {index}."}
+                            for image_id in (1, 2, 3) for index in range(2)]}
+    annotations = data.write_json(tmp_path / "captions.json", coco)
+    config = ingest.IngestConfig(annotation_format="coco", annotations=(annotations,),
+                                 features=str(root / "features" / "region_features-*"),
+                                 feature_dim=toy_detector.FEATURE_DIM, eval_fraction=0.0, conf_threshold=None)
+    result = ingest.run_ingest(config, str(tmp_path / "out"))
+    records = _records_by_id(result)
+    letters = data.read_dead_letter_dir(result.dead_letter_dir)
+    counts = result.counts
+    assert set(records) == {"coco_30", "coco_31"}
+    assert sorted((letter.record_id, letter.reason) for letter in letters) == [
+            ("coco_10", dead_letter.IMAGE_REJECTED), ("coco_11", dead_letter.IMAGE_REJECTED),
+            ("coco_20", dead_letter.IMAGE_REJECTED), ("coco_21", dead_letter.IMAGE_REJECTED),
+            ("photo", dead_letter.DUPLICATE_IMAGE_ID), ("photo", dead_letter.DUPLICATE_IMAGE_ID)]
+    # good + bad = input, exactly: 6 texts, 4 feature records (scene16 has no caption).
+    text_letters = [letter for letter in letters if letter.kind == "text"]
+    assert counts[dead_letter.TEXT_ITEMS_READ] == 6 == len(records) + len(text_letters)
+    assert counts[dead_letter.IMAGE_RECORDS_READ] == 4 == 1 + counts[dead_letter.IMAGES_WITHOUT_TEXT] + 2

@@ -4,13 +4,17 @@ The pipeline (:func:`IngestExamples`, a ``ptransform_fn``):
 
 1. reads the annotation files with a reader (:mod:`uniter_tf.data.readers`), checks the text (valid
    UTF-8, not empty), tokenises it in batches with :class:`uniter_tf.tokenization.UniterTokenizer` and
-   applies the length rule (``max_text_tokens``; ``drop`` as UNITER pretraining, or ``truncate``);
+   applies the length rule (``max_text_tokens``; ``drop`` as UNITER pretraining, or ``truncate``).
+   Text items that share an example id keep the first in file order (``duplicate_id`` for the others);
 2. assigns each text item a split: from the annotations (``train``/``restval`` -> train,
    ``val``/``dev``/``minival`` -> eval, anything else excluded and counted) or by a hash of its image
    key (``eval_fraction``; all texts of an image land in the same split);
 3. streams the feature records (:mod:`uniter_tf.data.importers`), rejects bad ones (NaN/inf, wrong
    ``feature_dim``, no regions, unreadable) and joins each good record with its text items, which are a
-   side input keyed by image key (texts are small; the features are never grouped or held in memory);
+   side input keyed by image key (texts are small; the features are never grouped or held in memory).
+   A keys-only first read of the feature ids (:func:`shared_image_keys`: LMDB keys, file names, TSV
+   first columns) finds join keys that several records map to (``photo.png`` / ``photo.jpg``); those
+   records are all rejected (``duplicate_image_id``) because a text's image would be ambiguous;
 4. finds texts whose image never arrived (``unknown_image`` / ``image_rejected``) with a keys-only
    ``CoGroupByKey``.
 
@@ -496,7 +500,7 @@ class JoinWithTexts(beam.DoFn):
         for item, slot, split in text_index[key]:
             try:
                 example, used_unit_size = build_example(record, item, slot)
-            except ValueError as error:
+            except (ValueError, TypeError, OverflowError) as error:  # one record's problem, not the run's
                 yield beam.pvalue.TaggedOutput("dead", dead_letter.DeadLetter(
                         item.example_id, dead_letter.UNREADABLE_INPUT,
                         f"cannot build the record: {dead_letter.safe_text(error)}", item.source))

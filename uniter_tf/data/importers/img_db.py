@@ -78,8 +78,13 @@ def load_nbb(path: str, selection: Optional[boxes_lib.BoxSelection]) -> Optional
     for directory in (path, os.path.dirname(os.path.abspath(path))):
         candidate = os.path.join(directory, name)
         if os.path.exists(candidate):
-            with open(candidate, "r", encoding="utf-8") as handle:
-                return {str(key): int(value) for key, value in json.load(handle).items()}
+            try:
+                with open(candidate, "r", encoding="utf-8") as handle:
+                    counts = json.load(handle)
+                return {str(key): int(value) for key, value in counts.items()}
+            except (ValueError, TypeError, AttributeError, RecursionError) as error:
+                raise ValueError(f"{candidate!r} is not a JSON object name -> number of boxes "
+                                 f"({type(error).__name__}: {dead_letter.safe_text(error)})") from None
     return None
 
 

@@ -12,8 +12,6 @@ import os
 import zipfile
 from typing import Iterable, Iterator, Optional, Union
 
-import numpy as np
-
 from uniter_tf.data import boxes as boxes_lib
 from uniter_tf.data import dead_letter
 from uniter_tf.data.importers import feature_record

@@ -10,7 +10,6 @@ and pass the JSON plus the dataset's ``instances.json`` (for the boxes and image
 
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 from uniter_tf.data import dead_letter

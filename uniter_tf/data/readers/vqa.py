@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Dict, Iterator, List, Optional
 
 from uniter_tf.data import dead_letter
@@ -31,9 +30,9 @@ def vqa_image_name(image_id, data_subtype: Optional[str]) -> str:
 
 def load_answer_vocabulary(path: str) -> Dict[str, int]:
     """Reads an ``ans2label.json`` (answer -> index), e.g. the official UNITER ``utils/ans2label.json``."""
-    with open(path, "r", encoding="utf-8") as handle:
-        mapping = json.load(handle)
-    if not isinstance(mapping, dict) or not all(isinstance(value, int) for value in mapping.values()):
+    mapping = _io.load_json(path)  # UnreadableFileError (a ValueError) for a missing, broken or too deep file
+    if not isinstance(mapping, dict) or not all(isinstance(value, int) and not isinstance(value, bool)
+                                                for value in mapping.values()):
         raise ValueError(f"{path!r} must be a JSON object answer -> integer label")
     return {str(answer): int(label) for answer, label in mapping.items()}
 

@@ -43,6 +43,14 @@ def test_mlm_always_masks_at_least_one_word():
     assert np.all((labels != masking.IGNORE_LABEL).sum(axis=1) >= 1)
     forced = (labels[:, 1] == masking.IGNORE_LABEL) & (labels[:, 0] == 500)
     assert forced.any()
+    # Nothing drawn (probability 0 forces it every time) -> the first word is the target and always
+    # becomes [MASK] (no 80/10/10 for it); the other words stay.
+    for index in range(50):
+        never, never_labels = masking.mask_tokens(
+                tf.constant([500, 501, 502], tf.int32), tf.constant([8, index], tf.int64), mask_token_id=MASK_ID,
+                random_token_range=(LOW, HIGH), mask_probability=0.0)
+        np.testing.assert_array_equal(never.numpy(), [MASK_ID, 501, 502])
+        np.testing.assert_array_equal(never_labels.numpy(), [500, masking.IGNORE_LABEL, masking.IGNORE_LABEL])
 
 
 def test_region_mask_rate_and_guarantee():
@@ -120,6 +128,9 @@ def test_region_tasks_zero_masked_features_and_keep_targets(corpus):
             assert not np.any(masked & (batch["region_mask"] == 0))
             assert np.all(batch["region_features"][masked] == 0)
             assert target in batch
+            # Conditional masking: region tasks leave the text intact (no [MASK], no MLM targets).
+            assert not np.any(batch["token_ids"] == corpus[0].mask_token_id)
+            assert "mlm_labels" not in batch
             if task == "mrfr":
                 # Targets are the unmasked features: non-zero where the input was zeroed.
                 assert np.all(np.abs(batch[target][masked]).sum(axis=-1) > 0)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf
 
 from serving.client import ServingRequestError, UniterClient  # noqa: E402
 from serving.server import ModelServer, ServerConfig  # noqa: E402

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf
 
 from uniter_tf.config import UniterConfig  # noqa: E402
 from uniter_tf.training import finetune, synthetic_vqa  # noqa: E402

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
+import tensorflow as tf
+import keras
 
 from uniter_tf.models import task as task_lib  # noqa: E402
 from uniter_tf.models import vqa  # noqa: E402

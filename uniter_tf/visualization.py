@@ -358,6 +358,111 @@ def plot_transport_plan(plan: np.ndarray, token_labels: Sequence[str], region_la
     return path
 
 
+# ----------------------------------------------------------------------------------- over the image
+
+def _image_axes(image: np.ndarray, width_inches: float):
+    """A figure with one axes showing ``image`` (``[H, W, 3]`` uint8) at its pixel coordinates."""
+    height, width = image.shape[:2]
+    figure = _new_figure(width_inches, width_inches * height / max(width, 1) + 0.5)
+    axes = figure.add_subplot(1, 1, 1)
+    axes.imshow(image, interpolation="nearest")
+    axes.set_xticks([])
+    axes.set_yticks([])
+    return figure, axes
+
+
+def _box_patch(box, color, linewidth=2.0, alpha=1.0, fill=None):
+    from matplotlib.patches import Rectangle
+
+    x1, y1, x2, y2 = [float(value) for value in box]
+    return Rectangle((x1, y1), x2 - x1, y2 - y1, edgecolor=color, linewidth=linewidth, alpha=alpha,
+                     facecolor=fill if fill is not None else "none")
+
+
+def plot_regions_on_image(image: np.ndarray, boxes: np.ndarray, labels: Sequence[str], path: str,
+                          title: str = "") -> str:
+    """Draws the region boxes with their labels (e.g. detected classes and scores) over the image.
+
+    Args:
+        image: ``[H, W, 3]`` uint8 pixels.
+        boxes: ``[n, 4]`` pixel boxes ``x1, y1, x2, y2``.
+        labels: one label per box.
+        path: output PNG.
+        title: figure title.
+
+    Returns:
+        ``path``.
+    """
+    from matplotlib import colormaps
+
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if len(labels) != len(boxes):
+        raise ValueError(f"{len(boxes)} boxes but {len(labels)} labels")
+    figure, axes = _image_axes(np.asarray(image), 7.0)
+    palette = colormaps["tab10"]
+    for index, (box, label) in enumerate(zip(boxes, labels)):
+        color = palette(index % 10)
+        axes.add_patch(_box_patch(box, color))
+        axes.text(float(box[0]) + 2, float(box[1]) + 2, f"r{index} {label}", fontsize=7, color="white",
+                  verticalalignment="top", bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"})
+    axes.set_title(title, fontsize=10)
+    figure.savefig(path, bbox_inches="tight")
+    return path
+
+
+def plot_region_weights_on_image(image: np.ndarray, boxes: np.ndarray, rows: Sequence[Tuple[str, np.ndarray]],
+                                 path: str, title: str = "", columns: int = 4) -> str:
+    """One panel per row (e.g. per word): the image with each region shaded by that row's weight.
+
+    Used for a word's optimal-transport mass over the regions (word-region alignment) and a word's
+    attention to the regions. Weights are normalised per panel (the largest region is fully shaded and
+    outlined), so each panel shows where that word goes; the panel title gives its share of the total.
+
+    Args:
+        image: ``[H, W, 3]`` uint8 pixels.
+        boxes: ``[n, 4]`` pixel boxes.
+        rows: ``(name, weights [n])`` per panel.
+        path: output PNG.
+        title: figure title.
+        columns: panels per row of the figure.
+
+    Returns:
+        ``path``.
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if not rows:
+        raise ValueError("no rows to draw")
+    image = np.asarray(image)
+    columns = max(1, min(columns, len(rows)))
+    grid_rows = math.ceil(len(rows) / columns)
+    height, width = image.shape[:2]
+    panel = 3.2
+    figure = _new_figure(columns * panel, grid_rows * (panel * height / max(width, 1) + 0.45) + 0.4)
+    for index, (name, weights) in enumerate(rows):
+        weights = np.asarray(weights, np.float32).reshape(-1)
+        if weights.shape[0] != boxes.shape[0]:
+            raise ValueError(f"row {name!r} has {weights.shape[0]} weights for {boxes.shape[0]} boxes")
+        axes = figure.add_subplot(grid_rows, columns, index + 1)
+        axes.imshow(image, interpolation="nearest", alpha=0.55)
+        axes.set_xticks([])
+        axes.set_yticks([])
+        total = float(weights.sum())
+        scaled = weights / max(float(weights.max()), 1e-12)
+        # Larger boxes first, so small boxes on top stay visible.
+        order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+        for region in order:
+            axes.add_patch(_box_patch(boxes[region], "#d62728", linewidth=0.6, alpha=0.9,
+                                      fill=(0.84, 0.15, 0.16, 0.45 * float(scaled[region]))))
+        best = int(np.argmax(weights))
+        axes.add_patch(_box_patch(boxes[best], "#ffd400", linewidth=2.5))
+        share = float(weights[best]) / total if total > 0 else 0.0
+        axes.set_title(f"{name!r}: r{best} ({share:.0%})", fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.savefig(path, bbox_inches="tight")
+    return path
+
+
 # ------------------------------------------------------------------------------------------ pipeline
 
 def visualize_example(backbone, tokenizer, regions: RegionInputs, output_dir: str, caption: Optional[str] = None,

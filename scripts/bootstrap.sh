@@ -50,7 +50,7 @@ phase() {  # phase "what" command...: one line, the command's output to $LOG, th
   echo "==> $what"
   echo "=== $what: $*" >> "$LOG"
   if ! "$@" >> "$LOG" 2>&1; then
-    echo "error: $what failed; the last lines of $LOG:" >&2
+    echo "error: ${what%% (*} failed; the last lines of $LOG:" >&2
     tail -n 25 "$LOG" | sed 's/^/    /' >&2
     echo "       full log: $LOG" >&2
     exit 1

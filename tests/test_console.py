@@ -182,3 +182,46 @@ def test_extract_ends_without_a_traceback(tmp_path):
         assert noise not in result.stdout
     (log,) = log_files(tmp_path)
     assert "apache_beam" in log.read_text()  # Beam's own log lines went to the file
+
+
+FAKE_PYTHON = """#!/bin/bash
+# Python 3.10 for bootstrap.sh's version check; a venv whose pip talks like pip and fails on request.
+if [ "$1" = "-c" ]; then exec {real} "$@"; fi
+if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
+  mkdir -p "$3/bin"
+  printf '#!/bin/bash\\necho "DEPRECATION: legacy editable install" >&2\\necho "WARNING: Location x is ignored" >&2\\n'\\
+'echo "Successfully installed everything"\\nexit ${{FAKE_PIP_RC:-0}}\\n' > "$3/bin/pip"
+  printf '#!/bin/bash\\necho "import chatter" >&2\\n' > "$3/bin/python"
+  chmod +x "$3/bin/pip" "$3/bin/python"
+  exit 0
+fi
+exit 3
+"""
+
+
+@pytest.mark.parametrize("pip_status", [0, 1])
+def test_bootstrap_prints_one_line_per_phase_and_keeps_pip_output_in_its_log(tmp_path, pip_status):
+    fake = tmp_path / "python3.10"
+    fake.write_text(FAKE_PYTHON.format(real=sys.executable))
+    fake.chmod(0o755)
+    env = user_env(tmp_path, PYTHON310=str(fake), VENV=str(tmp_path / "venv"), FAKE_PIP_RC=str(pip_status))
+    result = subprocess.run(["bash", os.path.join(REPO, "scripts", "bootstrap.sh")], capture_output=True, text=True,
+                            env=env, timeout=120)
+    (log,) = log_files(tmp_path)
+    logged = log.read_text()
+    assert "DEPRECATION: legacy editable install" in logged and "Successfully installed" in logged
+    shown = result.stdout + result.stderr
+    assert all(line.startswith("==> ") for line in result.stdout.splitlines()), result.stdout
+    if pip_status == 0:
+        assert result.returncode == 0, shown
+        assert "DEPRECATION" not in shown and "WARNING: Location" not in shown
+        phases = [line.split(" (")[0] for line in result.stdout.splitlines()]
+        assert len(phases) == 5 and phases[-1].startswith("==> installed in")
+        assert f"(log: {log})" in result.stdout.splitlines()[0]
+        assert (tmp_path / "venv" / ".uniter-install-stamp").exists()
+    else:
+        assert result.returncode == 1
+        assert "error: installing" in result.stderr and "failed" in result.stderr
+        assert "DEPRECATION: legacy editable install" in result.stderr  # the log's tail, to act on
+        assert result.stderr.strip().splitlines()[-1].strip() == f"full log: {log}"
+        assert not (tmp_path / "venv" / ".uniter-install-stamp").exists()

@@ -221,6 +221,21 @@ def test_in_process_callers_get_the_status_and_keep_their_stderr(tmp_path, capsy
     assert "Traceback" in log.read_text()  # the traceback is kept for whoever debugs it
 
 
+def test_an_unexpected_failure_is_one_line_naming_the_log(tmp_path, capsys, monkeypatch):
+    from uniter_tf.commands import tokenize
+
+    def broken(args):
+        raise RuntimeError("shape (3, 4) vs (3, 5)\nin layer 2")
+
+    monkeypatch.setattr(tokenize, "run", broken)
+    monkeypatch.setenv(console.ENV_LOG_DIR, str(tmp_path / "logs"))
+    assert cli.main(["tokenize", "a dog"]) == 1
+    (log,) = (tmp_path / "logs").glob("tokenize-*.log")
+    error = capsys.readouterr().err
+    assert error == f"uniter tokenize: failed: RuntimeError: shape (3, 4) vs (3, 5) in layer 2; the traceback is in {log}\n"
+    assert "Traceback" in log.read_text() and "in broken" in log.read_text()
+
+
 # --- Beam / TensorFlow imports ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(HEAVY_CASES))

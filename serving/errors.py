@@ -102,7 +102,7 @@ def from_tf_error(error) -> ServingError:
     if start >= 0:
         text = message[start:]
     else:
-        text = message.splitlines()[0] if message else type(error).__name__
+        text = _error_lines(message) or type(error).__name__
     text = text.split("\n\t [[", 1)[0].split("[[{{", 1)[0].strip()
     first_line = " ".join(text.split())[:2000]
     try:
@@ -110,3 +110,21 @@ def from_tf_error(error) -> ServingError:
     except ValueError:
         code = Code.INTERNAL
     return ServingError(code, first_line)
+
+
+# Lines TensorFlow wraps around the message of an op that failed inside a graph function (for
+# example ParseExample inside the tf.map_fn of serve_examples): "Graph execution error:", then
+# "Detected at node ... defined at (most recent call last):", a stack (indented, or "<stack traces
+# unavailable>") and "Node: ...", then the op's own message, then the "\t [[node]]" trace.
+_WRAPPER_PREFIXES = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "Node:")
+
+
+def _error_lines(message: str) -> str:
+    """The op's own message out of a TensorFlow error text (without the wrapper and the trace)."""
+    body = message.split("\n\t [[", 1)[0]
+    lines = [line for line in body.splitlines() if line.strip()]
+    own = [line.strip() for line in lines
+           if not line[:1].isspace() and not line.startswith(_WRAPPER_PREFIXES)]
+    if own:
+        return " ".join(own)
+    return lines[0].strip() if lines else ""

@@ -145,19 +145,46 @@ class ServableVersion:
         return signature
 
 
-def numeric_versions(base_path: str) -> List[int]:
-    """Returns the integer-named subdirectories of ``base_path`` that hold a SavedModel, sorted."""
+# Version numbers are int64 in the protocol (ModelSpec.version); a longer number cannot be requested.
+_MAX_VERSION = 2 ** 63 - 1
+
+
+def parse_version_dir(name: str) -> Optional[int]:
+    """The version a directory name stands for, or ``None`` when it is not one.
+
+    Only ASCII digits count (``str.isdigit`` also accepts ``²`` or ``٣``, which ``int`` refuses or
+    reads as another number), and the number must fit the protocol's int64.
+    """
+    if not name or not name.isascii() or not name.isdigit():
+        return None
+    number = int(name)
+    return number if number <= _MAX_VERSION else None
+
+
+def numeric_versions(base_path: str, skipped: Optional[set] = None) -> List[int]:
+    """Returns the integer-named subdirectories of ``base_path`` that hold a SavedModel, sorted.
+
+    Args:
+        base_path: the model's base path.
+        skipped: names already reported as not being versions; a name not in it is logged once
+            (as a warning) and added, so that a stray directory is reported once, not every poll.
+    """
     try:
         names = os.listdir(base_path)
     except FileNotFoundError:
         return []
     versions = []
     for name in names:
-        if not name.isdigit():
-            continue
+        number = parse_version_dir(name)
         directory = os.path.join(base_path, name)
+        if number is None:
+            if skipped is not None and name not in skipped and not name.startswith(".") and os.path.isdir(directory):
+                skipped.add(name)
+                _LOG.warning("Ignoring %r under %s: a version directory is named by ASCII digits only "
+                             "(an int64)", name, base_path)
+            continue
         if os.path.isfile(os.path.join(directory, "saved_model.pb")):
-            versions.append(int(name))
+            versions.append(number)
     return sorted(versions)
 
 
@@ -206,13 +233,21 @@ class ModelManager:
         loader: ``(model_name, version, path) -> ServableVersion``; defaults to loading a SavedModel.
         warmup: ``(ServableVersion) -> None`` run after loading and before the version is routed to
             (also settable later through the ``warmup`` attribute, before :meth:`start`).
+        retry_backoff_s: after a version fails to load, it is retried once its files change (any
+            name, size or modification time), but no sooner than this; each further failure doubles
+            the wait.
+        max_retry_backoff_s: the longest wait between two attempts at one version.
     """
 
     def __init__(self, model_name: str, base_path: str, num_versions: int = 1, poll_interval_s: float = 2.0,
                  loader: Optional[Callable[[str, int, str], ServableVersion]] = None,
-                 warmup: Optional[Callable[[ServableVersion], None]] = None):
+                 warmup: Optional[Callable[[ServableVersion], None]] = None,
+                 retry_backoff_s: float = 1.0, max_retry_backoff_s: float = 30.0):
         if num_versions < 1:
             raise ValueError(f"num_versions must be >= 1, got {num_versions}")
+        if retry_backoff_s < 0 or max_retry_backoff_s < retry_backoff_s:
+            raise ValueError(f"need 0 <= retry_backoff_s <= max_retry_backoff_s, got {retry_backoff_s} and "
+                             f"{max_retry_backoff_s}")
         self.model_name = model_name
         self.base_path = os.path.abspath(base_path)
         self.num_versions = num_versions
@@ -223,7 +258,10 @@ class ModelManager:
         self._poll_lock = threading.Lock()
         self._versions: Dict[int, ServableVersion] = {}  # replaced as a whole, never mutated
         self._states: Dict[int, Tuple[str, Code, str]] = {}
-        self._failed_marks: Dict[int, float] = {}
+        self.retry_backoff_s = retry_backoff_s
+        self.max_retry_backoff_s = max_retry_backoff_s
+        self._failures: Dict[int, _Failure] = {}
+        self._skipped_names: set = set()  # non-version directory names already logged
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -322,7 +360,9 @@ class ModelManager:
     def poll_once(self) -> None:
         """Scans the base path once: loads new versions of the policy, then unloads the rest."""
         with self._poll_lock:
-            on_disk = numeric_versions(self.base_path)
+            on_disk = numeric_versions(self.base_path, self._skipped_names)
+            for version in set(self._failures) - set(on_disk):
+                del self._failures[version]  # removed: a copy under that number starts afresh
             wanted = on_disk[-self.num_versions:]
             with self._table_lock:
                 loaded = dict(self._versions)
@@ -350,9 +390,10 @@ class ModelManager:
 
     def _load(self, version: int) -> Optional[ServableVersion]:
         path = os.path.join(self.base_path, str(version))
-        mark = _directory_mark(path)
-        if self._failed_marks.get(version) == mark:
-            return None  # failed before and unchanged since: do not retry every poll
+        mark = _directory_mark(path)  # taken before loading: a change during the load is seen next time
+        failure = self._failures.get(version)
+        if failure is not None and (failure.mark == mark or time.monotonic() < failure.retry_at):
+            return None  # failed before, and unchanged since (or changed, but still backing off)
         self._set_state(version, STATE_LOADING)
         started = time.perf_counter()
         try:
@@ -360,26 +401,47 @@ class ModelManager:
             if self.warmup is not None:
                 self.warmup(servable)
         except Exception as error:  # a broken version must not take the server down
-            _LOG.exception("Loading %s version %d from %s failed", self.model_name, version, path)
-            self._failed_marks[version] = mark
+            attempts = failure.attempts + 1 if failure is not None else 1
+            delay = min(self.retry_backoff_s * 2 ** (attempts - 1), self.max_retry_backoff_s)
+            _LOG.exception("Loading %s version %d from %s failed (attempt %d); retrying when its files change, "
+                           "in %.1f s at the earliest", self.model_name, version, path, attempts, delay)
+            self._failures[version] = _Failure(mark, attempts, time.monotonic() + delay)
             self._set_state(version, STATE_END, Code.UNKNOWN, f"Failed to load version {version}: {error}")
             return None
-        self._failed_marks.pop(version, None)
+        self._failures.pop(version, None)
         self._set_state(version, STATE_AVAILABLE)
         _LOG.info("Loaded %s version %d in %.2f s", self.model_name, version, time.perf_counter() - started)
         return servable
 
 
-def _directory_mark(path: str) -> float:
-    """The newest modification time under a version directory (changes when files are rewritten)."""
-    newest = 0.0
-    for root, _, files in os.walk(path):
-        for name in files:
+@dataclasses.dataclass(frozen=True)
+class _Failure:
+    """A failed load: the files it saw, how many attempts failed in a row, and the earliest retry."""
+
+    mark: frozenset
+    attempts: int
+    retry_at: float
+
+
+def _directory_mark(path: str) -> frozenset:
+    """What is under a version directory: every entry's relative path, size and modification time.
+
+    A copy that preserves modification times (``cp -a``, ``rsync -a``, ``gsutil cp -P``) can add
+    files older than those already there, so the newest time alone does not reveal it; any added,
+    removed, grown or rewritten entry changes this set.
+    """
+    entries = []
+    for root, directories, files in os.walk(path):
+        for name in directories + files:
+            full = os.path.join(root, name)
             try:
-                newest = max(newest, os.path.getmtime(os.path.join(root, name)))
+                info = os.stat(full)
             except OSError:
-                continue
-    return newest
+                continue  # removed while walking: the next scan sees the settled state
+            is_file = name in files
+            entries.append((os.path.relpath(full, path), info.st_size if is_file else -1,
+                            info.st_mtime_ns if is_file else 0))
+    return frozenset(entries)
 
 
 def parse_version(value, what: str = "version") -> Optional[int]:

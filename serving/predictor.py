@@ -14,12 +14,16 @@ import numpy as np
 
 from serving import tensor_codec
 from serving.batching import BatchingOptions, BatchScheduler
-from serving.errors import Code, from_tf_error, invalid_argument
+from serving.errors import Code, ServingError, from_tf_error, invalid_argument
 from serving.model_manager import (ModelManager, ServableVersion, Signature, parse_version, require_models,
                                    warm_from_records)
-from serving.validation import select_outputs, validate_inputs
+from serving.validation import check_declared, check_input_names, select_outputs, validate_inputs
 
 _LOG = logging.getLogger(__name__)
+
+# The decoded size of one request's tensors: the gRPC front end's default message limit, so that a
+# request never expands (by broadcasting a single value) beyond what it could have sent in full.
+DEFAULT_MAX_REQUEST_BYTES = 256 * 1024 * 1024
 
 
 def run_signature(signature: Signature, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -49,11 +53,16 @@ class Predictor:
     Args:
         managers: the model managers by model name.
         batching: batching parameters, or ``None`` to run every request on its own.
+        max_request_bytes: the most bytes the tensors of one gRPC request (or warm-up record) may
+            decode to. A ``TensorProto`` with one value broadcasts to its whole declared shape, so the
+            declared size is checked against this before anything is allocated.
     """
 
-    def __init__(self, managers: Dict[str, ModelManager], batching: Optional[BatchingOptions] = None):
+    def __init__(self, managers: Dict[str, ModelManager], batching: Optional[BatchingOptions] = None,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
         self.managers = managers
         self.batcher = BatchScheduler(batching) if batching is not None else None
+        self.max_request_bytes = int(max_request_bytes)
 
     def close(self) -> None:
         """Stops the batching threads (the managers are stopped by their owner)."""
@@ -102,9 +111,10 @@ class Predictor:
 
         spec = request.model_spec
         version = spec.version.value if spec.HasField("version") else None
-        inputs = {name: tensor_codec.to_ndarray(proto, name) for name, proto in request.inputs.items()}
         used_version, used_signature, outputs = self.predict(
-                spec.name, version, spec.version_label, spec.signature_name, inputs, list(request.output_filter))
+                spec.name, version, spec.version_label, spec.signature_name,
+                output_filter=list(request.output_filter),
+                input_decoder=lambda signature: self.decode_protos(signature, request.inputs))
         response = predict_pb2.PredictResponse()
         response.model_spec.name = spec.name
         response.model_spec.version.value = used_version
@@ -112,6 +122,28 @@ class Predictor:
         for name, array in outputs.items():
             tensor_codec.from_ndarray(array, response.outputs[name])
         return response
+
+    def decode_protos(self, signature: Signature, protos: Mapping[str, object]) -> Dict[str, np.ndarray]:
+        """Decodes a request's ``TensorProto`` inputs for ``signature``, checking first what they declare.
+
+        Names, dtypes, ranks, fixed dimensions and the total decoded size are checked from the
+        protos' headers, so that a small request declaring a huge (or absurd) shape is refused
+        before anything of that size exists.
+
+        Raises:
+            ServingError: INVALID_ARGUMENT naming the input.
+        """
+        check_input_names(signature, protos.keys())
+        for name, proto in protos.items():
+            try:
+                dtype = tensor_codec.proto_dtype(proto)
+            except ServingError as error:
+                raise invalid_argument(f"signature '{signature.name}': input '{name}': {error.message}") from None
+            # The signature's rank and fixed sizes first (the clearest message), then what numpy can hold.
+            check_declared(signature.name, signature.inputs[name], dtype, tensor_codec.proto_shape(proto))
+            tensor_codec.declared_shape(proto, name)
+        tensor_codec.check_request_size(protos, self.max_request_bytes)
+        return {name: tensor_codec.to_ndarray(proto, name) for name, proto in protos.items()}
 
     def metadata(self, model_name: str, version=None, version_label: str = "") -> Tuple[int, Dict[str, object]]:
         """Returns ``(version, {signature name: SignatureDef})`` for GetModelMetadata."""
@@ -167,8 +199,7 @@ class Predictor:
 
         def replay(version: ServableVersion, request) -> None:
             signature = version.signature(request.model_spec.signature_name)
-            inputs = {name: tensor_codec.to_ndarray(proto, name) for name, proto in request.inputs.items()}
-            run_signature(signature, validate_inputs(signature, inputs))
+            run_signature(signature, validate_inputs(signature, self.decode_protos(signature, request.inputs)))
 
         count = warm_from_records(servable, replay)
         if count:

@@ -13,15 +13,23 @@ Errors answer ``{"error": message}`` with the HTTP status of the canonical code 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import http.server
+import concurrent.futures
+import dataclasses
 import json
 import logging
 import re
+import socket
+import sys
+import threading
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
+from tornado import gen, httpserver, httputil, ioloop, iostream, netutil
+
+from serving import tensor_codec
 
 from serving.errors import Code, ServingError, http_status, invalid_argument, not_found
 from serving.model_manager import InputSpec, Signature
@@ -35,10 +43,58 @@ _POST_ROUTE = re.compile(_MODEL + r":(?P<method>[A-Za-z]+)$")
 
 # JSON -> numpy ---------------------------------------------------------------------------------
 
-def _string_leaves(value: Any, name: str) -> Any:
+# Integers longer than this are kept as text (int64 needs 19 digits): converting a 5,000-digit
+# literal costs quadratic time, and Python refuses more than 4,300 digits with a ValueError.
+_MAX_INT_DIGITS = 40
+
+
+class _HugeInt:
+    """A JSON integer literal too long for any tensor dtype (numpy puts it in an object array)."""
+
+    def __init__(self, text: str):
+        self.digits = len(text.lstrip("-"))
+
+
+def _parse_json_int(text: str):
+    return int(text) if len(text) <= _MAX_INT_DIGITS else _HugeInt(text)
+
+
+def _preview(value: Any) -> str:
+    if isinstance(value, _HugeInt):
+        return f"an integer of {value.digits} digits"
+    try:
+        return json.dumps(value)[:80]
+    except (TypeError, ValueError, RecursionError):
+        return type(value).__name__
+
+
+def _nesting_depth(value: Any) -> int:
+    """The list depth along the first elements (iterative: a deep list costs no Python stack)."""
+    depth = 0
+    while isinstance(value, list):
+        depth += 1
+        if not value:
+            break
+        value = value[0]
+    return depth
+
+
+def _check_depth(value: Any, spec: InputSpec) -> None:
+    most = len(spec.shape) if spec.shape is not None else tensor_codec.MAX_RANK
+    depth = _nesting_depth(value)
+    if depth > most:
+        raise invalid_argument(f"input '{spec.name}' nests lists {depth} deep; it takes {spec.describe()}, "
+                               f"at most rank {most}")
+
+
+def _string_leaves(value: Any, name: str, levels_left: int) -> Any:
     """Replaces JSON strings and ``{"b64": ...}`` objects by bytes, keeping the list nesting."""
     if isinstance(value, list):
-        return [_string_leaves(item, name) for item in value]
+        if levels_left <= 0:
+            raise invalid_argument(f"input '{name}' nests lists deeper than its rank")
+        return [_string_leaves(item, name, levels_left - 1) for item in value]
+    if isinstance(value, _HugeInt):
+        raise invalid_argument(f"input '{name}' expects strings, got {_preview(value)}")
     if isinstance(value, str):
         return value.encode("utf-8")
     if isinstance(value, dict):
@@ -49,7 +105,7 @@ def _string_leaves(value: Any, name: str) -> Any:
             return base64.b64decode(value["b64"], validate=True)
         except (binascii.Error, ValueError):
             raise invalid_argument(f"input '{name}': the \"b64\" value is not valid base64") from None
-    raise invalid_argument(f"input '{name}' expects strings, got the JSON value {json.dumps(value)[:80]}")
+    raise invalid_argument(f"input '{name}' expects strings, got the JSON value {_preview(value)}")
 
 
 def _nested_shape(value: Any, name: str) -> Tuple[int, ...]:
@@ -66,12 +122,15 @@ def json_to_array(value: Any, spec: InputSpec) -> np.ndarray:
     """Converts one input's JSON value to a numpy array of the signature's dtype.
 
     Raises:
-        ServingError: INVALID_ARGUMENT for ragged lists, values of the wrong kind (strings for a
-            number, fractions for an integer), or integers out of the dtype's range.
+        ServingError: INVALID_ARGUMENT for ragged lists, lists nested deeper than the input's rank,
+            values of the wrong kind (strings for a number, fractions for an integer), or integers
+            out of the dtype's range.
     """
     name = spec.name
+    _check_depth(value, spec)
     if spec.dtype == np.dtype(object):
-        leaves = _string_leaves(value, name)
+        most = len(spec.shape) if spec.shape is not None else tensor_codec.MAX_RANK
+        leaves = _string_leaves(value, name, most)
         shape = _nested_shape(leaves, name)
         array = np.empty(shape, dtype=object)
         try:
@@ -85,8 +144,11 @@ def json_to_array(value: Any, spec: InputSpec) -> np.ndarray:
         raise invalid_argument(f"input '{name}' expects {spec.describe()} numbers, got strings or objects")
     try:
         parsed = np.asarray(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise invalid_argument(f"input '{name}' is a ragged list; every row must have the same length") from None
+    if parsed.dtype == object and any(isinstance(item, _HugeInt) for item in parsed.reshape(-1)):
+        raise invalid_argument(f"input '{name}': a value is out of the range of {spec.dtype.name} "
+                               f"(an integer of more than {_MAX_INT_DIGITS} digits)")
     if parsed.dtype == object or parsed.dtype.kind not in "biuf":
         raise invalid_argument(f"input '{name}' expects {spec.describe()} numbers, got {parsed.dtype.name} values")
     kind = spec.dtype.kind
@@ -231,116 +293,343 @@ def _metadata_json(name: str, version: int, signature_defs) -> Dict[str, Any]:
 
 # HTTP ------------------------------------------------------------------------------------------
 
-def make_rest_server(predictor, host: str, port: int, max_body_bytes: int) -> http.server.ThreadingHTTPServer:
+@dataclasses.dataclass(frozen=True)
+class RestLimits:
+    """What one client may hold of the REST front end.
+
+    Attributes:
+        max_body_bytes: the largest request body; a larger ``Content-Length`` is answered 413 at
+            once, without reading the body.
+        idle_timeout_s: how long a connection may stay open without a complete request: it covers
+            both an idle keep-alive connection and the time to send one request's headers (so a
+            client that trickles a header byte at a time is closed too).
+        body_timeout_s: how long a client may take to send one request's body.
+        max_connections: open connections at a time; one more is answered 503 and closed.
+        worker_threads: requests decoded and run at a time; the others wait for a worker (idle
+            connections hold none).
+        listen_backlog: the listen queue of the socket (the kernel caps it at
+            ``net.core.somaxconn``); a short queue drops the SYNs of a burst of new connections,
+            which then wait for TCP's 1 s retransmission.
+        max_header_bytes: the largest request line plus headers.
+        linger_s: after answering a request whose body is not read (too large, or a bad length),
+            the connection is half-closed and what the client still sends is discarded (never
+            kept) until it pauses for this long (at most 5 times this in all), so that the client
+            reads the answer instead of a reset.
+    """
+
+    max_body_bytes: int = 256 * 1024 * 1024
+    idle_timeout_s: float = 30.0
+    body_timeout_s: float = 60.0
+    max_connections: int = 512
+    worker_threads: int = 16
+    listen_backlog: int = 1024
+    max_header_bytes: int = 64 * 1024
+    linger_s: float = 2.0
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            if not getattr(self, field.name) > 0:
+                raise ValueError(f"RestLimits.{field.name} must be positive, got {getattr(self, field.name)}")
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+            413: "Payload Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
+            501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout"}
+_DIGITS = re.compile(r"[0-9]{1,20}")
+
+
+def _json_bytes(payload: Any) -> bytes:
+    # NaN and +-Infinity leave as the bare tokens NaN / Infinity / -Infinity, as TF Serving's REST API
+    # documents ("JSON conformance"); Python's json module reads them back.
+    return json.dumps(payload).encode("utf-8")
+
+
+def handle_request(predictor, method: str, target: str, body: bytes) -> Tuple[int, bytes]:
+    """Answers one REST request; returns ``(HTTP status, JSON body)``. Never raises."""
+    path = target.split("?", 1)[0]
+    try:
+        if method == "GET":
+            match = _GET_ROUTE.match(path)
+            if not match:
+                raise not_found(f"no REST route for GET {target}; use /v1/models/NAME[/versions/V][/metadata]")
+            name, version, label = match.group("name", "version", "label")
+            if match.group("metadata"):
+                used_version, signature_defs = predictor.metadata(name, version, label or "")
+                return 200, _json_bytes(_metadata_json(name, used_version, signature_defs))
+            return 200, _json_bytes(_status_json(predictor.status(name, version, label or "")))
+        if method != "POST":
+            return 405, _json_bytes({"error": f"method {method} is not allowed; use GET or POST"})
+        match = _POST_ROUTE.match(path)
+        if not match:
+            raise not_found(f"no REST route for POST {target}; use /v1/models/NAME[/versions/V]:predict")
+        request = parse_json_body(body)
+        method_name = match.group("method")
+        if method_name != "predict":
+            raise ServingError(Code.UNIMPLEMENTED if method_name in ("classify", "regress") else Code.NOT_FOUND,
+                               f"method ':{method_name}' is not supported; this server implements ':predict'")
+        signature_name = request.get("signature_name", "")
+        if not isinstance(signature_name, str):
+            raise invalid_argument('"signature_name" must be a string')
+        output_filter = request.get("output_filter") or []
+        if not isinstance(output_filter, list):
+            raise invalid_argument('"output_filter" must be a list of output names')
+        name, version, label = match.group("name", "version", "label")
+        _, _, outputs = predictor.predict(
+                name, version, label or "", signature_name, output_filter=output_filter,
+                input_decoder=lambda signature: decode_predict_body(request, signature))
+        return 200, _json_bytes(encode_predict_response(outputs, row_format="instances" in request))
+    except ServingError as error:
+        return http_status(error.code), _json_bytes({"error": error.message})
+    except Exception as error:  # keep serving
+        _LOG.exception("REST %s %s failed", method, target)
+        return 500, _json_bytes({"error": f"{type(error).__name__}: {error}"})
+
+
+def parse_json_body(raw: bytes) -> Dict[str, Any]:
+    """Parses a request body into a JSON object.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT for invalid JSON, JSON nested deeper than the parser's limit
+            (about 1,000 levels; a body of 100,000 ``[`` used to crash the request), or a top level
+            that is not an object.
+    """
+    try:
+        body = json.loads(raw, parse_int=_parse_json_int)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise invalid_argument(f"the request body is not valid JSON: {error}") from None
+    except RecursionError:
+        # The parser gives no position; the key that opens a run of brackets deeper than any tensor
+        # rank is almost always the culprit, and naming it is what a client needs.
+        found = _DEEP_KEY.search(raw)
+        where = f" at input '{found.group(1).decode('utf-8', 'replace')}'" if found else ""
+        raise invalid_argument(f"the request body nests JSON arrays/objects deeper than {sys.getrecursionlimit()} "
+                               f"levels{where}; a tensor has at most {tensor_codec.MAX_RANK} dimensions") from None
+    if not isinstance(body, dict):
+        raise invalid_argument("the request body must be a JSON object")
+    return body
+
+
+_DEEP_KEY = re.compile(rb'"([^"\\]{1,200})"\s*:\s*(?:\[\s*){%d}' % (tensor_codec.MAX_RANK + 1))
+
+
+class _JsonConnection(httputil.HTTPMessageDelegate):
+    """One request on a connection: checks the headers, buffers the body, answers from a worker."""
+
+    def __init__(self, front_end: "RestServer", connection):
+        self._front_end = front_end
+        self._connection = connection
+        self._start_line = None
+        self._chunks: List[bytes] = []
+
+    def headers_received(self, start_line, headers):
+        self._start_line = start_line
+        refusal = self._front_end.check_length(headers)
+        if refusal is not None:
+            return self._refuse(*refusal)
+        return None
+
+    def data_received(self, chunk: bytes):
+        self._chunks.append(chunk)
+
+    def finish(self) -> None:
+        asyncio.ensure_future(self._answer())
+
+    def on_connection_close(self) -> None:
+        self._chunks = []
+
+    async def _answer(self) -> None:
+        try:
+            await self._respond()
+        except Exception:  # noqa: BLE001 (a task's error would otherwise go unreported)
+            _LOG.exception("REST: answering %s failed", self._start_line)
+            self._connection.close()  # never leave the client waiting on an answer that will not come
+
+    async def _respond(self) -> None:
+        body, self._chunks = b"".join(self._chunks), []
+        loop = asyncio.get_running_loop()
+        status, payload = await loop.run_in_executor(
+                self._front_end.workers, handle_request, self._front_end.predictor, self._start_line.method,
+                self._start_line.path, body)
+        headers = httputil.HTTPHeaders({"Content-Type": "application/json", "Content-Length": str(len(payload)),
+                                        "Server": "uniter-tf-serving"})
+        try:
+            self._connection.write_headers(httputil.ResponseStartLine("HTTP/1.1", status, _REASONS.get(status, "")),
+                                           headers, payload)
+            self._connection.finish()
+        except iostream.StreamClosedError:
+            pass  # the client left before its answer
+
+    async def _refuse(self, status: int, message: str) -> None:
+        """Answers without reading the body, half-closes, and drains briefly (see RestLimits.linger_s)."""
+        payload = _json_bytes({"error": message})
+        headers = httputil.HTTPHeaders({"Content-Type": "application/json", "Content-Length": str(len(payload)),
+                                        "Connection": "close", "Server": "uniter-tf-serving"})
+        try:
+            await self._connection.write_headers(
+                    httputil.ResponseStartLine("HTTP/1.1", status, _REASONS.get(status, "")), headers, payload)
+        except iostream.StreamClosedError:
+            pass
+        # Taking the stream away ends tornado's processing of this connection: it reads no body.
+        stream = self._connection.detach()
+        await _linger_and_close(stream, self._front_end.limits.linger_s)
+
+
+async def _linger_and_close(stream, linger_s: float) -> None:
+    """Half-closes ``stream`` and discards what the client still sends, then closes it.
+
+    Closing a socket with unread data makes the kernel send a reset, and a client still sending
+    its body may then lose the answer already written. So the connection lingers: each read waits
+    at most ``linger_s``, and the whole linger lasts at most ``_LINGER_ROUNDS * linger_s``. Nothing
+    read is kept.
+    """
+    if stream.closed():
+        return
+    try:
+        stream.socket.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    loop = ioloop.IOLoop.current()  # gen.with_timeout takes deadlines on this clock (not asyncio's)
+    give_up = loop.time() + _LINGER_ROUNDS * linger_s
+    try:
+        while loop.time() < give_up:  # ends early when the client closes its side (StreamClosedError)
+            await gen.with_timeout(min(loop.time() + linger_s, give_up), stream.read_bytes(1 << 16, partial=True),
+                                   quiet_exceptions=(iostream.StreamClosedError,))
+    except (gen.TimeoutError, iostream.StreamClosedError) as error:
+        _LOG.debug("Lingering connection ends: %r", error)
+    finally:
+        stream.close()
+
+
+# See _linger_and_close: the longest linger is this many times RestLimits.linger_s.
+_LINGER_ROUNDS = 5
+
+
+class RestServer:
+    """TF Serving's REST API on tornado's HTTP/1.1 server.
+
+    tornado (``tornado==6.5.10``, already in the lock) replaces the standard library's
+    ``ThreadingHTTPServer``, which held one thread per connection with no timeout and listened
+    with a backlog of 5: here idle connections cost no thread, header and body reads have
+    deadlines, a request runs on a fixed pool of worker threads, and connections are capped (see
+    :class:`RestLimits`).
+
+    The interface follows ``socketserver``: the socket is bound by the constructor
+    (``server_address`` holds the port), :meth:`serve_forever` runs the event loop in the calling
+    thread until :meth:`shutdown`, and :meth:`server_close` releases the socket and the workers.
+
+    Args:
+        predictor: the shared :class:`~serving.predictor.Predictor`.
+        host: the address to bind.
+        port: the port (0 picks a free one).
+        limits: the :class:`RestLimits`.
+    """
+
+    def __init__(self, predictor, host: str, port: int, limits: RestLimits):
+        self.predictor = predictor
+        self.limits = limits
+        self._sockets = netutil.bind_sockets(port, host, backlog=limits.listen_backlog)
+        self.server_address = self._sockets[0].getsockname()[:2]
+        self.workers = concurrent.futures.ThreadPoolExecutor(max_workers=limits.worker_threads,
+                                                             thread_name_prefix="rest")
+        self.rejected_connections = 0
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._http = None
+        self._stopped = threading.Event()
+        self._started = threading.Event()
+
+    def check_length(self, headers) -> Optional[Tuple[int, str]]:
+        """``(status, message)`` for a ``Content-Length`` that must not be read, else ``None``."""
+        values = headers.get_list("Content-Length")
+        if not values:
+            return None
+        if len(set(values)) > 1 or not _DIGITS.fullmatch(values[0].strip()):
+            shown = ", ".join(repr(value[:40]) for value in values)
+            return 400, (f"the Content-Length header must be one non-negative decimal integer, got {shown}; "
+                         f"the body was not read")
+        length = int(values[0])
+        if length > self.limits.max_body_bytes:
+            return 413, (f"the request body has {length} bytes, more than the limit of {self.limits.max_body_bytes} "
+                         f"(--rest-api-max-body-bytes); the body was not read")
+        return None
+
+    def serve_forever(self) -> None:
+        """Runs the event loop in this thread until :meth:`shutdown`."""
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        front_end = self
+
+        class Delegate(httputil.HTTPServerConnectionDelegate):
+            def start_request(self, server_conn, request_conn):
+                return _JsonConnection(front_end, request_conn)
+
+        class CappedHTTPServer(httpserver.HTTPServer):
+            def handle_stream(self, stream, address):
+                if len(self._connections) >= front_end.limits.max_connections:
+                    front_end.rejected_connections += 1
+                    asyncio.ensure_future(_refuse_connection(stream, front_end.limits))
+                    return
+                super().handle_stream(stream, address)
+
+        limits = self.limits
+        self._http = CappedHTTPServer(
+                Delegate(), idle_connection_timeout=limits.idle_timeout_s, body_timeout=limits.body_timeout_s,
+                max_body_size=limits.max_body_bytes, max_header_size=limits.max_header_bytes,
+                decompress_request=False)
+        self._http.add_sockets(self._sockets)
+        self._started.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            self._stopped.set()
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Stops accepting, closes the open connections, and ends :meth:`serve_forever`."""
+        loop = self._loop
+        if loop is None or not self._started.is_set():
+            return
+
+        async def stop():
+            self._http.stop()
+            try:
+                await asyncio.wait_for(self._http.close_all_connections(), timeout_s)
+            except asyncio.TimeoutError:
+                _LOG.warning("REST connections still open after %.0f s at shutdown", timeout_s)
+            loop.stop()
+
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(stop()))
+        self._stopped.wait(timeout_s + 5)
+
+    def server_close(self) -> None:
+        """Closes the listening socket (if :meth:`serve_forever` never ran) and the worker pool."""
+        for sock in self._sockets:
+            sock.close()
+        self.workers.shutdown(wait=False)
+
+    @property
+    def open_connections(self) -> int:
+        """How many client connections are open now."""
+        return len(self._http._connections) if self._http is not None else 0
+
+
+async def _refuse_connection(stream, limits: RestLimits) -> None:
+    payload = _json_bytes({"error": f"the server has {limits.max_connections} open REST connections, its limit; "
+                                    f"retry later"})
+    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}"
+            f"\r\nConnection: close\r\n\r\n").encode("ascii")
+    try:
+        await stream.write(head + payload)
+    except iostream.StreamClosedError:
+        return
+    await _linger_and_close(stream, min(limits.linger_s, 1.0))
+
+
+def make_rest_server(predictor, host: str, port: int, max_body_bytes: Optional[int] = None,
+                     limits: Optional[RestLimits] = None) -> RestServer:
     """Builds (binds, does not start) the REST server over ``predictor``."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as load generators expect
-        server_version = "uniter-tf-serving"
-        # Headers and body leave in separate writes; without TCP_NODELAY, Nagle's algorithm and the
-        # client's delayed ACK add ~40 ms to every keep-alive response.
-        disable_nagle_algorithm = True
-
-        def log_message(self, format, *args):  # noqa: A002 (stdlib signature)
-            _LOG.debug("%s - %s", self.address_string(), format % args)
-
-        def _send(self, status: int, payload: Dict[str, Any]) -> None:
-            body = json.dumps(payload).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _send_error(self, error: ServingError) -> None:
-            self._send(http_status(error.code), {"error": error.message})
-
-        def do_GET(self):  # noqa: N802
-            try:
-                match = _GET_ROUTE.match(self.path.split("?", 1)[0])
-                if not match:
-                    raise not_found(f"no REST route for GET {self.path}; use /v1/models/NAME[/versions/V][/metadata]")
-                name, version, label = match.group("name", "version", "label")
-                if match.group("metadata"):
-                    used_version, signature_defs = predictor.metadata(name, version, label or "")
-                    self._send(200, _metadata_json(name, used_version, signature_defs))
-                else:
-                    self._send(200, _status_json(predictor.status(name, version, label or "")))
-            except ServingError as error:
-                self._send_error(error)
-            except Exception as error:  # keep serving
-                _LOG.exception("REST GET %s failed", self.path)
-                self._send_error(ServingError(Code.INTERNAL, f"{type(error).__name__}: {error}"))
-
-        def do_POST(self):  # noqa: N802
-            try:
-                match = _POST_ROUTE.match(self.path.split("?", 1)[0])
-                if not match:
-                    self._discard_body()
-                    raise not_found(f"no REST route for POST {self.path}; use /v1/models/NAME[/versions/V]:predict")
-                body = self._read_json()
-                method = match.group("method")
-                if method != "predict":
-                    raise ServingError(Code.UNIMPLEMENTED if method in ("classify", "regress") else Code.NOT_FOUND,
-                                       f"method ':{method}' is not supported; this server implements ':predict'")
-                signature_name = body.get("signature_name", "")
-                if not isinstance(signature_name, str):
-                    raise invalid_argument('"signature_name" must be a string')
-                output_filter = body.get("output_filter") or []
-                if not isinstance(output_filter, list):
-                    raise invalid_argument('"output_filter" must be a list of output names')
-                name, version, label = match.group("name", "version", "label")
-                _, _, outputs = predictor.predict(
-                        name, version, label or "", signature_name, output_filter=output_filter,
-                        input_decoder=lambda signature: decode_predict_body(body, signature))
-                self._send(200, encode_predict_response(outputs, row_format="instances" in body))
-            except ServingError as error:
-                self._send_error(error)
-            except Exception as error:  # keep serving
-                _LOG.exception("REST POST %s failed", self.path)
-                self._send_error(ServingError(Code.INTERNAL, f"{type(error).__name__}: {error}"))
-
-        def _content_length(self) -> int:
-            try:
-                return int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                self.close_connection = True
-                raise invalid_argument("the request needs a Content-Length header (chunked bodies are not "
-                                       "supported)") from None
-
-        def _discard_body(self) -> None:
-            length = self._content_length() if self.headers.get("Content-Length") else 0
-            while length > 0:
-                chunk = self.rfile.read(min(length, 1 << 20))
-                if not chunk:
-                    break
-                length -= len(chunk)
-
-        def _read_json(self) -> Dict[str, Any]:
-            length = self._content_length()
-            if length > max_body_bytes:
-                # Drain (and drop) the body in small chunks so that the client, still sending, reads
-                # our 400 instead of a broken pipe; then close the connection.
-                self.close_connection = True
-                remaining = length
-                while remaining > 0:
-                    chunk = self.rfile.read(min(remaining, 1 << 20))
-                    if not chunk:
-                        break
-                    remaining -= len(chunk)
-                raise invalid_argument(f"the request body has {length} bytes, more than the limit of "
-                                       f"{max_body_bytes} (--rest-api-max-body-bytes)")
-            raw = self.rfile.read(length)
-            try:
-                body = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise invalid_argument(f"the request body is not valid JSON: {error}") from None
-            if not isinstance(body, dict):
-                raise invalid_argument("the request body must be a JSON object")
-            return body
-
-    server = http.server.ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+    limits = limits or RestLimits()
+    if max_body_bytes is not None:
+        limits = dataclasses.replace(limits, max_body_bytes=max_body_bytes)
+    return RestServer(predictor, host, port, limits)

@@ -18,6 +18,7 @@ from serving.batching import BatchingOptions
 from serving.errors import Code, ServingError
 from serving.model_manager import ModelManager
 from serving.predictor import Predictor
+from serving.rest import RestLimits, RestServer
 
 _LOG = logging.getLogger(__name__)
 
@@ -40,9 +41,16 @@ class ServerConfig:
         poll_interval_s: how often the base path is scanned for new versions (0: never).
         max_receive_message_bytes: the largest gRPC request accepted.
         max_send_message_bytes: the largest gRPC response sent.
-        rest_max_body_bytes: the largest REST request body accepted.
+        rest_max_body_bytes: the largest REST request body accepted (413 beyond, unread).
         grpc_threads: gRPC worker threads (concurrent requests).
         batching: server-side batching parameters, or ``None`` for none.
+        max_request_bytes: the most bytes one gRPC request's tensors may decode to, checked from
+            their declared shapes before anything is allocated (``None``: the receive limit).
+        rest_idle_timeout_s: REST connections idle, or sending headers, longer than this are closed.
+        rest_body_timeout_s: the time a REST client has to send a request body.
+        rest_max_connections: open REST connections at a time (more are answered 503).
+        rest_threads: REST requests decoded and run at a time.
+        rest_listen_backlog: the REST socket's listen queue.
     """
 
     model_name: str
@@ -57,6 +65,18 @@ class ServerConfig:
     rest_max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     grpc_threads: int = 16
     batching: Optional[BatchingOptions] = None
+    max_request_bytes: Optional[int] = None
+    rest_idle_timeout_s: float = RestLimits.idle_timeout_s
+    rest_body_timeout_s: float = RestLimits.body_timeout_s
+    rest_max_connections: int = RestLimits.max_connections
+    rest_threads: int = RestLimits.worker_threads
+    rest_listen_backlog: int = RestLimits.listen_backlog
+
+    def rest_limits(self) -> RestLimits:
+        """The :class:`~serving.rest.RestLimits` of this configuration."""
+        return RestLimits(max_body_bytes=self.rest_max_body_bytes, idle_timeout_s=self.rest_idle_timeout_s,
+                          body_timeout_s=self.rest_body_timeout_s, max_connections=self.rest_max_connections,
+                          worker_threads=self.rest_threads, listen_backlog=self.rest_listen_backlog)
 
 
 def _abort(context, error: ServingError):
@@ -122,14 +142,14 @@ class ModelServer:
         import grpc
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-        from serving.rest import make_rest_server
-
         config = self.config
         if self.managers is None:
             self.managers = {config.model_name: ModelManager(
                     config.model_name, config.model_base_path, num_versions=config.num_versions,
                     poll_interval_s=config.poll_interval_s)}
-        self.predictor = Predictor(self.managers, config.batching)
+        max_request_bytes = (config.max_request_bytes if config.max_request_bytes is not None
+                             else config.max_receive_message_bytes)
+        self.predictor = Predictor(self.managers, config.batching, max_request_bytes=max_request_bytes)
         for manager in self.managers.values():
             if manager.warmup is None:
                 manager.warmup = self.predictor.warmup
@@ -150,8 +170,7 @@ class ModelServer:
         self._grpc_server.start()
 
         if config.rest_api_port is not None:
-            self._rest_server = make_rest_server(self.predictor, config.host, config.rest_api_port,
-                                                 max_body_bytes=config.rest_max_body_bytes)
+            self._rest_server = RestServer(self.predictor, config.host, config.rest_api_port, config.rest_limits())
             self.rest_port = self._rest_server.server_address[1]
             self._rest_thread = threading.Thread(target=self._rest_server.serve_forever, name="rest", daemon=True)
             self._rest_thread.start()

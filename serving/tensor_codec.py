@@ -6,7 +6,8 @@ Only plain data is decoded (numbers from ``tensor_content`` or the typed value f
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
@@ -41,35 +42,121 @@ def dtype_name(enum: int) -> str:
     return types_pb2.DataType.Name(enum) if enum in types_pb2.DataType.values() else f"dtype {enum}"
 
 
+# numpy cannot hold more dimensions than this (NPY_MAXDIMS of numpy 1.x); a TensorProto may declare
+# any number, so a larger rank is refused before numpy sees it.
+MAX_RANK = 32
+
+# Each string element costs a Python/numpy object reference besides its bytes.
+_STRING_OVERHEAD_BYTES = 8
+
+
 def proto_shape(proto: tensor_pb2.TensorProto) -> tuple:
     """The shape a ``TensorProto`` declares."""
     return tuple(dim.size for dim in proto.tensor_shape.dim)
 
 
-def to_ndarray(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np.ndarray:
+def proto_dtype(proto: tensor_pb2.TensorProto) -> np.dtype:
+    """The numpy dtype a ``TensorProto`` declares (``object`` for strings).
+
+    Raises:
+        ServingError: INVALID_ARGUMENT for a dtype the server does not decode.
+    """
+    if proto.dtype == types_pb2.DT_STRING:
+        return np.dtype(object)
+    if proto.dtype not in _NUMERIC:
+        raise invalid_argument(f"unsupported dtype {dtype_name(proto.dtype)}")
+    return np.dtype(_NUMERIC[proto.dtype][0])
+
+
+def declared_shape(proto: tensor_pb2.TensorProto, name: str = "tensor") -> Tuple[int, ...]:
+    """The shape a ``TensorProto`` declares, checked to be one numpy can hold.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT for an unknown rank, a negative dimension, or more than
+            :data:`MAX_RANK` dimensions.
+    """
+    if proto.tensor_shape.unknown_rank:
+        raise invalid_argument(f"input '{name}' has an unknown rank in tensor_shape")
+    rank = len(proto.tensor_shape.dim)
+    if rank > MAX_RANK:
+        raise invalid_argument(f"input '{name}' declares rank {rank} in tensor_shape; at most {MAX_RANK} "
+                               f"dimensions are supported")
+    shape = proto_shape(proto)
+    if any(size < 0 for size in shape):
+        raise invalid_argument(f"input '{name}' has a negative dimension in tensor_shape {list(shape)}")
+    return shape
+
+
+def declared_bytes(proto: tensor_pb2.TensorProto, name: str = "tensor") -> int:
+    """How many bytes decoding ``proto`` would allocate, computed from what it declares.
+
+    A single value broadcasts to the whole declared shape (TensorFlow's rule), so a few bytes on the
+    wire can declare gigabytes; this is computed with Python integers (no overflow) and without
+    allocating anything.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT for a shape that :func:`declared_shape` refuses.
+    """
+    count = math.prod(declared_shape(proto, name))
+    if proto.dtype == types_pb2.DT_STRING:
+        values = proto.string_val
+        if len(values) == 1:
+            return count * (len(values[0]) + _STRING_OVERHEAD_BYTES)
+        return sum(len(value) for value in values) + count * _STRING_OVERHEAD_BYTES
+    return count * proto_dtype(proto).itemsize
+
+
+def check_request_size(protos: Mapping[str, tensor_pb2.TensorProto], max_bytes: int) -> int:
+    """Refuses a request whose tensors would decode to more than ``max_bytes`` in all.
+
+    Returns:
+        The declared total, in bytes.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT naming the largest input when the total is over the limit.
+    """
+    sizes = {name: declared_bytes(proto, name) for name, proto in protos.items()}
+    total = sum(sizes.values())
+    if total > max_bytes:
+        name = max(sizes, key=sizes.get)
+        proto = protos[name]
+        raise invalid_argument(
+                f"input '{name}': tensor_shape {_shape_text(proto_shape(proto))} of {dtype_name(proto.dtype)} "
+                f"declares {sizes[name]} bytes (the request {total}), more than the server's limit of "
+                f"{max_bytes} bytes per request")
+    return total
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return str(list(shape)) if len(shape) <= 8 else f"[{', '.join(map(str, shape[:8]))}, ...] (rank {len(shape)})"
+
+
+def to_ndarray(proto: tensor_pb2.TensorProto, name: str = "tensor", max_bytes: Optional[int] = None) -> np.ndarray:
     """Decodes a ``TensorProto`` into a numpy array.
 
     Args:
         proto: the tensor.
         name: the input's name, used in error messages.
+        max_bytes: refuse (before allocating) a tensor that would decode to more bytes than this.
 
     Raises:
-        ServingError: INVALID_ARGUMENT for an unsupported dtype or a value count that does not
-            match the declared shape.
+        ServingError: INVALID_ARGUMENT for an unsupported dtype, an impossible shape, a tensor over
+            ``max_bytes``, or a value count that does not match the declared shape.
     """
-    shape = proto_shape(proto)
-    if any(size < 0 for size in shape) or proto.tensor_shape.unknown_rank:
-        raise invalid_argument(f"input '{name}' has an unknown or negative dimension in tensor_shape {shape}")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    shape = declared_shape(proto, name)
+    if max_bytes is not None:
+        check_request_size({name: proto}, max_bytes)
+    count = math.prod(shape)
     if proto.dtype == types_pb2.DT_STRING:
-        values = list(proto.string_val)
-        if len(values) == 1 and count != 1:
-            values = values * count  # TF's broadcast of a single value
-        if len(values) != count:
-            raise invalid_argument(f"input '{name}': tensor_shape {list(shape)} needs {count} strings, "
+        values = proto.string_val
+        if len(values) not in (1, count):
+            raise invalid_argument(f"input '{name}': tensor_shape {_shape_text(shape)} needs {count} strings, "
                                    f"string_val holds {len(values)}")
         array = np.empty(count, dtype=object)
-        array[:] = values
+        if len(values) == 1:
+            array[:] = values[0]  # TF's broadcast of a single value (one bytes object, shared)
+        else:
+            array[:] = list(values)
         return array.reshape(shape)
     if proto.dtype not in _NUMERIC:
         raise invalid_argument(f"input '{name}' has unsupported dtype {dtype_name(proto.dtype)}")
@@ -79,10 +166,13 @@ def to_ndarray(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np.ndarra
         if len(proto.tensor_content) != count * itemsize:
             raise invalid_argument(
                     f"input '{name}': tensor_content holds {len(proto.tensor_content)} bytes, tensor_shape "
-                    f"{list(shape)} of {np.dtype(dtype).name} needs {count * itemsize}")
+                    f"{_shape_text(shape)} of {np.dtype(dtype).name} needs {count * itemsize}")
         return np.frombuffer(proto.tensor_content, dtype=np.dtype(dtype).newbyteorder("<")).astype(
                 dtype, copy=False).reshape(shape)
     values = getattr(proto, field)
+    if len(values) not in (0, 1, count):
+        raise invalid_argument(f"input '{name}': tensor_shape {_shape_text(shape)} needs {count} values, {field} "
+                               f"holds {len(values)}")
     if proto.dtype == types_pb2.DT_HALF:
         array = np.asarray(values, dtype=np.uint16).view(np.float16)
     else:
@@ -91,9 +181,9 @@ def to_ndarray(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np.ndarra
         return array.reshape(shape)
     if array.size == 1:
         return np.full(shape, array[0], dtype=dtype)  # TF's broadcast of a single value
-    if array.size == 0 and count == 0:
+    if count == 0:
         return np.zeros(shape, dtype=dtype)
-    raise invalid_argument(f"input '{name}': tensor_shape {list(shape)} needs {count} values, {field} holds "
+    raise invalid_argument(f"input '{name}': tensor_shape {_shape_text(shape)} needs {count} values, {field} holds "
                            f"{array.size}")
 
 

@@ -5,7 +5,8 @@ of the server where a trained model is not needed.
 answers ``itm_score [B]`` and ``pooled_output [B, H]`` from a fixed random projection; like the real
 export it checks in-graph that no example has more than ``max_regions`` regions. ``echo_text``
 takes strings ``text [B]`` and answers their lengths and upper-cased bytes (``text_bytes``), to
-exercise string tensors. Each version scales its outputs by ``version``, so a test can tell which
+exercise string tensors. ``serve_examples`` parses canonical ``tf.Example`` records with
+``uniter_tf.data.schema`` as the real signature does and answers their ``num_regions``. Each version scales its outputs by ``version``, so a test can tell which
 version answered.
 """
 
@@ -56,6 +57,16 @@ def write_toy_model(base_path: str, version: int, feature_dim: int = 8, hidden_s
                 pooled = pooled * scale
             return {"itm_score": score, "pooled_output": pooled}
 
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def serve_examples(self, examples):
+            # Parses canonical records as the real export's serve_examples does (schema.parse_and_decode
+            # inside tf.map_fn), so a record missing a required feature fails the same way.
+            from uniter_tf.data import schema
+
+            counts = tf.map_fn(lambda serialized: schema.parse_and_decode(serialized, feature_dim=feature_dim)[
+                    schema.NUM_REGIONS], examples, fn_output_signature=tf.int32)
+            return {"num_regions": counts * int(version)}
+
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
         def echo_text(self, text):
             return {"text_length": tf.strings.length(text) * int(version), "text_bytes": tf.strings.upper(text)}
@@ -63,7 +74,7 @@ def write_toy_model(base_path: str, version: int, feature_dim: int = 8, hidden_s
     module = ToyUniter()
     path = os.path.join(base_path, str(version))
     signatures = {"serving_default": module.score_tensors, "score_tensors": module.score_tensors,
-                  "echo_text": module.echo_text}
+                  "echo_text": module.echo_text, "serve_examples": module.serve_examples}
     # Write next to the target, then rename: the poller must never see half a version.
     staging = os.path.join(base_path, f".staging-{version}")
     tf.saved_model.save(module, staging, signatures=signatures)

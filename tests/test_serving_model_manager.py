@@ -65,7 +65,7 @@ def test_a_version_that_fails_to_load_leaves_the_previous_one_serving(tmp_path):
         loads.append(version)
         return _fake_loader(model_name, version, path)
 
-    manager = ModelManager("m", base_path, poll_interval_s=0, loader=counting_loader)
+    manager = ModelManager("m", base_path, poll_interval_s=0, loader=counting_loader, retry_backoff_s=0)
     manager.start()
     _make_version_dir(base_path, 2, broken=True)
     manager.poll_once()

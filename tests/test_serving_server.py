@@ -243,7 +243,7 @@ def _rest_bad_requests():
                                   '"nope" not found'),
             "unknown method": ("/v1/models/uniter:explain", {"inputs": columns}, 404, "':explain' is not supported"),
             "oversized body": (predict, {"signature_name": "score_tensors",
-                                         "inputs": {"text": ["x" * MESSAGE_LIMIT]}}, 400,
+                                         "inputs": {"text": ["x" * MESSAGE_LIMIT]}}, 413,
                                "more than the limit"),
     }
 

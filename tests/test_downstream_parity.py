@@ -381,3 +381,26 @@ def test_heads_serialize_with_their_config():
         assert sorted(rebuilt.official_weight_map()) == sorted(layer.official_weight_map())
         # Every variable of the head is an official parameter, and the other way round.
         assert {id(v) for v, _ in layer.official_weight_map().values()} == {id(v) for v in layer.weights}
+
+
+def test_convert_reads_a_finetuned_vcr_head_from_a_float16_torch_file(tmp_path):
+    """The official training saves amp-O2 (float16) state dicts with torch.save: a VCR head in that form
+    (word table 100 + 81, type table 4, as uniter-base-vcr_2nd_stage's 28996 + 81 and 4) converts with
+    both tables grown, and matches the float64 reference on the float16-rounded weights."""
+    from uniter_tf.checkpoints import torch_format  # pylint: disable=import-outside-toplevel
+
+    fixture = _fixture("vcr")
+    half = {key: np.asarray(value, np.float16) for key, value in fixture.state_dict.items()}
+    checkpoint = tmp_path / "vcr_finetuned.pt"
+    torch_format.save_zip(checkpoint, half)
+    _, report = official.convert_checkpoint(str(checkpoint), fixture.config, output_dir=str(tmp_path / "out"),
+                                            strict=True)
+    assert report.reshaped == [f"{WORD_KEY}: vocab_size 100 -> 181", f"{TYPE_KEY}: type_vocab_size 2 -> 4"]
+    model = official.load_task_model(str(tmp_path / "out"))
+    assert model.backbone.config.vocab_size == 181 and model.backbone.config.type_vocab_size == 4
+    rounded = {key: value.astype(np.float32) for key, value in half.items()}
+    reference = numpy_downstream.head_outputs("vcr", rounded, fixture.inputs, fixture.config.num_attention_heads)
+    rows = downstream_parity.compare_head_outputs(
+            downstream_parity.head_outputs(model, "vcr", fixture.inputs, fixture.raw_config), reference,
+            fixture.inputs, ATOL)
+    assert rows and all(row.ok for row in rows), [(row.name, row.max_abs_error) for row in rows if not row.ok]

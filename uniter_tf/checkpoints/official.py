@@ -512,7 +512,8 @@ def load_task_model(model_dir: str, **model_kwargs):
     # Importing the head modules registers their classes for deserialisation.
     from uniter_tf.models import official_heads  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     head = keras.saving.deserialize_keras_object(head_file["head"])
-    head.build()
+    if not head.built:  # deserialisation may build it already (Keras' build config)
+        head.build()
     task_name = head_file.get("task_name", "")
     model = TaskModel(backbone=UniterBackbone(UniterConfig.from_json(paths[0]), **model_kwargs), head=head,
                       task_name=task_name, name=f"uniter_{task_name}" if task_name else None)

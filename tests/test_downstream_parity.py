@@ -404,3 +404,24 @@ def test_convert_reads_a_finetuned_vcr_head_from_a_float16_torch_file(tmp_path):
             downstream_parity.head_outputs(model, "vcr", fixture.inputs, fixture.raw_config), reference,
             fixture.inputs, ATOL)
     assert rows and all(row.ok for row in rows), [(row.name, row.max_abs_error) for row in rows if not row.ok]
+
+
+def test_convert_reads_the_vcr_second_stage_pretraining_layout(tmp_path):
+    """uniter-base-vcr_2nd_stage is a pretraining model after init_type_embedding (4 types) and
+    init_word_embedding(81) (MLM head rebuilt over the grown vocabulary): it converts into a pretraining
+    model with both tables grown, nothing missing or unexpected, and the same tensors."""
+    fixture, task_model = _pre_init_model("vcr")
+    second_stage = official_init.init_word_embedding(
+            official_init.init_type_embedding(UniterPretrainingModel(task_model.backbone), "vcr"), 81, seed=2)
+    state = official.to_official_state_dict(second_stage)
+    assert state["cls.predictions.decoder.weight"].shape == (181, 64) and state[TYPE_KEY].shape == (4, 64)
+    checkpoint = tmp_path / "vcr_2nd_stage.npz"
+    np.savez(checkpoint, **state)
+    model, report = official.convert_checkpoint(str(checkpoint), fixture.config, strict=True)
+    assert isinstance(model, UniterPretrainingModel)
+    assert report.reshaped == [f"{WORD_KEY}: vocab_size 100 -> 181", f"{TYPE_KEY}: type_vocab_size 2 -> 4"]
+    assert sorted(report.tied) == ["cls.predictions.decoder.weight", "feat_regress.weight"]
+    converted = official.to_official_state_dict(model)
+    assert set(converted) == set(state)
+    for key, value in state.items():
+        np.testing.assert_array_equal(converted[key], value, err_msg=key)

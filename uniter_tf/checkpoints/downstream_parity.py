@@ -162,8 +162,8 @@ def head_outputs(model, name: str, inputs: Mapping[str, np.ndarray],
     """Runs the backbone and head ``name`` in eval mode; returns our outputs under the fixture's names."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from uniter_tf.models import itm_rank, nlvr2_paired, referring_expression, vcr, \
-        vqa  # pylint: disable=import-outside-toplevel
+    from uniter_tf.models import (  # pylint: disable=import-outside-toplevel
+            itm_rank, nlvr2_paired, referring_expression, vcr, vqa)
 
     batch = downstream_batch(inputs)
     encoded = dict(model.backbone(batch, training=False, output_hidden_states=True))

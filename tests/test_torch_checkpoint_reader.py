@@ -288,3 +288,17 @@ def test_a_tensor_reaching_past_its_storage_is_refused(tmp_path):
         archive.writestr("archive/data/0", struct.pack("<4f", 1, 2, 3, 4))
     with pytest.raises(torch_format.TorchCheckpointError, match="reaches past the storage's 4 elements"):
         torch_format.load(path)
+
+
+def test_writer_streams_arrays_made_on_the_fly_into_distinct_storages(tmp_path):
+    """Arrays created and dropped one at a time may reuse a freed array's id: each still gets its own storage."""
+    def tensors():
+        for index in range(20):
+            yield f"t{index}", np.full((index + 1, 3), index, np.float32)  # dropped by the writer after use
+
+    path = tmp_path / "streamed.pt"
+    torch_format.save_zip(path, tensors())
+    read = torch_format.load(path, lazy=False)
+    assert len({value.storage_key for value in torch_format.load(path).values()}) == 20
+    for index in range(20):
+        np.testing.assert_array_equal(read[f"t{index}"], np.full((index + 1, 3), index, np.float32))

@@ -674,6 +674,7 @@ def save_zip(path: Union[str, os.PathLike], tensors: Union[Mapping[str, np.ndarr
     # id(root) → (weak reference, storage key, numel): a root that died cannot be viewed again, so a reused id
     # is recognised by its dead reference.
     roots: Dict[int, Tuple[Any, str, int]] = {}
+    storage_count = 0
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         for key, array in items:
             if not isinstance(array, np.ndarray):
@@ -691,7 +692,8 @@ def save_zip(path: Union[str, os.PathLike], tensors: Union[Mapping[str, np.ndarr
                 layout = (0, _contiguous_strides(array.shape))
             entry = roots.get(id(root))
             if entry is None or entry[0]() is not root:
-                storage_key = str(len(roots))
+                storage_key = str(storage_count)
+                storage_count += 1
                 _write_aligned(archive, f"{top}/data/{storage_key}", root)
                 entry = (weakref.ref(root), storage_key, int(root.size))
                 roots[id(root)] = entry

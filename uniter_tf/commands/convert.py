@@ -26,12 +26,38 @@ def add_arguments(parser):
     parser.add_argument("--strict", action="store_true", help="Fail when any key is missing or unexpected.")
 
 
+def release_large_blocks() -> bool:
+    """Makes glibc serve every allocation of 1 MiB or more by its own mmap, returned to the OS when freed.
+
+    glibc raises its mmap threshold each time a large block is freed; after that, the initialisers'
+    temporaries and each tensor's read buffer are recycled inside the heap and the resident size never
+    shrinks. Converting uniter-large (1.27 GiB) then peaked at 2.72 GiB (2.14x) instead of 2.20 GiB
+    (bench/convert_bench.py). A fixed threshold only costs an mmap per large allocation, nothing for a
+    one-shot conversion. Called by `uniter convert`, which owns its process; other platforms are left alone.
+
+    Returns:
+        Whether the threshold was set (glibc found).
+    """
+    import ctypes  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
+    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
+        return False
+    m_mmap_threshold = -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 1 << 20))
+
+
 def run(args) -> int:
     import sys  # pylint: disable=import-outside-toplevel
 
     from uniter_tf.checkpoints import official  # pylint: disable=import-outside-toplevel
     from uniter_tf.config import UniterConfig  # pylint: disable=import-outside-toplevel
 
+    release_large_blocks()
     try:
         config = UniterConfig.resolve(args.config)
         model, report = official.convert_checkpoint(args.checkpoint, config, key_prefix=args.key_prefix,

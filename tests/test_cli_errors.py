@@ -264,7 +264,10 @@ def test_serve_runs_a_tensorflow_model_server_command_line(tmp_path):
     batching = tmp_path / "batching.config"
     batching.write_text("max_batch_size { value: 4 }\nbatch_timeout_micros { value: 1000 }\n"
                         "num_batch_threads { value: 1 }\n")
-    command = [UNITER, "serve", "--port=0", "--rest_api_port=0", "--model_name=toy",
+    with socket.socket() as free:  # TF Serving's --rest_api_port=0 disables REST: give it a free port
+        free.bind(("127.0.0.1", 0))
+        rest_port = free.getsockname()[1]
+    command = [UNITER, "serve", "--port=0", f"--rest_api_port={rest_port}", "--model_name=toy",
                f"--model_base_path={tmp_path / 'models' / 'toy'}", "--file_system_poll_wait_seconds=0",
                "--enable_batching=true", f"--batching_parameters_file={batching}",
                "--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=1"]
@@ -274,6 +277,7 @@ def test_serve_runs_a_tensorflow_model_server_command_line(tmp_path):
         line = process.stdout.readline()
         assert line.startswith("SERVING model=toy"), line + process.stderr.read()
         rest = dict(part.split("=", 1) for part in line.split()[1:])["rest"]
+        assert rest == f"127.0.0.1:{rest_port}"
         deadline = time.time() + 60
         while True:
             with urllib.request.urlopen(f"http://{rest}/v1/models/toy", timeout=10) as response:

@@ -147,6 +147,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if extras and not beam:
         sub.error(_unknown_flags_message(args.command, sub, extras, beam=False))
 
+    if owns_process:
+        # Before any command starts TensorFlow (it reads TF_XLA_FLAGS once): XLA-compiled training steps
+        # and serving functions then compile once per shape and machine, not once per process.
+        from uniter_tf.training.performance import enable_xla_persistent_cache  # pylint: disable=import-outside-toplevel
+
+        enable_xla_persistent_cache()
     verbose = bool(getattr(args, "verbose", False)) or console.verbose_from_env()
     session = console.quiet_libraries(None, verbose, name=args.command, redirect_fd=owns_process)
     prog = f"uniter {args.command}"

@@ -37,6 +37,7 @@ import tensorflow as tf
 from uniter_tf.data import pretraining_inputs
 from uniter_tf.training import checkpointing
 from uniter_tf.training.optimizer import AdamW, DynamicLossScale, exempt_from_weight_decay
+from uniter_tf.training.performance import bfloat16_warning
 from uniter_tf.training.pretrain_config import PretrainConfig, mix_task
 from uniter_tf.training.schedule import LinearWarmupLinearDecay
 from uniter_tf.training.strategy import build_strategy, is_chief
@@ -113,6 +114,10 @@ class Pretrainer:
         self.num_replicas = self.strategy.num_replicas_in_sync
         self.local_replicas = _local_replica_count(self.strategy)
         self.float16 = config.precision == "mixed_float16"
+        # Said before anything is built: bf16 without bf16 hardware is a slow-down, not a speed-up.
+        slow_bfloat16 = bfloat16_warning(config.precision)
+        if slow_bfloat16:
+            self.log(slow_bfloat16)
 
         _set_global_seed(config.seed)
         previous_policy = keras.config.dtype_policy()

@@ -60,7 +60,10 @@ def enable_xla_persistent_cache(directory: Optional[str] = None) -> Optional[str
             return token.split("=", 1)[1] or None  # the user's own setting wins
     if not directory or directory.lower() == "off" or _tensorflow_runtime_started():
         return None
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError:
+        return None  # e.g. a read-only home: run without the cache rather than fail the command
     os.environ["TF_XLA_FLAGS"] = f"{flags} {_FLAG}={directory}".strip()
     return directory
 

@@ -225,3 +225,13 @@ def test_bootstrap_prints_one_line_per_phase_and_keeps_pip_output_in_its_log(tmp
         assert "DEPRECATION: legacy editable install" in result.stderr  # the log's tail, to act on
         assert result.stderr.strip().splitlines()[-1].strip() == f"full log: {log}"
         assert not (tmp_path / "venv" / ".uniter-install-stamp").exists()
+
+
+def test_an_unwritable_log_dir_falls_back_to_the_temp_dir(tmp_path, monkeypatch):
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("a file where the log directory should be")
+    monkeypatch.setattr(console.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    with console.quiet_libraries(str(blocked / "logs"), name="fallback", redirect_fd=False) as session:
+        assert session.log_path.startswith(str(tmp_path / "tmp" / "uniter-logs" / "fallback-"))
+        logging.getLogger("apache_beam").info("still logged")
+    assert "still logged" in open(session.log_path, encoding="utf-8").read()

@@ -43,6 +43,7 @@ import io
 import logging
 import os
 import sys
+import tempfile
 import traceback
 from typing import Optional, Sequence, TextIO
 
@@ -273,8 +274,14 @@ def quiet_libraries(log_dir_or_file: Optional[str] = None, verbose: bool = False
             root.setLevel(logging.INFO)
         return console
 
-    log_path = new_log_path(name, log_dir_or_file)
-    log_stream = open(log_path, "a", encoding="utf-8", errors="backslashreplace", buffering=1)  # pylint: disable=consider-using-with
+    try:
+        log_path = new_log_path(name, log_dir_or_file)
+        log_stream = open(log_path, "a", encoding="utf-8", errors="backslashreplace", buffering=1)  # pylint: disable=consider-using-with
+    except OSError:
+        # A read-only home (a sandbox, a container): the temp directory still beats flooding the terminal.
+        log_dir_or_file = os.path.join(tempfile.gettempdir(), "uniter-logs")
+        log_path = new_log_path(name, log_dir_or_file)
+        log_stream = open(log_path, "a", encoding="utf-8", errors="backslashreplace", buffering=1)  # pylint: disable=consider-using-with
     if not (log_dir_or_file and str(log_dir_or_file).endswith(".log")):
         _prune(os.path.dirname(log_path))  # after creating ours: it is the newest and stays
     log_stream.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')} {name}: "

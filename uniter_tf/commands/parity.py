@@ -15,15 +15,21 @@ def add_arguments(parser):
                         help="Fixture directory (format of tests/fixtures/parity_official, or one head of "
                              "parity_downstream/), or a folder whose sub-folders are fixtures.")
     parser.add_argument("--atol", type=float, default=1e-5, help="Tolerance of every output (default 1e-5).")
+    parser.add_argument("--model-dir", default=None,
+                        help="Check this converted model (a `uniter convert --output` directory) instead of the "
+                             "fixture's own state_dict.npz; one fixture only.")
 
 
 def run(args) -> int:
     import os  # pylint: disable=import-outside-toplevel
 
     from uniter_tf.checkpoints import parity  # pylint: disable=import-outside-toplevel
+    from uniter_tf.console import UserError  # pylint: disable=import-outside-toplevel
 
     if not os.path.exists(os.path.join(args.fixture, "config.json")) and os.path.isdir(args.fixture) and \
             parity.fixture_folders(args.fixture):
+        if args.model_dir:
+            raise UserError("--model-dir checks one fixture, not a folder of fixtures")
         results = parity.run_parity_folder(args.fixture, atol=args.atol)
         for label, _, rows, error in results:
             print(parity.format_summary_line(label, rows, error, args.atol))
@@ -31,10 +37,17 @@ def run(args) -> int:
         print(f"{len(results) - len(failed)}/{len(results)} fixtures within tolerance"
               + (f"; failed: {', '.join(failed)}" if failed else ""))
         return 1 if failed else 0
-    from uniter_tf.console import UserError  # pylint: disable=import-outside-toplevel
+    model = None
+    if args.model_dir:
+        from uniter_tf.checkpoints import official  # pylint: disable=import-outside-toplevel
 
+        # A converted fine-tuned head has its task weights file; a pretraining conversion does not.
+        if os.path.exists(os.path.join(args.model_dir, official.TASK_WEIGHTS_FILE)):
+            model = official.load_task_model(args.model_dir)
+        else:
+            model = official.load_pretrained(args.model_dir, pretraining=True)
     try:
-        rows = parity.run_parity(args.fixture, atol=args.atol)
+        rows = parity.run_parity(args.fixture, atol=args.atol, model=model)
     except KeyError as error:  # a fixture without an array the model needs; exit 2, as a missing file does
         raise UserError(f"fixture {args.fixture}: missing array {error}") from None
     # A missing fixture file (FileNotFoundError) or a bad one (ValueError): one line from the CLI, exit 2.

@@ -432,7 +432,7 @@ class _JsonConnection(httputil.HTTPMessageDelegate):
         self._chunks.append(chunk)
 
     def finish(self) -> None:
-        asyncio.ensure_future(self._answer())
+        self._front_end.spawn(self._answer())
 
     def on_connection_close(self) -> None:
         self._chunks = []
@@ -454,7 +454,7 @@ class _JsonConnection(httputil.HTTPMessageDelegate):
                                         "Server": "uniter-tf-serving"})
         try:
             self._connection.write_headers(httputil.ResponseStartLine("HTTP/1.1", status, _REASONS.get(status, "")),
-                                           headers, payload)
+                                           headers, None if self._start_line.method == "HEAD" else payload)
             self._connection.finish()
         except iostream.StreamClosedError:
             pass  # the client left before its answer
@@ -532,10 +532,18 @@ class RestServer:
         self.workers = concurrent.futures.ThreadPoolExecutor(max_workers=limits.worker_threads,
                                                              thread_name_prefix="rest")
         self.rejected_connections = 0
+        self._tasks: set = set()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._http = None
         self._stopped = threading.Event()
         self._started = threading.Event()
+
+    def spawn(self, coroutine) -> None:
+        """Runs ``coroutine`` as a task on the event loop, holding a reference until it ends (asyncio
+        keeps only weak references to tasks)."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def check_length(self, headers) -> Optional[Tuple[int, str]]:
         """``(status, message)`` for a ``Content-Length`` that must not be read, else ``None``."""
@@ -567,7 +575,7 @@ class RestServer:
             def handle_stream(self, stream, address):
                 if len(self._connections) >= front_end.limits.max_connections:
                     front_end.rejected_connections += 1
-                    asyncio.ensure_future(_refuse_connection(stream, front_end.limits))
+                    front_end.spawn(_refuse_connection(stream, front_end.limits))
                     return
                 super().handle_stream(stream, address)
 
@@ -599,7 +607,7 @@ class RestServer:
                 _LOG.warning("REST connections still open after %.0f s at shutdown", timeout_s)
             loop.stop()
 
-        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(stop()))
+        loop.call_soon_threadsafe(lambda: self.spawn(stop()))
         self._stopped.wait(timeout_s + 5)
 
     def server_close(self) -> None:

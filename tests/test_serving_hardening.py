@@ -446,3 +446,23 @@ def test_a_burst_of_new_connections_fits_the_listen_backlog(served):
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_keep_alive_and_other_methods_on_the_new_front_end(served):
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", served["rest_port"], timeout=30)
+    try:
+        for _ in range(3):  # one connection, several requests
+            connection.request("POST", "/v1/models/uniter:predict", json.dumps(_good_rest_body()),
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            assert response.status == 200 and len(json.loads(response.read())["outputs"]["itm_score"]) == 2
+        connection.request("HEAD", "/v1/models/uniter")
+        response = connection.getresponse()
+        assert response.status == 405 and response.read() == b""
+        connection.request("DELETE", "/v1/models/uniter")
+        response = connection.getresponse()
+        assert response.status == 405 and "not allowed" in json.loads(response.read())["error"]
+    finally:
+        connection.close()

@@ -1,17 +1,15 @@
 """Hot swap under load: a new version pushed in the middle of concurrent traffic fails no request."""
 
+import grpc
 import numpy as np
 import pytest
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-grpc = pytest.importorskip("grpc")
-
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
-
-from serving import tensor_codec  # noqa: E402
-from serving.batching import BatchingOptions  # noqa: E402
-from serving.loadgen import run_load  # noqa: E402
-from serving.server import ModelServer, ServerConfig  # noqa: E402
-from serving.toy_model import toy_inputs, write_toy_model  # noqa: E402
+from serving import tensor_codec
+from serving.batching import BatchingOptions
+from serving.loadgen import run_load
+from serving.server import ModelServer, ServerConfig
+from serving.toy_model import toy_inputs, write_toy_model
 
 
 @pytest.mark.e2e

@@ -5,18 +5,16 @@ import json
 import urllib.error
 import urllib.request
 
+import grpc
 import numpy as np
 import pytest
-
-grpc = pytest.importorskip("grpc")
-tf = pytest.importorskip("tensorflow")
-
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,  # noqa: E402
+import tensorflow as tf
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from serving import tensor_codec  # noqa: E402
-from serving.server import ModelServer, ServerConfig  # noqa: E402
-from serving.toy_model import toy_inputs, write_toy_model  # noqa: E402
+from serving import tensor_codec
+from serving.server import ModelServer, ServerConfig
+from serving.toy_model import toy_inputs, write_toy_model
 
 MESSAGE_LIMIT = 1 << 20  # small, so that the oversized-message case is cheap to build
 

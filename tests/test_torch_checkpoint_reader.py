@@ -11,6 +11,7 @@ import os
 import pickle
 import struct
 import zipfile
+from collections import OrderedDict
 
 import ml_dtypes
 import numpy as np
@@ -302,3 +303,89 @@ def test_writer_streams_arrays_made_on_the_fly_into_distinct_storages(tmp_path):
     assert len({value.storage_key for value in torch_format.load(path).values()}) == 20
     for index in range(20):
         np.testing.assert_array_equal(read[f"t{index}"], np.full((index + 1, 3), index, np.float32))
+
+
+# ------------------------------------------------------------------- crafted legacy files (PyTorch ≤ 1.5)
+class _FakeTensor:
+    """Pickles as torch does: _rebuild_tensor_v2(storage id, offset, size, stride, requires_grad, hooks)."""
+
+    def __init__(self, rebuild, storage_id, offset, size, stride):
+        self.args = (storage_id, offset, size, stride, False, OrderedDict())
+        self.rebuild = rebuild
+
+    def __reduce__(self):
+        return (self.rebuild, self.args)
+
+
+def _write_legacy(path, tensors, storages, little_endian=True):
+    """A legacy-layout file written with the standard pickle module, independently of the module's writer.
+
+    ``tensors``: key → (storage key, offset, size, stride, view) with view None or (view key, offset, size);
+    ``storages``: key → float32 array. Stand-in ``torch`` / ``torch._utils`` modules give pickle the names.
+    """
+    import sys
+    import types
+
+    fake_torch, fake_utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("never called: only pickled")
+
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    fake_utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+    fake_torch.FloatStorage = type("FloatStorage", (), {"__module__": "torch"})
+    fake_torch._utils = fake_utils
+    saved = {name: sys.modules.get(name) for name in ("torch", "torch._utils")}
+    sys.modules.update({"torch": fake_torch, "torch._utils": fake_utils})
+    try:
+        class _Pickler(pickle.Pickler):
+            def persistent_id(self, obj):
+                if isinstance(obj, tuple) and obj and obj[0] == "STORAGE":
+                    _, key, view = obj
+                    return ("storage", fake_torch.FloatStorage, key, "cpu", storages[key].size, view)
+                return None
+
+        byte_order = "<" if little_endian else ">"
+        with open(path, "wb") as handle:
+            for header in (torch_format.MAGIC_NUMBER, torch_format.PROTOCOL_VERSION,
+                           {"protocol_version": 1001, "little_endian": little_endian,
+                            "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+                pickle.dump(header, handle, protocol=2)
+            state = OrderedDict((key, _FakeTensor(_rebuild_tensor_v2, ("STORAGE", storage, view), offset, size, stride))
+                                for key, (storage, offset, size, stride, view) in tensors.items())
+            _Pickler(handle, protocol=2).dump(state)
+            pickle.dump(list(storages), handle, protocol=2)
+            for values in storages.values():
+                handle.write(struct.pack(byte_order + "q", values.size))
+                handle.write(values.astype(byte_order + "f4").tobytes())
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+@pytest.mark.parametrize("little_endian", [True, False])
+def test_crafted_legacy_file_with_strides_views_and_shared_storage(tmp_path, little_endian):
+    root = np.arange(24, dtype=np.float32) / 8
+    other = np.arange(5, dtype=np.float32) - 2
+    tensors = {
+            "a": ("r", 0, (2, 3), (3, 1), None),
+            "a_tied": ("r", 0, (2, 3), (3, 1), None),
+            "a_t": ("r", 6, (3, 2), (1, 3), None),             # non-contiguous
+            "view": ("r", 0, (3, 4), (4, 1), ("v", 12, 12)),    # a storage view of r: r[12:24]
+            "view_strided": ("r", 2, (2,), (5,), ("v", 12, 12)),  # v[2], v[7]
+            "other": ("o", 1, (3,), (1,), None),
+    }
+    path = tmp_path / "legacy.pt"
+    _write_legacy(path, tensors, {"r": root, "o": other}, little_endian)
+    lazy = torch_format.load(path)
+    assert lazy["a_tied"].same_data(lazy["a"]) and not lazy["a_t"].is_contiguous()
+    assert lazy["view_strided"].storage_key == lazy["view"].storage_key == "v"
+    for state in (lazy, torch_format.load(path, lazy=False)):
+        np.testing.assert_array_equal(np.asarray(state["a"]), root[:6].reshape(2, 3))
+        np.testing.assert_array_equal(np.asarray(state["a_t"]), root[6:12].reshape(2, 3).T)
+        np.testing.assert_array_equal(np.asarray(state["view"]), root[12:].reshape(3, 4))
+        np.testing.assert_array_equal(np.asarray(state["view_strided"]), root[[14, 19]])
+        np.testing.assert_array_equal(np.asarray(state["other"]), other[1:4])

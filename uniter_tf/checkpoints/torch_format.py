@@ -435,6 +435,7 @@ def _load_legacy(path: str) -> Any:
         byteorder = "little" if little else "big"
 
         storages: Dict[str, _Storage] = {}
+        views: Dict[str, _Storage] = {}
 
         def storage_for(pid: tuple) -> _Storage:
             storage_type, key, numel = _storage_args(pid, path)
@@ -452,7 +453,9 @@ def _load_legacy(path: str) -> Any:
             if offset + view_size > root.numel:
                 raise TorchCheckpointError(f"{path}: storage view {view_key!r} [{offset}, {offset + view_size}) exceeds "
                                            f"its root {key!r} of {root.numel} elements")
-            return _StorageView(root, view_key, offset, view_size)
+            if view_key not in views:  # one object per view, so tensors on it are recognised as sharing it
+                views[view_key] = _StorageView(root, view_key, offset, view_size)
+            return views[view_key]
 
         result = RestrictedUnpickler(handle, storage_for, path).load()
         keys = RestrictedUnpickler(handle, None, path).load()

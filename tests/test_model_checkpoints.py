@@ -214,7 +214,8 @@ def test_backbone_weights_map_covers_every_variable_once():
 
 
 # ------------------------------------------------------------------- real PyTorch files (../shared)
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# realpath: under Bazel the test file is a symlink in the runfiles tree; ../shared is beside the real checkout.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO_ROOT), "shared")  # beside the clone, in CI too (read-only)
 PARITY_OFFICIAL = os.path.join(SHARED, "parity_official")
 FIXTURE_CONFIG = os.path.join(PARITY_OFFICIAL, "config.json")

@@ -19,7 +19,8 @@ import pytest
 
 from uniter_tf.checkpoints import official, torch_format
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# realpath: under Bazel the test file is a symlink in the runfiles tree; ../shared is beside the real checkout.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO_ROOT), "shared")
 CHECKPOINTS = os.path.join(SHARED, "checkpoints")
 SOURCE_WEIGHTS = os.path.join(SHARED, "parity_official", "state_dict.npz")

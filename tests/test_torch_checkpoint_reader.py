@@ -390,3 +390,19 @@ def test_crafted_legacy_file_with_strides_views_and_shared_storage(tmp_path, lit
         np.testing.assert_array_equal(np.asarray(state["view"]), root[12:].reshape(3, 4))
         np.testing.assert_array_equal(np.asarray(state["view_strided"]), root[[14, 19]])
         np.testing.assert_array_equal(np.asarray(state["other"]), other[1:4])
+
+
+def test_malformed_pickles_are_named_as_corrupt(tmp_path):
+    good = tmp_path / "good.pt"
+    torch_format.save_zip(good, {"w": np.arange(4, dtype=np.float32)}, archive_name="archive")
+    with zipfile.ZipFile(good) as archive:
+        data_pkl = archive.read("archive/data.pkl")
+    cases = {
+            "cut.pt": data_pkl[:30],                                     # ends inside the pickle
+            "call_storage.pt": b"\x80\x02ctorch\nFloatStorage\n)R.",     # calls a storage type
+            "bad_args.pt": b"\x80\x02ccollections\nOrderedDict\nK\x01\x85R.",  # OrderedDict(1)
+    }
+    for name, payload in cases.items():
+        _zip_with_pickle(tmp_path / name, payload)
+        with pytest.raises(torch_format.TorchCheckpointError, match=rf"{name}: corrupt data\.pkl"):
+            torch_format.load(tmp_path / name)

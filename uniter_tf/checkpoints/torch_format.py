@@ -398,7 +398,18 @@ def _load_zip(path: str) -> Any:
         storages[key] = storage
         return storage
 
-    return RestrictedUnpickler(io.BytesIO(pickle_bytes), storage_for, path).load()
+    return _unpickle(RestrictedUnpickler(io.BytesIO(pickle_bytes), storage_for, path), path, "data.pkl")
+
+
+def _unpickle(unpickler: RestrictedUnpickler, path: str, what: str) -> Any:
+    """Runs ``unpickler``; a malformed pickle (bad opcodes, wrong arguments to an allowed call) becomes a
+    :class:`TorchCheckpointError` naming the file, refusals and our own errors pass unchanged."""
+    try:
+        return unpickler.load()
+    except (UnsafeCheckpointError, TorchCheckpointError):
+        raise
+    except Exception as error:  # pylint: disable=broad-except
+        raise TorchCheckpointError(f"{path}: corrupt {what} ({type(error).__name__}: {error})") from None
 
 
 def _zip_data_offset(path: str, info: zipfile.ZipInfo) -> int:
@@ -457,8 +468,8 @@ def _load_legacy(path: str) -> Any:
                 views[view_key] = _StorageView(root, view_key, offset, view_size)
             return views[view_key]
 
-        result = RestrictedUnpickler(handle, storage_for, path).load()
-        keys = RestrictedUnpickler(handle, None, path).load()
+        result = _unpickle(RestrictedUnpickler(handle, storage_for, path), path, "object pickle")
+        keys = _unpickle(RestrictedUnpickler(handle, None, path), path, "storage key list")
         if not isinstance(keys, list):
             raise TorchCheckpointError(f"{path}: the storage key list is a {type(keys).__name__}")
         file_size = os.fstat(handle.fileno()).st_size

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
 from uniter_tf import cli, console
@@ -50,6 +51,8 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli_errors")
     captions = root / "captions.json"
     captions.write_text(json.dumps({"images": [], "annotations": [{"id": 1, "image_id": 1, "caption": "a dog"}]}))
+    np.savez(root / "regions.npz", region_features=np.zeros((3, 8), np.float32),
+             region_positions=np.zeros((3, 7), np.float32))
     return root
 
 
@@ -79,6 +82,10 @@ HEAVY_CASES = {
                                "{root}/missing.tsv", "--output", "{root}/out", "--direct_num_workers=two"],
                               ["uniter ingest: error:", "--direct_num_workers", "two"]),
     "pretrain_bogus_key": (["pretrain", "--set", "bogus_key=1"], ["uniter pretrain: error:", "bogus_key"]),
+    # Port 1 on the loopback: nothing listens, the connection is refused at once.
+    "query_no_server": (["query", "--target", "127.0.0.1:1", "--regions", "{root}/regions.npz", "--text", "a dog",
+                         "--timeout", "20"],
+                        ["uniter query: error:", "no server answered at --target 127.0.0.1:1", "uniter serve"]),
 }
 
 

@@ -60,6 +60,7 @@ def run(args) -> int:
     import sys
 
     from serving.client import ServingRequestError, UniterClient
+    from uniter_tf.console import UserError
 
     client = UniterClient(args.target, model_name=args.model_name, version=args.version, timeout_s=args.timeout,
                           max_message_bytes=args.max_message_bytes)
@@ -73,8 +74,7 @@ def run(args) -> int:
                     row["answers"] = [[answer.decode("utf-8"), float(score)] for answer, score in zip(answers, scores)]
         else:
             if not args.text:
-                print("uniter query: give at least one --text", file=sys.stderr)
-                return 2
+                raise UserError("give at least one --text (or --examples with records)")
             if args.image:
                 extractor = None
                 if args.detector:
@@ -99,11 +99,13 @@ def run(args) -> int:
                 result = [{"text": text, "pooled_output": embedding.tolist()}
                           for text, embedding in zip(args.text, embeddings)]
     except ServingRequestError as error:
-        print(f"uniter query: the server answered {error.code}: {error.message}", file=sys.stderr)
+        if error.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and client.last_version is None:
+            # Nothing answered: the user starts the server or fixes --target.
+            raise UserError(f"no server answered at --target {args.target} ({error.code}; is `uniter serve` "
+                            f"running there?)") from None
+        print(f"uniter query: error: the server answered {error.code}: {' '.join(error.message.split())}",
+              file=sys.stderr)
         return 1
-    except (OSError, ValueError) as error:
-        print(f"uniter query: {error}", file=sys.stderr)
-        return 2
     finally:
         client.close()
     print(json.dumps({"model": args.model_name, "version": client.last_version, "results": result}, indent=2))

@@ -213,11 +213,11 @@ def test_backbone_weights_map_covers_every_variable_once():
             model.backbone.word_embedding_matrix, "assign")
 
 
-# ------------------------------------------------------------------- real PyTorch files (../shared)
-# realpath: under Bazel the test file is a symlink in the runfiles tree; ../shared is beside the real checkout.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-SHARED = os.path.join(os.path.dirname(REPO_ROOT), "shared")  # beside the clone, in CI too (read-only)
-PARITY_OFFICIAL = os.path.join(SHARED, "parity_official")
+# --------------------------------------- real PyTorch files (tests/fixtures: copies of ../shared's files)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures")
+TORCH_CHECKPOINTS = os.path.join(FIXTURES, "torch_checkpoints")
+PARITY_OFFICIAL = os.path.join(FIXTURES, "parity_official")
 FIXTURE_CONFIG = os.path.join(PARITY_OFFICIAL, "config.json")
 # float16 keeps 11 significant bits, so every weight of the legacy file is its float32 source rounded by
 # at most 2**-11 relative (the unit roundoff). The fixture's outputs are LayerNorm-scale (|x| up to ~3) and
@@ -228,7 +228,7 @@ FP16_ATOL = 4 * 2.0 ** -11
 
 @pytest.mark.parametrize("file_name, atol", [("state_dict_zip_fp32.pt", 1e-5), ("state_dict_legacy_fp16.pt", FP16_ATOL)])
 def test_real_torch_files_convert_with_the_fixture_config_and_pass_parity(tmp_path, capsys, file_name, atol):
-    checkpoint = os.path.join(SHARED, "checkpoints", file_name)
+    checkpoint = os.path.join(TORCH_CHECKPOINTS, file_name)
     output = tmp_path / "converted"
     assert cli.main(["convert", "--checkpoint", checkpoint, "--config", FIXTURE_CONFIG, "--output", str(output),
                      "--strict"]) == 0
@@ -266,7 +266,7 @@ def test_convert_refuses_the_malicious_pickle_without_running_it(tmp_path, capsy
         os.remove(marker)
     calls = []
     monkeypatch.setattr(os, "system", lambda command: calls.append(command) or 0)
-    assert cli.main(["convert", "--checkpoint", os.path.join(SHARED, "checkpoints", "malicious.pt"), "--config",
+    assert cli.main(["convert", "--checkpoint", os.path.join(TORCH_CHECKPOINTS, "malicious.pt"), "--config",
                      FIXTURE_CONFIG, "--output", str(tmp_path / "out")]) == 1
     assert "refused to load the global posix.system" in capsys.readouterr().err
     assert not calls and not os.path.exists(marker)

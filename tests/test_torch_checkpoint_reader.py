@@ -1,8 +1,8 @@
 """The PyTorch checkpoint reader (uniter_tf.checkpoints.torch_format): no torch, no pickle code run.
 
-Real files written by torch.save live in ../shared/checkpoints/ (beside the repository root; CI keeps a
-read-only copy there): the official tiny parity model in the zip layout (float32) and the legacy layout
-(float16), and a malicious pickle. Files with non-contiguous, shared and bfloat16 storages are crafted
+Real files written by torch.save (tests/fixtures/torch_checkpoints/, a verbatim copy of
+../shared/checkpoints/ so that a clone tests itself): the official tiny parity model in the zip layout
+(float32) and the legacy layout (float16), and a malicious pickle. Files with non-contiguous, shared and bfloat16 storages are crafted
 with the module's own zip writer.
 """
 
@@ -19,11 +19,9 @@ import pytest
 
 from uniter_tf.checkpoints import official, torch_format
 
-# realpath: under Bazel the test file is a symlink in the runfiles tree; ../shared is beside the real checkout.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-SHARED = os.path.join(os.path.dirname(REPO_ROOT), "shared")
-CHECKPOINTS = os.path.join(SHARED, "checkpoints")
-SOURCE_WEIGHTS = os.path.join(SHARED, "parity_official", "state_dict.npz")
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+CHECKPOINTS = os.path.join(FIXTURES, "torch_checkpoints")
+SOURCE_WEIGHTS = os.path.join(FIXTURES, "parity_official", "state_dict.npz")
 ZIP_FP32 = os.path.join(CHECKPOINTS, "state_dict_zip_fp32.pt")
 LEGACY_FP16 = os.path.join(CHECKPOINTS, "state_dict_legacy_fp16.pt")
 MALICIOUS = os.path.join(CHECKPOINTS, "malicious.pt")
@@ -34,7 +32,6 @@ TIED = ("cls.predictions.decoder.weight", "uniter.embeddings.word_embeddings.wei
 
 @pytest.fixture(scope="module")
 def source_weights():
-    assert os.path.isdir(CHECKPOINTS), f"the shared checkpoints are expected at {CHECKPOINTS}"
     with np.load(SOURCE_WEIGHTS, allow_pickle=False) as archive:
         return {key: archive[key] for key in archive.files}
 

@@ -6,6 +6,7 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from uniter_tf.env_info import cpu_features
@@ -97,3 +98,42 @@ def test_xla_compile_is_written_to_and_read_from_the_cache(tmp_path):
         entries = sorted(os.listdir(cache))
         assert len(entries) == 1 and entries[0].startswith("xla_compile_cache") and "XLA_CPU_JIT" in entries[0]
     assert outputs[0] == outputs[1] and outputs[0][0] == str(cache)
+
+
+@pytest.mark.slow
+def test_xla_compiled_serving_signature_matches_the_keras_model(tmp_path):
+    """``ExportOptions(jit_compile=True)``: the loaded SavedModel's scores equal the eager Keras model for
+    batch sizes that pad to a bucket (3 -> 4) and that fill it (1), with the task head's answers."""
+    import dataclasses
+
+    from uniter_tf.export.exporter import example_inputs, export_uniter
+    from uniter_tf.export.tiny import TINY_OPTIONS, build_tiny_model
+
+    model = build_tiny_model()
+    options = dataclasses.replace(TINY_OPTIONS, jit_compile=True, warmup=False)
+    path = export_uniter(str(tmp_path / "uniter"), model.backbone, model.itm_head, task=model.task_hook(),
+                         options=options, version=1)
+    graph_def = tf.saved_model.load(path)
+    signature = graph_def.signatures["score_tensors"]
+    for batch_size in (3, 1):
+        inputs = example_inputs(model.config.region_feature_dim, batch_size=batch_size, num_regions=5,
+                                seed=batch_size)["score_tensors"]
+        inputs["region_mask"][0, 3:] = 0  # one shorter example
+        outputs = signature(**{name: tf.constant(value) for name, value in inputs.items()})
+        for row in range(batch_size):
+            single = {name: tf.constant(value[row:row + 1]) for name, value in inputs.items()}
+            real = int(inputs["region_mask"][row].sum())
+            single["region_features"] = single["region_features"][:, :real]
+            single["region_positions"] = single["region_positions"][:, :real]
+            single["region_mask"] = single["region_mask"][:, :real]
+            encoded = model.backbone(single, training=False)
+            np.testing.assert_allclose(outputs["itm_logits"][row].numpy(),
+                                       model.itm_head(encoded["pooled_output"])[0].numpy(), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(outputs["task_logits"][row].numpy(), model.vqa_head(encoded)[0].numpy(),
+                                       rtol=1e-4, atol=1e-5)
+        assert outputs["answers"].shape == (batch_size, TINY_OPTIONS.top_k)
+    # The model part is one XLA cluster in the saved function library.
+    from tensorflow.python.saved_model import loader_impl
+
+    library = loader_impl.parse_saved_model(path).meta_graphs[0].graph_def.library
+    assert any(function.attr["_XlaMustCompile"].b for function in library.function)

@@ -36,6 +36,12 @@ class ExportOptions:
         region_buckets: region counts the graph pads to; the last one is the most regions accepted.
         top_k: answers per example for task heads with labels (overrides the head's when set).
         warmup: write ``assets.extra/tf_serving_warmup_requests`` (one request per signature).
+        jit_compile: run the model part of every scoring signature (backbone, ITM and task head) as
+            one XLA-compiled function, and pad the batch to a power of two so that XLA sees few
+            shapes. Faster inference on CPU (docs/performance.md), but each new (batch bucket, text
+            bucket, region bucket) is compiled on its first request (tens of seconds for uniter-base;
+            cached on disk by every ``uniter`` command, see :mod:`uniter_tf.training.performance`),
+            and ``tensorflow_model_server`` needs ``--xla_cpu_compilation_enabled=true`` to run it.
     """
 
     max_text_length: int = 60
@@ -43,6 +49,7 @@ class ExportOptions:
     region_buckets: Tuple[int, ...] = (16, 36, 64, 100)
     top_k: Optional[int] = None
     warmup: bool = True
+    jit_compile: bool = False
 
     def __post_init__(self):
         for name in ("text_buckets", "region_buckets"):
@@ -107,6 +114,34 @@ class ServingGraph:
         self.top_k = (options.top_k or task.top_k) if task is not None else 0
         if task is not None and task.labels is not None:
             self.top_k = min(self.top_k, len(task.labels))
+        self._model_function = tf.function(self._model_outputs, jit_compile=True) if options.jit_compile \
+            else self._model_outputs
+
+    def _model_outputs(self, inputs) -> Dict[str, tf.Tensor]:
+        """Backbone, ITM head and task head: the part of every scoring signature XLA can compile."""
+        encoded = self.backbone(inputs, training=False)
+        pooled_output = encoded["pooled_output"]
+        outputs = {"itm_logits": tf.cast(self.itm_head(pooled_output), tf.float32),
+                   "pooled_output": tf.cast(pooled_output, tf.float32)}
+        if self.task is not None:
+            outputs["task_logits"] = tf.cast(self.task.head(encoded, training=False), tf.float32)
+        return outputs
+
+    def _run_model(self, inputs) -> Dict[str, tf.Tensor]:
+        if not self.options.jit_compile:
+            return self._model_function(inputs)
+        # Zero rows pad the batch to a power of two (all-padding rows are valid model inputs and are
+        # cut off again), so XLA compiles per batch bucket rather than per batch size.
+        batch_size = tf.shape(inputs["token_ids"])[0]
+        padded_size = tf.constant(1, tf.int32)
+        padded_size = tf.while_loop(lambda size: size < batch_size, lambda size: [size * 2], [padded_size])[0]
+        padded = {}
+        for name, value in inputs.items():
+            paddings = tf.concat([[[0, padded_size - batch_size]], tf.zeros([value.shape.rank - 1, 2], tf.int32)],
+                                 axis=0)
+            padded[name] = tf.pad(value, paddings)
+            padded[name].set_shape([None] + value.shape[1:].as_list())
+        return {name: value[:batch_size] for name, value in self._model_function(padded).items()}
 
     # --------------------------------------------------------------------------------- the core
 
@@ -153,20 +188,18 @@ class ServingGraph:
         # The fitted tensors keep the static feature sizes the Dense layers need.
         inputs["region_features"] = tf.ensure_shape(inputs["region_features"], [None, None, self.feature_dim])
         inputs["region_positions"] = tf.ensure_shape(inputs["region_positions"], [None, None, 7])
-        encoded = self.backbone(inputs, training=False)
-        pooled_output = encoded["pooled_output"]
-        itm_logits = tf.cast(self.itm_head(pooled_output), tf.float32)
+        model_outputs = self._run_model(inputs)
+        itm_logits = model_outputs["itm_logits"]
         outputs = {
                 "itm_score": tf.nn.softmax(itm_logits, axis=-1)[:, 1],
                 "itm_logits": itm_logits,
-                "pooled_output": tf.cast(pooled_output, tf.float32),
+                "pooled_output": model_outputs["pooled_output"],
         }
         if self.task is not None:
-            outputs.update(self._task_outputs(encoded))
+            outputs.update(self._task_outputs(model_outputs["task_logits"]))
         return outputs
 
-    def _task_outputs(self, encoded) -> Dict[str, tf.Tensor]:
-        logits = tf.cast(self.task.head(encoded, training=False), tf.float32)
+    def _task_outputs(self, logits) -> Dict[str, tf.Tensor]:
         outputs = {"task_logits": logits}
         if self.task.labels is not None:
             probabilities = tf.sigmoid(logits) if self.task.activation == "sigmoid" else tf.nn.softmax(logits)

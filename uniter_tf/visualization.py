@@ -443,7 +443,7 @@ def plot_region_weights_on_image(image: np.ndarray, boxes: np.ndarray, rows: Seq
         if weights.shape[0] != boxes.shape[0]:
             raise ValueError(f"row {name!r} has {weights.shape[0]} weights for {boxes.shape[0]} boxes")
         axes = figure.add_subplot(grid_rows, columns, index + 1)
-        axes.imshow(image, interpolation="nearest", alpha=0.55)
+        axes.imshow(image, interpolation="nearest", alpha=0.8)
         axes.set_xticks([])
         axes.set_yticks([])
         total = float(weights.sum())
@@ -452,7 +452,7 @@ def plot_region_weights_on_image(image: np.ndarray, boxes: np.ndarray, rows: Seq
         order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
         for region in order:
             axes.add_patch(_box_patch(boxes[region], "#d62728", linewidth=0.6, alpha=0.9,
-                                      fill=(0.84, 0.15, 0.16, 0.45 * float(scaled[region]))))
+                                      fill=(0.84, 0.15, 0.16, 0.3 * float(scaled[region]))))
         best = int(np.argmax(weights))
         axes.add_patch(_box_patch(boxes[best], "#ffd400", linewidth=2.5))
         share = float(weights[best]) / total if total > 0 else 0.0

@@ -127,7 +127,7 @@ def run_pipeline(configs, local_runner) -> Tuple[bool, str]:
     local_runner.ensure_sample_data(configs.SAMPLE_DATA_DIR)
     say(f"running the TFX pipeline: tiny UNITER ({configs.MODEL_OVERRIDES.get('num_hidden_layers', 2)} layers), "
         f"{configs.PRETRAIN_TRAIN_STEPS} pretraining + {configs.FINETUNE_TRAIN_STEPS} fine-tuning updates "
-        f"(first run about 8 minutes on 2 cores; cached components are reused)")
+        f"(a first run renders and extracts everything; later runs reuse cached components)")
     pipeline = local_runner.build_local_pipeline()
     stop_progress = threading.Event()
     progress = threading.Thread(target=_report_progress, args=(configs, stop_progress), daemon=True)

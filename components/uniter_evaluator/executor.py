@@ -119,7 +119,9 @@ class Executor(base_executor.BaseExecutor):
         train_questions = []
         for task_examples in input_dict.get(spec_lib.TASK_EXAMPLES_KEY) or []:
             serialized.extend(read_split_records(task_examples, split))
-            if split != TRAIN_SPLIT and TRAIN_SPLIT in artifact_utils.decode_split_names(task_examples.split_names):
+            task_splits = (artifact_utils.decode_split_names(task_examples.split_names)
+                           if task_examples.split_names else [])
+            if split != TRAIN_SPLIT and TRAIN_SPLIT in task_splits:
                 train_questions.extend(read_question_records(read_split_records(task_examples, TRAIN_SPLIT)))
         records = evaluation.EvalRecords(serialized)
         model_dir = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))

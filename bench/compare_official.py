@@ -499,8 +499,9 @@ def format_table(rows: List[Dict[str, object]], machine: Dict[str, object]) -> s
         case = row["case"]
         fraction = (f"{100 * row['official_peak_fraction']:.0f} % / {100 * row['ours_peak_fraction']:.0f} %"
                     if "ours_peak_fraction" in row else "–")
-        runs = (", ".join(f"{v:.3g}" for v in row["official_runs"]) + "; "
-                + ", ".join(f"{v:.3g}" for v in row["ours_runs"]))
+        scale = 1e3 if case == "ipot" else 1.0  # IPOT runs in ms, the others in s (or GFLOP/s)
+        runs = (", ".join(f"{scale * v:.3g}" for v in row["official_runs"]) + "; "
+                + ", ".join(f"{scale * v:.3g}" for v in row["ours_runs"]))
         speed = f"**{row['speedup']:.2f}×**" + (" (ours/official)" if case == "matmul" else "")
         lines.append(f"| {case} | {_format_value(case, row['official'])} | {_format_value(case, row['ours'])} | "
                      f"{speed} | {fraction} | {runs} | {row['other_cores_max']:.2f} |")

@@ -36,7 +36,15 @@ py_test(
         "//:serving",
         "//:uniter_tf",
     ],
-    data = ["//:pyproject.toml", "//:requirements.lock", "//:scripts"],
+    data = [
+        "//:.dockerignore",
+        "//:Dockerfile",
+        "//:README.md",
+        "//:pyproject.toml",
+        "//:requirements-dev.txt",
+        "//:requirements.lock",
+        "//:scripts",
+    ],
 )
 '''
 

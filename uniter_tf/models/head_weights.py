@@ -81,7 +81,24 @@ class OfficialHead(keras.layers.Layer):
 
     Subclasses implement :meth:`parameter_table` (and ``build`` so every variable exists before the
     first call); they get :meth:`official_weight_map` and :meth:`load_official_weights`.
+
+    Args:
+        hidden_size: H of the backbone whose pooled or sequence output the head reads.
+        initializer_range: standard deviation of the normal kernel initialiser (official 0.02).
+        **kwargs: passed to ``keras.layers.Layer``.
     """
+
+    def __init__(self, hidden_size: int, initializer_range: float = 0.02, **kwargs):
+        super().__init__(**kwargs)
+        if hidden_size <= 0:
+            raise ValueError(f"{type(self).__name__} needs hidden_size > 0, got {hidden_size}")
+        self.hidden_size = hidden_size
+        self.initializer_range = initializer_range
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"hidden_size": self.hidden_size, "initializer_range": self.initializer_range})
+        return config
 
     def parameter_table(self) -> ParameterTable:
         """Official key → (sub-layer attribute, variable attribute, transpose?) of this head."""

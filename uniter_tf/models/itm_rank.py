@@ -57,11 +57,7 @@ class ItmRankHead(OfficialHead):
     """
 
     def __init__(self, hidden_size: int, initializer_range: float = 0.02, **kwargs):
-        super().__init__(**kwargs)
-        if hidden_size <= 0:
-            raise ValueError(f"ItmRankHead needs hidden_size > 0, got {hidden_size}")
-        self.hidden_size = hidden_size
-        self.initializer_range = initializer_range
+        super().__init__(hidden_size, initializer_range, **kwargs)
         self.rank_output = keras.layers.Dense(1, kernel_initializer=normal_initializer(initializer_range),
                                               name="rank_output")
         self.itm_output = keras.layers.Dense(2, kernel_initializer=normal_initializer(initializer_range),
@@ -83,8 +79,3 @@ class ItmRankHead(OfficialHead):
         """Maps the backbone outputs (or ``pooled_output``) to ``[B, 1]`` retrieval logits."""
         pooled = (encoder_outputs["pooled_output"] if isinstance(encoder_outputs, Mapping) else encoder_outputs)
         return self.rank_output(pooled)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"hidden_size": self.hidden_size, "initializer_range": self.initializer_range})
-        return config

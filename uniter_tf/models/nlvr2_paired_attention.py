@@ -49,13 +49,11 @@ class Nlvr2PairedAttentionHead(OfficialHead):
 
     def __init__(self, hidden_size: int, num_attention_heads: int, initializer_range: float = 0.02,
                  attention_dropout_rate: float = 0.1, hidden_dropout_rate: float = 0.1, **kwargs):
-        super().__init__(**kwargs)
-        if hidden_size <= 0 or num_attention_heads <= 0 or hidden_size % num_attention_heads:
+        super().__init__(hidden_size, initializer_range, **kwargs)
+        if num_attention_heads <= 0 or hidden_size % num_attention_heads:
             raise ValueError(f"Nlvr2PairedAttentionHead needs num_attention_heads ({num_attention_heads}) to divide "
                              f"hidden_size ({hidden_size})")
-        self.hidden_size = hidden_size
         self.num_attention_heads = num_attention_heads
-        self.initializer_range = initializer_range
         self.attention_dropout_rate = attention_dropout_rate
         self.hidden_dropout_rate = hidden_dropout_rate
         normal = normal_initializer(initializer_range)
@@ -166,9 +164,7 @@ class Nlvr2PairedAttentionHead(OfficialHead):
     def get_config(self):
         config = super().get_config()
         config.update({
-                "hidden_size": self.hidden_size,
                 "num_attention_heads": self.num_attention_heads,
-                "initializer_range": self.initializer_range,
                 "attention_dropout_rate": self.attention_dropout_rate,
                 "hidden_dropout_rate": self.hidden_dropout_rate,
         })

@@ -27,11 +27,7 @@ class Nlvr2TripletHead(OfficialHead):
     """
 
     def __init__(self, hidden_size: int, initializer_range: float = 0.02, **kwargs):
-        super().__init__(**kwargs)
-        if hidden_size <= 0:
-            raise ValueError(f"Nlvr2TripletHead needs hidden_size > 0, got {hidden_size}")
-        self.hidden_size = hidden_size
-        self.initializer_range = initializer_range
+        super().__init__(hidden_size, initializer_range, **kwargs)
         self.classifier = keras.layers.Dense(2, kernel_initializer=normal_initializer(initializer_range),
                                              name="classifier")
 
@@ -48,8 +44,3 @@ class Nlvr2TripletHead(OfficialHead):
         """Maps the backbone outputs (or ``pooled_output``) to ``[B, 2]`` logits."""
         pooled = (encoder_outputs["pooled_output"] if isinstance(encoder_outputs, Mapping) else encoder_outputs)
         return self.classifier(pooled)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"hidden_size": self.hidden_size, "initializer_range": self.initializer_range})
-        return config

@@ -54,14 +54,10 @@ class ReferringExpressionHead(OfficialHead):
 
     def __init__(self, hidden_size: int, mlp: int = 1, initializer_range: float = 0.02,
                  layer_norm_epsilon: float = 1e-12, **kwargs):
-        super().__init__(**kwargs)
-        if hidden_size <= 0:
-            raise ValueError(f"ReferringExpressionHead needs hidden_size > 0, got {hidden_size}")
+        super().__init__(hidden_size, initializer_range, **kwargs)
         if mlp not in (1, 2):
             raise ValueError(f"ReferringExpressionHead: mlp must be 1 or 2 (as the official code), got {mlp!r}")
-        self.hidden_size = hidden_size
         self.mlp = mlp
-        self.initializer_range = initializer_range
         self.layer_norm_epsilon = layer_norm_epsilon
         normal = normal_initializer(initializer_range)
         if mlp == 2:
@@ -127,9 +123,7 @@ class ReferringExpressionHead(OfficialHead):
     def get_config(self):
         config = super().get_config()
         config.update({
-                "hidden_size": self.hidden_size,
                 "mlp": self.mlp,
-                "initializer_range": self.initializer_range,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
         })
         return config

@@ -51,11 +51,7 @@ class VcrHead(OfficialHead):
 
     def __init__(self, hidden_size: int, initializer_range: float = 0.02, layer_norm_epsilon: float = 1e-12,
                  **kwargs):
-        super().__init__(**kwargs)
-        if hidden_size <= 0:
-            raise ValueError(f"VcrHead needs hidden_size > 0, got {hidden_size}")
-        self.hidden_size = hidden_size
-        self.initializer_range = initializer_range
+        super().__init__(hidden_size, initializer_range, **kwargs)
         self.layer_norm_epsilon = layer_norm_epsilon
         normal = normal_initializer(initializer_range)
         self.dense_expand = keras.layers.Dense(2 * hidden_size, kernel_initializer=normal, name="dense_expand")
@@ -86,8 +82,6 @@ class VcrHead(OfficialHead):
     def get_config(self):
         config = super().get_config()
         config.update({
-                "hidden_size": self.hidden_size,
-                "initializer_range": self.initializer_range,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
         })
         return config

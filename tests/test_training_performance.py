@@ -137,3 +137,17 @@ def test_xla_compiled_serving_signature_matches_the_keras_model(tmp_path):
 
     library = loader_impl.parse_saved_model(path).meta_graphs[0].graph_def.library
     assert any(function.attr["_XlaMustCompile"].b for function in library.function)
+
+
+def test_xla_cache_is_skipped_when_its_existing_folder_is_not_writable():
+    """Bazel's sandbox mounts the home read-only with ~/.cache/uniter_tf/xla already there: makedirs
+    succeeds on it but XLA's first write fails the compiled call, so the cache must stay off. /proc is
+    such a folder even for root."""
+    script = (
+            "import os, sys; sys.path.insert(0, %r)\n"
+            "from uniter_tf.training.performance import enable_xla_persistent_cache\n"
+            "print(enable_xla_persistent_cache('/proc'), repr(os.environ.get('TF_XLA_FLAGS', '')))\n" % REPO)
+    env = {key: value for key, value in os.environ.items() if key != "TF_XLA_FLAGS"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["None", "''"]

@@ -42,6 +42,24 @@ def _tensorflow_runtime_started() -> bool:
     return context is not None and getattr(context, "_context_handle", None) is not None
 
 
+def _writable_directory(directory: str) -> bool:
+    """Whether ``directory`` exists (or can be made) and a file can be created in it.
+
+    ``os.makedirs(exist_ok=True)`` alone succeeds on an existing folder of a read-only file system, so
+    this creates and removes a probe file, as XLA will when it writes its first cache entry.
+    """
+    import tempfile
+
+    try:
+        os.makedirs(directory, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".write-probe-", dir=directory)
+        os.close(handle)
+        os.remove(probe)
+    except OSError:
+        return False
+    return True
+
+
 def enable_xla_persistent_cache(directory: Optional[str] = None) -> Optional[str]:
     """Adds the persistent XLA cache flag to ``TF_XLA_FLAGS`` (before TensorFlow starts).
 
@@ -60,10 +78,10 @@ def enable_xla_persistent_cache(directory: Optional[str] = None) -> Optional[str
             return token.split("=", 1)[1] or None  # the user's own setting wins
     if not directory or directory.lower() == "off" or _tensorflow_runtime_started():
         return None
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError:
-        return None  # e.g. a read-only home: run without the cache rather than fail the command
+    if not _writable_directory(directory):
+        # e.g. a read-only home (Bazel's sandbox mounts / read-only, the folder may already exist there):
+        # XLA would fail the first compiled call writing its .pb.tmp, so run without the cache instead.
+        return None
     os.environ["TF_XLA_FLAGS"] = f"{flags} {_FLAG}={directory}".strip()
     return directory
 

@@ -1,10 +1,15 @@
-"""Executor of the UNITER evaluation gate."""
+"""Executor of the UNITER evaluation gate: TFX artifacts in and out around :mod:`uniter_tf.evaluation`.
+
+Everything that computes a metric or decides the blessing lives in the library; this module only reads
+the ``Examples`` / ``Model`` artifacts and writes ``ModelBlessing`` / ``ModelEvaluation``.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterable, Iterator, List
 
 from absl import logging
 from tfx import types
@@ -13,9 +18,8 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 from tfx.utils import io_utils, path_utils
 
-from components.uniter_evaluator import evaluation
-from components.uniter_evaluator import metrics as metrics_lib
 from components.uniter_evaluator import spec as spec_lib
+from uniter_tf import evaluation as evaluation_lib
 
 # The custom properties TFX's Evaluator sets on its ModelBlessing (tfx.components.evaluator.constants);
 # Pusher reads `blessed`, LatestBlessedModelStrategy reads `blessed` and `current_model_id`.
@@ -28,72 +32,33 @@ BLESSING_MESSAGE_KEY = "blessing_message"
 BLESSED_FILE_NAME = "BLESSED"
 NOT_BLESSED_FILE_NAME = "NOT_BLESSED"
 METRICS_FILE_NAME = "metrics.json"
-PREFERRED_SIGNATURE = "serve_examples"
 #: The split whose questions give the question-only baseline (the split the model was trained on).
 TRAIN_SPLIT = "train"
 
 
-def read_split_records(examples_artifact: types.Artifact, split: str) -> List[bytes]:
-    """Reads every serialized record of one split of an ``Examples`` artifact (GZIP or plain TFRecords)."""
-    import tensorflow as tf
-
+def split_files(examples_artifact: types.Artifact, split: str) -> List[str]:
+    """The record files of one split of an ``Examples`` artifact."""
     split_uri = artifact_utils.get_split_uri([examples_artifact], split)
     files = sorted(path for path in fileio.glob(os.path.join(split_uri, "*")) if not fileio.isdir(path))
     if not files:
         raise ValueError(f"split {split!r} of {examples_artifact.uri} holds no files")
-    records = []
-    for path in files:
-        compression = "GZIP" if path.endswith(".gz") else ""
-        records.extend(record.numpy() for record in tf.data.TFRecordDataset(path, compression_type=compression))
-    return records
+    return files
 
 
-def read_question_records(serialized_records: List[bytes]) -> list:
-    """The records of a split that carry VQA answer labels, as ``tf.train.Example`` (for the baseline)."""
-    import tensorflow as tf
-
-    from uniter_tf.data import schema
-
-    questions = []
-    for serialized in serialized_records:
-        example = tf.train.Example.FromString(serialized)
-        feature_map = example.features.feature
-        if schema.ANSWER_LABELS in feature_map and len(feature_map[schema.ANSWER_LABELS].int64_list.value):
-            questions.append(example)
-    return questions
+def read_split_records(examples_artifact: types.Artifact, split: str) -> Iterator[bytes]:
+    """Streams every serialized record of one split of an ``Examples`` artifact (GZIP or plain TFRecords)."""
+    return evaluation_lib.iter_serialized_records(split_files(examples_artifact, split))
 
 
-def load_scorer(model_dir: str) -> evaluation.Scorer:
-    """Loads a SavedModel and returns the scorer over its serialized-records signature.
+def read_question_records(serialized_records: Iterable[bytes]) -> list:
+    """The VQA question records of a split (for the baseline), told apart by the record's task."""
+    return evaluation_lib.read_questions(serialized_records)
 
-    The signature is the one whose only input is a string tensor and whose outputs include
-    ``itm_logits`` (the export's ``serve_examples``-style signature).
 
-    Raises:
-        ValueError: the SavedModel has no such signature.
-    """
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401  pylint: disable=unused-import  (registers the tokenizer ops)
-
-    loaded = tf.saved_model.load(model_dir)
-    # serve_examples first (the export's name for it), then any signature of the same shape.
-    ordered = sorted(loaded.signatures.items(), key=lambda item: (item[0] != PREFERRED_SIGNATURE, item[0]))
-    for name, function in ordered:
-        _, input_specs = function.structured_input_signature
-        output_names = set(function.structured_outputs)
-        if (len(input_specs) == 1 and next(iter(input_specs.values())).dtype == tf.string
-                and evaluation.ITM_LOGITS in output_names):
-            input_name = next(iter(input_specs))
-            logging.info("UniterEvaluator: scoring %s with signature %r", model_dir, name)
-
-            def scorer(serialized, function=function, input_name=input_name):
-                outputs = function(**{input_name: tf.constant(list(serialized), dtype=tf.string)})
-                return {key: value.numpy() for key, value in outputs.items()}
-
-            scorer.loaded_model = loaded  # keeps the variables alive as long as the scorer
-            return scorer
-    raise ValueError(f"the SavedModel at {model_dir} has no signature that takes serialized records and "
-                     f"returns {evaluation.ITM_LOGITS!r}; signatures: {sorted(loaded.signatures)}")
+def load_scorer(model_dir: str) -> evaluation_lib.Scorer:
+    """Loads a SavedModel and returns the scorer over its serialized-records signature
+    (:func:`uniter_tf.evaluation.saved_model_scorer`)."""
+    return evaluation_lib.saved_model_scorer(model_dir)
 
 
 class Executor(base_executor.BaseExecutor):
@@ -115,28 +80,28 @@ class Executor(base_executor.BaseExecutor):
         batch_size = int(exec_properties.get(spec_lib.BATCH_SIZE_KEY) or 32)
         max_gallery_texts = int(exec_properties.get(spec_lib.MAX_GALLERY_TEXTS_KEY) or 1000)
 
-        serialized = read_split_records(examples, split)
+        serialized_splits = [read_split_records(examples, split)]
         train_questions = []
         for task_examples in input_dict.get(spec_lib.TASK_EXAMPLES_KEY) or []:
-            serialized.extend(read_split_records(task_examples, split))
+            serialized_splits.append(read_split_records(task_examples, split))
             task_splits = (artifact_utils.decode_split_names(task_examples.split_names)
                            if task_examples.split_names else [])
             if split != TRAIN_SPLIT and TRAIN_SPLIT in task_splits:
                 train_questions.extend(read_question_records(read_split_records(task_examples, TRAIN_SPLIT)))
-        records = evaluation.EvalRecords(serialized)
+        records = evaluation_lib.EvalRecords(itertools.chain.from_iterable(serialized_splits))
         model_dir = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
-        candidate_metrics = evaluation.evaluate(load_scorer(model_dir), records, batch_size, max_gallery_texts,
-                                                train_questions=train_questions)
+        candidate_metrics = evaluation_lib.evaluate(load_scorer(model_dir), records, batch_size, max_gallery_texts,
+                                                    train_questions=train_questions)
         logging.info("UniterEvaluator: candidate metrics %s", candidate_metrics)
 
         baseline_metrics = None
         if baseline is not None and baseline.id != model.id:
             baseline_dir = path_utils.serving_model_path(baseline.uri, path_utils.is_old_model_artifact(baseline))
-            baseline_metrics = evaluation.evaluate(load_scorer(baseline_dir), records, batch_size,
-                                                   max_gallery_texts, train_questions=train_questions)
+            baseline_metrics = evaluation_lib.evaluate(load_scorer(baseline_dir), records, batch_size,
+                                                       max_gallery_texts, train_questions=train_questions)
             logging.info("UniterEvaluator: baseline (model id %s) metrics %s", baseline.id, baseline_metrics)
 
-        blessed, reasons = metrics_lib.bless(candidate_metrics, lower_bounds, baseline_metrics, max_regression)
+        blessed, reasons = evaluation_lib.bless(candidate_metrics, lower_bounds, baseline_metrics, max_regression)
         if blessed:
             message = ("blessed: thresholds met" + (" and no regression against the last blessed model"
                                                     if baseline_metrics is not None else

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
                                      model_config=args.preset, train_files=train, eval_files=evaluation,
                                      output_dir=os.path.join(workdir, "run"), train_batch_size=args.batch_size,
                                      eval_batch_size=args.batch_size, warmup_steps=1,
-                                     num_train_steps=args.steps + 5, export=False)
+                                     num_train_steps=args.steps + 5)
     run = finetune.FinetuneRun(config)
     train_dataset, eval_dataset = run.datasets()
     batches = list(train_dataset.take(args.steps + 5))
@@ -78,7 +78,11 @@ def main(argv=None) -> int:
         from components.uniter_evaluator import executor
 
         export_started = time.perf_counter()
-        model_dir = run.export_saved_model(os.path.join(workdir, "serving"))
+        from uniter_tf.export.model_dir import export_model_dir
+
+        run.save_checkpoint()
+        model_dir = export_model_dir(run.config.output_dir, os.path.join(workdir, "serving"), flat=True,
+                                     record_ops=False).path
         result["export_s"] = time.perf_counter() - export_started
         scorer = executor.load_scorer(model_dir)
         records = [record.numpy() for record in tf.data.TFRecordDataset(evaluation, compression_type="GZIP")]

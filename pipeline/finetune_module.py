@@ -3,8 +3,10 @@
 The Trainer passes the ``Examples`` of UniterExampleGen (``fn_args.train_files`` / ``eval_files``), the
 pretraining Trainer's model as ``fn_args.base_model`` and the run's settings in ``fn_args.custom_config``
 (a :class:`uniter_tf.training.finetune.FinetuneConfig` dict; ``model_config``, ``task`` and
-``task_config`` are required there). The model is written to ``fn_args.serving_model_dir`` (what
-Evaluator and Pusher read), checkpoints, metrics and predictions to ``fn_args.model_run_dir``.
+``task_config`` are required there). Training writes its run directory (checkpoints, metrics,
+predictions) to ``fn_args.model_run_dir``; the exporter (:func:`uniter_tf.export.model_dir.export_model_dir`,
+the one ``uniter export`` runs) then writes that run's model to ``fn_args.serving_model_dir`` (what
+Evaluator and Pusher read).
 """
 
 from __future__ import annotations
@@ -87,7 +89,6 @@ def finetune_config_from_fn_args(fn_args) -> "Any":
             "eval_files": list(fn_args.eval_files or []),
             "pretrained_checkpoint": pretrained,
             "output_dir": fn_args.model_run_dir,
-            "export": False,  # run_fn exports into serving_model_dir itself
     }
     if train_steps and not untrained(fn_args):
         overrides["num_train_steps"] = int(train_steps)
@@ -111,7 +112,8 @@ def finetune_config_from_fn_args(fn_args) -> "Any":
 
 
 def run_fn(fn_args) -> None:
-    """Fine-tunes the task and exports the SavedModel into ``fn_args.serving_model_dir``."""
+    """Fine-tunes the task, then exports the run directory into ``fn_args.serving_model_dir``."""
+    from uniter_tf.export.model_dir import export_model_dir
     from uniter_tf.training.finetune import FinetuneRun
 
     # TFX (absl) owns the root handler; let the library's progress lines through it.
@@ -123,11 +125,9 @@ def run_fn(fn_args) -> None:
     run = FinetuneRun(config)
     if untrained(fn_args):
         _LOG.warning("fine-tuning: 0 updates asked for; exporting the initial model untrained")
-        os.makedirs(config.output_dir, exist_ok=True)
-        run.checkpoint_manager.save(checkpoint_number=0)
-        run.export_saved_model(fn_args.serving_model_dir)
-        return
-    result = run.train()
-    run.export_saved_model(fn_args.serving_model_dir)
-    _LOG.info("fine-tuning done: step %d, eval %s, exported to %s", result["step"], result["eval"],
-              fn_args.serving_model_dir)
+        run.save_checkpoint()
+    else:
+        result = run.train()
+        _LOG.info("fine-tuning done: step %d, eval %s", result["step"], result["eval"])
+    exported = export_model_dir(config.output_dir, fn_args.serving_model_dir, flat=True)
+    _LOG.info("exported %s to %s", exported.source, exported.path)

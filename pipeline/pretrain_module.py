@@ -9,8 +9,9 @@ It runs the same code path as ``uniter pretrain`` (:class:`uniter_tf.training.pr
 * ``fn_args.train_steps``: optimizer updates; ``fn_args.eval_steps``: evaluation batches per task.
 
 Outputs: training checkpoints, TensorBoard, ``metrics.jsonl``, ``loss_curves.png`` under
-``fn_args.model_run_dir``; the exported SavedModel (the serving signatures of :mod:`uniter_tf.export`) in
-``fn_args.serving_model_dir``; and a copy of the final checkpoint in ``checkpoints/`` beside the serving
+``fn_args.model_run_dir`` (with ``model_config.json``, so the run directory describes its model); the
+SavedModel that the exporter (:func:`uniter_tf.export.model_dir.export_model_dir`, the one ``uniter export``
+runs) makes of that run directory in ``fn_args.serving_model_dir``; and a copy of the final checkpoint in ``checkpoints/`` beside the serving
 directory, where the fine-tuning module (``pipeline/finetune_module.py``) looks for its starting point
 (:func:`uniter_tf.training.checkpointing.restore_backbone` reads it).
 """
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from typing import Any, Dict
 
 _LOG = logging.getLogger(__name__)
@@ -75,37 +74,23 @@ def _publish_checkpoint(latest: str, destination: str) -> None:
     tf.compat.v1.train.update_checkpoint_state(destination, os.path.join(destination, os.path.basename(latest)))
 
 
-def export_serving_model(trainer, serving_model_dir: str) -> str:
-    """Writes the pretrained backbone + ITM head as a SavedModel into ``serving_model_dir`` itself.
-
-    Uses the serving signatures of :func:`uniter_tf.export.exporter.export_uniter`, which writes a versioned
-    directory; TFX wants the SavedModel directly at ``serving_model_dir``, so the version is moved there.
-    """
-    from uniter_tf.export.exporter import export_uniter
-
-    staging = tempfile.mkdtemp(prefix="uniter-pretrain-export-")
-    try:
-        version_dir = export_uniter(staging, trainer.model.backbone, trainer.model.itm_head, version=1)
-        if os.path.isdir(serving_model_dir):
-            shutil.rmtree(serving_model_dir)
-        shutil.move(version_dir, serving_model_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return serving_model_dir
-
-
 def run_fn(fn_args) -> None:
     """Entry point: the TFX Trainer calls ``run_fn(fn_args)`` once per execution (``module_file``)."""
+    from uniter_tf import runs
+    from uniter_tf.export.model_dir import export_model_dir
     from uniter_tf.training.pretrainer import Pretrainer
 
     config = pretrain_config_from_fn_args(fn_args)
     _LOG.info("pretraining %s for %d updates on %s", config.model, config.num_train_steps, config.train_files)
     trainer = Pretrainer(config, log=_LOG.info)
+    if trainer.is_chief:
+        # The run directory names its model, so it can be exported (or resumed) without the config.
+        runs.write_model_config(config.output_dir, trainer.model_config)
     summary = trainer.train()
     _LOG.info("pretraining finished: %s", summary)
     if not trainer.is_chief:
         return
-    export_serving_model(trainer, fn_args.serving_model_dir)
+    export_model_dir(config.output_dir, fn_args.serving_model_dir, flat=True)
     latest = trainer.manager.latest_checkpoint
     if latest:
         _publish_checkpoint(latest, os.path.join(os.path.dirname(fn_args.serving_model_dir.rstrip("/")),

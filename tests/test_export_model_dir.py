@@ -28,10 +28,10 @@ def _randomize(layer, seed):
 
 
 def _save_like_the_pretrainer(model, run_dir):
-    from uniter_tf.training import checkpointing
+    from uniter_tf import runs
 
-    tree = checkpointing.model_variable_tree(model)
-    tf.train.Checkpoint(**{checkpointing.MODEL_KEY: tree}).save(str(run_dir / "checkpoints" / "ckpt"))
+    tree = runs.model_variable_tree(model)
+    tf.train.Checkpoint(**{runs.MODEL_KEY: tree}).save(str(run_dir / "checkpoints" / "ckpt"))
 
 
 def test_pretraining_run_needs_its_config_and_restores_backbone_and_itm_head(tmp_path):
@@ -69,14 +69,13 @@ def test_converted_directory(tmp_path):
     _same_weights(loaded.backbone, model.backbone)
 
 
-def test_finetune_run_brings_its_task_head_and_answers(tmp_path):
-    from uniter_tf.training.finetune import FinetuneConfig, build_task, finetune_checkpoint
+def _task_run(tmp_path, answers, legacy_config_file=False):
+    """A task run directory as training writes it: finetune_config.json and a checkpoint."""
+    from uniter_tf import runs
+    from uniter_tf.models.task import get_task
 
-    answers = ["yes", "no", "blue"]
-    finetune_config = FinetuneConfig(task="vqa", task_config={"num_answers": 3, "answer_vocabulary": answers},
-                                     model_config="tiny", output_dir=str(tmp_path), max_text_length=18)
     config = UniterConfig.from_preset("tiny")
-    task = build_task(finetune_config)
+    task = get_task("vqa", num_answers=len(answers), answer_vocabulary=answers)
     backbone = UniterBackbone(config)
     task_model = task.build_model(backbone, config.hidden_size)
     task_model.head.build()
@@ -84,15 +83,48 @@ def test_finetune_run_brings_its_task_head_and_answers(tmp_path):
     itm_head.build()
     _randomize(task_model.head, 4)
     _randomize(itm_head, 5)
-    finetune_checkpoint(backbone, task_model.head, itm_head).save(str(tmp_path / "checkpoints" / "ckpt"))
-    with open(tmp_path / "finetune_config.json", "w") as handle:
-        json.dump({"finetune": finetune_config.to_dict(), "model": config.to_dict()}, handle)
+    runs.task_checkpoint(backbone, task_model.head, itm_head).save(str(tmp_path / "checkpoints" / "ckpt"))
+    if legacy_config_file:
+        # The file as it was written before task_name / max_text_length moved to its top level.
+        with open(tmp_path / "finetune_config.json", "w") as handle:
+            json.dump({"finetune": {"task": "vqa", "task_config": {"num_answers": 3, "answer_vocabulary": answers},
+                                    "max_text_length": 18}, "model": config.to_dict()}, handle)
+    else:
+        runs.write_task_run_config(str(tmp_path), task, config, max_text_length=18)
+    return task_model.head, itm_head
+
+
+@pytest.mark.parametrize("legacy_config_file", [False, True])
+def test_finetune_run_brings_its_task_head_and_answers(tmp_path, legacy_config_file):
+    answers = ["yes", "no", "blue"]
+    head, itm_head = _task_run(tmp_path, answers, legacy_config_file)
     loaded = load_exportable_model(str(tmp_path), top_k=2)
     assert loaded.kind == "finetune" and loaded.max_text_length == 20
     assert loaded.task.name == "vqa" and loaded.task.labels == answers and loaded.task.top_k == 2
+    # What VqaTask.export_outputs declares: sigmoid scores under the served names.
     assert loaded.task.activation == "sigmoid"
-    _same_weights(loaded.task.head, task_model.head)
+    assert (loaded.task.logits_output, loaded.task.labels_output, loaded.task.scores_output) == \
+        ("task_logits", "answers", "answer_scores")
+    _same_weights(loaded.task.head, head)
     _same_weights(loaded.itm_head, itm_head)
+
+
+def test_a_task_run_config_without_a_model_is_named(tmp_path):
+    (tmp_path / "finetune_config.json").write_text(json.dumps({"task_name": "vqa", "task": {}}))
+    with pytest.raises(ValueError, match="finetune_config.json.*model"):
+        load_exportable_model(str(tmp_path))
+
+
+def test_pretraining_run_with_model_config_needs_no_config(tmp_path):
+    from uniter_tf import runs
+
+    config = UniterConfig.from_preset("tiny").replace(num_hidden_layers=1)
+    model = UniterPretrainingModel(UniterBackbone(config))
+    _save_like_the_pretrainer(model, tmp_path)
+    runs.write_model_config(str(tmp_path), config)
+    loaded = load_exportable_model(str(tmp_path))
+    assert loaded.backbone.config.num_hidden_layers == 1
+    _same_weights(loaded.backbone, model.backbone)
 
 
 def test_an_empty_directory_says_what_was_expected(tmp_path):

@@ -30,7 +30,7 @@ def _config(tmp_path, vqa_files, **changes):
     values = dict(task="vqa", task_config={"num_answers": NUM_ANSWERS}, model_config="tiny",
                   train_files=vqa_files[0], eval_files=vqa_files[1], output_dir=str(tmp_path / "run"),
                   train_batch_size=8, eval_batch_size=8, learning_rate=1e-3, warmup_steps=1, num_train_steps=4,
-                  valid_steps=4, export=False, dropout=0.0)
+                  valid_steps=4, dropout=0.0)
     values.update(changes)
     return finetune.FinetuneConfig(**values)
 

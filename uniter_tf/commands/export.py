@@ -16,12 +16,12 @@ def _sizes(text: str):
 def add_arguments(parser):
     parser.add_argument("--model-dir", required=True,
                         help="A fine-tuning run, a converted checkpoint (config.json + backbone.weights.h5) or a "
-                             "pretraining run (with --config).")
+                             "pretraining run (its model_config.json, else --config).")
     parser.add_argument("--output", required=True, help="The model's base path; the export goes to OUTPUT/<version>.")
     parser.add_argument("--version", type=int, default=None,
                         help="Version number (default: one more than the newest under OUTPUT).")
     parser.add_argument("--config", default=None,
-                        help="Model configuration (preset or JSON) of a pretraining run.")
+                        help="Model configuration (preset or JSON) of a pretraining run without model_config.json.")
     parser.add_argument("--max-text-length", type=int, default=None,
                         help="Longest token row incl. [CLS]/[SEP] (default: the run's, else 60).")
     parser.add_argument("--text-buckets", default=None,
@@ -38,35 +38,17 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    import json
-    import os
-
-    from uniter_tf.export.exporter import EXPORT_METADATA_FILE, export_uniter
-    from uniter_tf.export.model_dir import load_exportable_model
-    from uniter_tf.export.op_inventory import non_core_ops
-    from uniter_tf.export.signatures import ExportOptions
+    from uniter_tf.export.model_dir import DEFAULT_REGION_BUCKETS, export_model_dir
 
     # A missing model, an existing version or a bad value raises OSError / ValueError: one line, exit 2.
-    model = load_exportable_model(args.model_dir, config=args.config, top_k=args.top_k)
-    max_text_length = args.max_text_length or model.max_text_length or 60
-    max_text_length = min(max_text_length, model.backbone.config.max_position_embeddings)
-    if args.text_buckets:
-        text_buckets = _sizes(args.text_buckets)
-    else:
-        text_buckets = tuple(width for width in (16, 32) if width < max_text_length) + (max_text_length,)
-    options = ExportOptions(max_text_length=max_text_length, text_buckets=text_buckets,
-                            region_buckets=_sizes(args.region_buckets), top_k=args.top_k,
-                            warmup=not args.no_warmup, jit_compile=args.jit_compile)
-    path = export_uniter(args.output, model.backbone, model.itm_head, task=model.task, options=options,
-                         version=args.version)
-    ops = non_core_ops(path)
-    metadata_path = os.path.join(path, "assets.extra", EXPORT_METADATA_FILE)
-    with open(metadata_path, encoding="utf-8") as handle:
-        metadata = json.load(handle)
-    metadata["non_core_ops"] = ops
-    with open(metadata_path, "w", encoding="utf-8") as handle:
-        json.dump(metadata, handle, indent=2, sort_keys=True)
-    print(f"exported the {model.kind} model from {model.source} to {path}")
-    print(f"signatures: {', '.join(sorted(metadata['signatures']))}")
+    result = export_model_dir(args.model_dir, args.output, version=args.version, config=args.config,
+                              top_k=args.top_k, max_text_length=args.max_text_length,
+                              text_buckets=_sizes(args.text_buckets) if args.text_buckets else None,
+                              region_buckets=_sizes(args.region_buckets) if args.region_buckets
+                              else DEFAULT_REGION_BUCKETS,
+                              warmup=not args.no_warmup, jit_compile=args.jit_compile)
+    ops = result.metadata.get("non_core_ops", [])
+    print(f"exported the {result.kind} model from {result.source} to {result.path}")
+    print(f"signatures: {', '.join(sorted(result.metadata['signatures']))}")
     print(f"ops outside core TensorFlow (the serving binary must link them): {', '.join(ops) or 'none'}")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 NAME = "finetune"
 HELP = ("Fine-tune a downstream task (vqa) from a pretraining checkpoint; writes checkpoints, validation "
-        "metrics, predictions and a SavedModel.")
+        "metrics and predictions (and a SavedModel with --export).")
 
 
 # The tasks of uniter_tf.models.task.TASK_REGISTRY, listed here so that `--help` needs no TensorFlow
@@ -22,7 +22,9 @@ def add_arguments(parser):
                         help="Override: pretraining checkpoint (directory or prefix) to start from.")
     parser.add_argument("--output-dir", default=None, help="Override: output directory.")
     parser.add_argument("--num-train-steps", type=int, default=None, help="Override: number of updates.")
-    parser.add_argument("--no-export", action="store_true", help="Do not write the SavedModel at the end.")
+    parser.add_argument("--export", default=None, metavar="BASE",
+                        help="After training, export the run as a servable version BASE/<version> (what "
+                             "`uniter export --model-dir OUTPUT_DIR --output BASE` does).")
 
 
 def run(args) -> int:
@@ -39,11 +41,15 @@ def run(args) -> int:
             "output_dir": args.output_dir,
             "num_train_steps": args.num_train_steps,
     }
-    if args.no_export:
-        overrides["export"] = False
     # A missing or bad config raises OSError / ValueError: the CLI reports it in one line (exit 2).
     config = finetune.FinetuneConfig.from_json(args.config, **overrides)
     result = finetune.FinetuneRun(config).train()
-    summary = {key: result[key] for key in ("step", "train", "eval", "checkpoint", "export_dir", "restored_from")}
+    summary = {key: result[key] for key in ("step", "train", "eval", "checkpoint", "restored_from")}
+    summary["export_dir"] = None
+    if args.export:
+        # Training writes the run directory only; exporting it is the exporter's job.
+        from uniter_tf.export.model_dir import export_model_dir
+
+        summary["export_dir"] = export_model_dir(config.output_dir, args.export).path
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0

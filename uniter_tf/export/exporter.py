@@ -54,19 +54,21 @@ def _text_file_table(path: str, key_is_line_number: bool = True):
 
 
 def export_uniter(output_dir: str, backbone, itm_head, preprocessor=None, task: Optional[TaskHeadExport] = None,
-                  options: Optional[ExportOptions] = None, version: Optional[int] = None) -> str:
-    """Exports a UNITER model as a servable SavedModel version.
+                  options: Optional[ExportOptions] = None, version: Optional[int] = None,
+                  record_ops: bool = False) -> str:
+    """Exports a UNITER model as a servable SavedModel version ``output_dir/<version>``.
 
     Args:
-        output_dir: the model's base path; the export goes to ``output_dir/<version>``. It is written
-            beside the target and renamed into place, so a polling server never sees half of it.
+        output_dir: the model's base path; the export goes to ``output_dir/<version>``.
         backbone: the built :class:`~uniter_tf.models.backbone.UniterBackbone`.
         itm_head: the built ITM head (pooled output -> ``[B, 2]`` logits).
         preprocessor: a :class:`~uniter_tf.tokenization.UniterPreprocessor`; by default the vendored
             cased vocabulary with ``options.max_text_length`` and ``options.text_buckets``.
-        task: an optional fine-tuned task head (e.g. :func:`~uniter_tf.export.task_heads.vqa_task_head`).
+        task: an optional fine-tuned task head (:meth:`TaskHeadExport.from_task`).
         options: limits and buckets.
         version: the version number; by default one more than the newest under ``output_dir``.
+        record_ops: list the ops outside core TensorFlow in the metadata (``non_core_ops``; runs a
+            subprocess, see :mod:`uniter_tf.export.op_inventory`).
 
     Returns:
         The path of the written version.
@@ -74,6 +76,27 @@ def export_uniter(output_dir: str, backbone, itm_head, preprocessor=None, task: 
     Raises:
         FileExistsError: when the version already exists.
         ValueError: when the tokenizer's vocabulary does not fit the model.
+    """
+    version = next_version(output_dir) if version is None else int(version)
+    target = os.path.join(output_dir, str(version))
+    if os.path.exists(target):
+        raise FileExistsError(f"version {version} already exists at {target}; pick another --version")
+    return write_saved_model(target, backbone, itm_head, preprocessor=preprocessor, task=task, options=options,
+                             record_ops=record_ops)
+
+
+def write_saved_model(target: str, backbone, itm_head, preprocessor=None, task: Optional[TaskHeadExport] = None,
+                      options: Optional[ExportOptions] = None, record_ops: bool = False) -> str:
+    """Writes the SavedModel exactly at ``target`` (what a TFX Trainer's ``serving_model_dir`` wants).
+
+    The SavedModel is written beside the target and renamed into place, so a polling server never
+    sees half of it. Arguments as :func:`export_uniter`.
+
+    Returns:
+        ``target``.
+
+    Raises:
+        FileExistsError: ``target`` exists and is not an empty directory.
     """
     import keras
     import tensorflow as tf
@@ -86,13 +109,12 @@ def export_uniter(output_dir: str, backbone, itm_head, preprocessor=None, task: 
         preprocessor = UniterPreprocessor(sequence_length=options.max_text_length,
                                           bucket_boundaries=list(options.text_buckets))
     check_vocab_size(preprocessor.tokenizer.vocab_size, config.vocab_size, source="the tokenizer's vocabulary")
-    version = next_version(output_dir) if version is None else int(version)
-    target = os.path.join(output_dir, str(version))
-    if os.path.exists(target):
-        raise FileExistsError(f"version {version} already exists at {target}; pick another --version")
-    os.makedirs(output_dir, exist_ok=True)
+    if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
+        raise FileExistsError(f"the export target {target} already exists and is not an empty directory")
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
 
-    staging_root = tempfile.mkdtemp(prefix=f".export-{version}-", dir=output_dir)
+    staging_root = tempfile.mkdtemp(prefix=f".export-{os.path.basename(target)}-", dir=parent)
     try:
         asset_dir = os.path.join(staging_root, "source_assets")
         os.makedirs(asset_dir)
@@ -132,19 +154,33 @@ def export_uniter(output_dir: str, backbone, itm_head, preprocessor=None, task: 
                 "region_buckets": list(options.region_buckets),
                 "max_text_length": graph.max_text_length,
                 "text_buckets": list(options.text_buckets),
-                "task": None if task is None else {"name": task.name, "num_labels": None if task.labels is None
-                                                   else len(task.labels), "top_k": graph.top_k,
-                                                   "activation": task.activation},
+                "task": None if task is None else {
+                        "name": task.name, "num_labels": None if task.labels is None else len(task.labels),
+                        "top_k": graph.top_k, "activation": task.activation,
+                        "outputs": {"logits": task.logits_output, "labels": task.labels_output,
+                                    "scores": task.scores_output}},
                 "model_config": config.to_dict(),
         }
+        if record_ops:
+            from uniter_tf.export.op_inventory import non_core_ops
+
+            metadata["non_core_ops"] = non_core_ops(saved_model_dir)
         with open(os.path.join(extra, EXPORT_METADATA_FILE), "w", encoding="utf-8") as handle:
             json.dump(metadata, handle, indent=2, sort_keys=True)
         if options.warmup:
             write_warmup_requests(os.path.join(extra, WARMUP_FILE), int(config.region_feature_dim))
+        if os.path.isdir(target):
+            os.rmdir(target)  # empty (checked above): TFX may create serving_model_dir beforehand
         os.replace(saved_model_dir, target)
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
     return target
+
+
+def read_metadata(saved_model_dir: str) -> dict:
+    """The ``assets.extra/uniter_export.json`` of an export."""
+    with open(os.path.join(saved_model_dir, "assets.extra", EXPORT_METADATA_FILE), encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def example_inputs(feature_dim: int, batch_size: int = 1, num_regions: int = 4, seed: int = 0,

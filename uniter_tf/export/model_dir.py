@@ -1,33 +1,39 @@
-"""Rebuilds an exportable model (backbone, ITM head, optional task head) from a directory on disk.
+"""The one exporter of a trained run directory, and rebuilding its model.
 
-Three layouts are recognised:
+``uniter export``, both TFX Trainer ``run_fn``s (hence the demo) and ``uniter finetune --export`` call
+:func:`export_model_dir`; ``uniter visualize`` calls :func:`load_exportable_model`. Three layouts are
+recognised:
 
-* a fine-tuning run (``uniter finetune``): ``finetune_config.json`` and ``checkpoints/``; the task
-  head joins the export through :class:`~uniter_tf.export.task_heads.TaskHeadExport`;
+* a task run (``uniter finetune``, the fine-tuning ``run_fn``): ``finetune_config.json`` and
+  ``checkpoints/`` (:mod:`uniter_tf.runs`); the task's own :meth:`export_outputs` declaration decides
+  what its head adds to the signatures (:meth:`TaskHeadExport.from_task`);
 * a converted official checkpoint (``uniter convert``): ``config.json`` and ``backbone.weights.h5``
   (plus ``pretraining.weights.h5`` with the ITM head);
-* a pretraining run (``uniter pretrain``): ``checkpoints/`` (or a checkpoint prefix) holding the
-  pretraining model; its :class:`~uniter_tf.config.UniterConfig` must be named (``--config``).
+* a pretraining run (``uniter pretrain``, the pretraining ``run_fn``): ``checkpoints/`` (or a checkpoint
+  prefix) holding the pretraining model; its :class:`~uniter_tf.config.UniterConfig` comes from the
+  run's ``model_config.json`` or must be named (``--config``).
+
+Nothing here imports :mod:`uniter_tf.training` (the exporter reads what training wrote) nor names a task.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
+from uniter_tf import runs
 from uniter_tf.export.task_heads import TaskHeadExport
 
 _LOG = logging.getLogger(__name__)
 
-FINETUNE_CONFIG_FILE = "finetune_config.json"
+FINETUNE_CONFIG_FILE = runs.TASK_RUN_CONFIG_FILE
 CONVERTED_CONFIG_FILE = "config.json"
 CONVERTED_BACKBONE_FILE = "backbone.weights.h5"
-
-# Heads trained with binary cross-entropy per class (spec §5.1, §5.2) report sigmoid scores.
-_SIGMOID_TASKS = ("vqa", "ve", "snli_ve")
+#: The text limit ([CLS]/[SEP] included) when neither the caller nor the run gives one.
+DEFAULT_MAX_TEXT_LENGTH = 60
+DEFAULT_REGION_BUCKETS = (16, 36, 64, 100)
 
 
 @dataclasses.dataclass
@@ -40,7 +46,8 @@ class ExportableModel:
         task: the task head hook, or ``None``.
         kind: ``finetune``, ``converted`` or ``pretrain``.
         source: the checkpoint or file the weights came from.
-        max_text_length: the text limit the model was trained with, when the directory records it.
+        max_text_length: the text limit ([CLS]/[SEP] included) the model was trained with, when the
+            directory records it.
     """
 
     backbone: object
@@ -51,100 +58,138 @@ class ExportableModel:
     max_text_length: Optional[int] = None
 
 
-def load_exportable_model(model_dir: str, config: Optional[str] = None, top_k: int = 5) -> ExportableModel:
+@dataclasses.dataclass
+class ExportResult:
+    """What :func:`export_model_dir` wrote.
+
+    Attributes:
+        path: the SavedModel directory.
+        kind: the layout of the model directory (``finetune``, ``converted``, ``pretrain``).
+        source: the checkpoint or file the weights came from.
+        metadata: the export's ``assets.extra/uniter_export.json``.
+    """
+
+    path: str
+    kind: str
+    source: str
+    metadata: dict
+
+
+def load_exportable_model(model_dir: str, config=None, top_k: int = 5) -> ExportableModel:
     """Loads the model stored in ``model_dir`` (see the module docstring for the layouts).
 
     Args:
         model_dir: the directory (or, for a pretraining run, a checkpoint prefix).
-        config: a preset name or JSON path of the model configuration; required for pretraining runs,
-            ignored otherwise.
-        top_k: answers per example for a task head with labels.
+        config: a preset name, JSON path or :class:`~uniter_tf.config.UniterConfig` of a pretraining
+            run; overrides its ``model_config.json``; ignored for the other layouts.
+        top_k: labels per example for a task head with labels.
 
     Raises:
         FileNotFoundError: when nothing loadable is there; the message lists what was looked for.
-        ValueError: when a pretraining run is given without ``config``.
+        ValueError: when a pretraining run has no ``model_config.json`` and no ``config`` is given.
     """
-    if os.path.isfile(os.path.join(model_dir, FINETUNE_CONFIG_FILE)):
-        return _load_finetune_run(model_dir, top_k)
+    if runs.is_task_run(model_dir):
+        return _load_task_run(model_dir, top_k)
     if os.path.isfile(os.path.join(model_dir, CONVERTED_CONFIG_FILE)) and \
             os.path.isfile(os.path.join(model_dir, CONVERTED_BACKBONE_FILE)):
         return _load_converted(model_dir)
     return _load_pretraining_run(model_dir, config)
 
 
-def _load_finetune_run(model_dir: str, top_k: int) -> ExportableModel:
-    from uniter_tf.config import UniterConfig
-    from uniter_tf.models.backbone import UniterBackbone
-    from uniter_tf.models.pretraining_heads import ItmHead
-    from uniter_tf.training import checkpointing
-    from uniter_tf.training.finetune import FinetuneConfig, build_task, finetune_checkpoint
-
-    path = os.path.join(model_dir, FINETUNE_CONFIG_FILE)
-    with open(path, encoding="utf-8") as handle:
-        stored = json.load(handle)
-    if not isinstance(stored, dict) or "finetune" not in stored or "model" not in stored:
-        raise ValueError(f"{path} must hold {{\"finetune\": ..., \"model\": ...}} as `uniter finetune` writes it")
-    finetune_config = FinetuneConfig.from_dict(stored["finetune"])
-    model_config = UniterConfig.from_dict(stored["model"], allow_unknown=True)
-    task = build_task(finetune_config)
-    backbone = UniterBackbone(model_config)
-    task_model = task.build_model(backbone, model_config.hidden_size)
-    itm_head = ItmHead(model_config.hidden_size, model_config.initializer_range, name="itm_head")
-    itm_head.build()
-    task_model.head.build()
-    _build_backbone(backbone)
-    prefix = checkpointing.resolve_checkpoint_path(model_dir)
-    status = finetune_checkpoint(backbone, task_model.head, itm_head).restore(prefix)
-    status.expect_partial()
-    status.assert_existing_objects_matched()
-    labels = getattr(task, "answer_vocabulary", None)
-    hook = TaskHeadExport(name=task.name, head=task_model.head, labels=labels, top_k=top_k,
-                          activation="sigmoid" if task.name in _SIGMOID_TASKS else "softmax")
-    return ExportableModel(backbone, itm_head, hook, "finetune", prefix,
-                           max_text_length=finetune_config.max_text_length + 2)
+def _load_task_run(model_dir: str, top_k: int) -> ExportableModel:
+    run = runs.load_task_run(model_dir)
+    hook = TaskHeadExport.from_task(run.task, run.head, top_k=top_k)
+    max_text_length = None if run.max_text_length is None else run.max_text_length + 2  # [CLS], [SEP]
+    return ExportableModel(run.backbone, run.itm_head, hook, "finetune", run.checkpoint,
+                           max_text_length=max_text_length)
 
 
 def _load_converted(model_dir: str) -> ExportableModel:
     from uniter_tf.checkpoints import official
 
     model = official.load_pretrained(model_dir, pretraining=True)
-    _build_backbone(model.backbone)
     if not os.path.isfile(os.path.join(model_dir, official.PRETRAINING_WEIGHTS_FILE)):
         _LOG.warning("%s has no %s: the ITM head is freshly initialised, so itm_score is meaningless",
                      model_dir, official.PRETRAINING_WEIGHTS_FILE)
     return ExportableModel(model.backbone, model.itm_head, None, "converted", model_dir)
 
 
-def _load_pretraining_run(model_dir: str, config: Optional[str]) -> ExportableModel:
+def _load_pretraining_run(model_dir: str, config) -> ExportableModel:
     from uniter_tf.config import UniterConfig
     from uniter_tf.models.backbone import UniterBackbone
     from uniter_tf.models.pretraining_model import UniterPretrainingModel
-    from uniter_tf.training import checkpointing
 
     try:
-        prefix = checkpointing.resolve_checkpoint_path(model_dir)
+        prefix = runs.resolve_checkpoint_path(model_dir)
     except FileNotFoundError:
         raise FileNotFoundError(
                 f"{model_dir!r} holds no exportable model: expected {FINETUNE_CONFIG_FILE} (a fine-tuning run), "
                 f"{CONVERTED_CONFIG_FILE} + {CONVERTED_BACKBONE_FILE} (a converted checkpoint) or a "
                 f"checkpoints/ directory (a pretraining run)") from None
-    if not config:
-        raise ValueError(f"{model_dir!r} is a pretraining run: name its model configuration with --config "
-                         f"(a preset such as 'tiny' or the JSON file)")
-    backbone = UniterBackbone(UniterConfig.resolve(config))
+    model_config = UniterConfig.resolve(config) if config else \
+        (runs.read_model_config(model_dir) if os.path.isdir(model_dir) else None)
+    if model_config is None:
+        raise ValueError(f"{model_dir!r} is a pretraining run without {runs.MODEL_CONFIG_FILE}: name its model "
+                         f"configuration with --config (a preset such as 'tiny' or the JSON file)")
+    backbone = UniterBackbone(model_config)
     model = UniterPretrainingModel(backbone)
-    _build_backbone(backbone)
-    checkpointing.restore_pretraining_model(model, prefix)
+    runs.restore_pretraining_model(model, prefix)
     return ExportableModel(backbone, model.itm_head, None, "pretrain", prefix)
 
 
-def _build_backbone(backbone) -> None:
-    """Creates the backbone's variables (a restore needs them) with a one-example call."""
-    import numpy as np
+def default_text_buckets(max_text_length: int) -> tuple:
+    """Token-row widths to pad to: 16 and 32 below the limit, then the limit itself."""
+    return tuple(width for width in (16, 32) if width < max_text_length) + (max_text_length,)
 
-    if backbone.built and backbone.weights:
-        return
-    dim = backbone.config.region_feature_dim
-    backbone({"token_ids": np.array([[101, 102]], np.int32), "text_mask": np.ones((1, 2), np.int32),
-              "region_features": np.zeros((1, 1, dim), np.float32),
-              "region_positions": np.zeros((1, 1, 7), np.float32), "region_mask": np.ones((1, 1), np.int32)})
+
+def export_model_dir(model_dir: str, output: str, *, version: Optional[int] = None, flat: bool = False,
+                     config=None, top_k: int = 5, max_text_length: Optional[int] = None,
+                     text_buckets: Optional[Sequence[int]] = None,
+                     region_buckets: Sequence[int] = DEFAULT_REGION_BUCKETS, warmup: bool = True,
+                     jit_compile: bool = False, record_ops: bool = True) -> ExportResult:
+    """Exports the model of a trained run (or converted) directory: the one export entry point.
+
+    Args:
+        model_dir: a task run, a pretraining run or a converted checkpoint (module docstring).
+        output: the model's base path (the export goes to ``output/<version>``), or with ``flat`` the
+            SavedModel directory itself (a TFX Trainer's ``serving_model_dir``; it must not exist or be
+            empty).
+        version: the version number (not with ``flat``); default one more than the newest.
+        flat: write the SavedModel at ``output`` itself.
+        config: the model configuration of a pretraining run without ``model_config.json``.
+        top_k: labels per example for task heads with labels.
+        max_text_length: the longest token row incl. ``[CLS]``/``[SEP]``; default the run's, else 60
+            (capped at the model's position embeddings).
+        text_buckets: token-row widths to pad to; default :func:`default_text_buckets`.
+        region_buckets: region counts to pad to; the last is the most accepted.
+        warmup: write TF Serving warm-up requests.
+        jit_compile: XLA-compile the model part of the scoring signatures.
+        record_ops: record the ops outside core TensorFlow in the metadata (``non_core_ops``).
+
+    Returns:
+        Where it went and what it holds.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`load_exportable_model`; FileExistsError: the version
+        (or the flat target) exists.
+    """
+    from uniter_tf.export.exporter import export_uniter, read_metadata, write_saved_model
+    from uniter_tf.export.signatures import ExportOptions
+
+    if flat and version is not None:
+        raise ValueError("export_model_dir: a flat export has no version")
+    model = load_exportable_model(model_dir, config=config, top_k=top_k)
+    limit = max_text_length or model.max_text_length or DEFAULT_MAX_TEXT_LENGTH
+    limit = min(limit, int(model.backbone.config.max_position_embeddings))
+    options = ExportOptions(max_text_length=limit,
+                            text_buckets=tuple(text_buckets) if text_buckets else default_text_buckets(limit),
+                            region_buckets=tuple(region_buckets), top_k=top_k, warmup=warmup,
+                            jit_compile=jit_compile)
+    if flat:
+        path = write_saved_model(output, model.backbone, model.itm_head, task=model.task, options=options,
+                                 record_ops=record_ops)
+    else:
+        path = export_uniter(output, model.backbone, model.itm_head, task=model.task, options=options,
+                             version=version, record_ops=record_ops)
+    _LOG.info("exported the %s model from %s to %s", model.kind, model.source, path)
+    return ExportResult(path=path, kind=model.kind, source=model.source, metadata=read_metadata(path))

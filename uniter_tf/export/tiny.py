@@ -43,10 +43,13 @@ class TinyModel:
     version_path: Optional[str] = None
 
     def task_hook(self):
-        """The VQA :class:`~uniter_tf.export.task_heads.TaskHeadExport` of this model."""
+        """The :class:`~uniter_tf.export.task_heads.TaskHeadExport` of this model's VQA head, as the task
+        declares it (:meth:`~uniter_tf.models.vqa.VqaTask.export_outputs`)."""
         from uniter_tf.export.task_heads import TaskHeadExport
+        from uniter_tf.models.vqa import VqaTask
 
-        return TaskHeadExport(name="vqa", head=self.vqa_head, labels=self.answers, activation="sigmoid")
+        task = VqaTask(num_answers=len(self.answers), answer_vocabulary=self.answers)
+        return TaskHeadExport.from_task(task, self.vqa_head)
 
 
 def build_tiny_model(seed: int = 7, answers: Optional[List[str]] = None) -> TinyModel:

@@ -1,7 +1,7 @@
 """Keras layers of the UNITER backbone (TF Model Garden split: layers → networks → task models)."""
 
 from uniter_tf.layers.attention import UniterSelfAttention
-from uniter_tf.layers.joint_layout import compact_joint_index, joint_region_positions
+from uniter_tf.layers.joint_layout import compact_joint_index
 from uniter_tf.layers.optimal_transport import cosine_cost, ipot_plan, optimal_transport_distance
 from uniter_tf.layers.pooler import UniterPooler
 from uniter_tf.layers.region_embeddings import UniterRegionEmbeddings
@@ -17,6 +17,5 @@ __all__ = [
         "compact_joint_index",
         "cosine_cost",
         "ipot_plan",
-        "joint_region_positions",
         "optimal_transport_distance",
 ]

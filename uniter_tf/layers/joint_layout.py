@@ -35,15 +35,3 @@ def compact_joint_index(text_lengths: tf.Tensor, region_lengths: tf.Tensor, text
     joint_mask = tf.cast(joint_positions < valid_end, tf.int32)
     return gather_index, joint_mask
 
-
-def joint_region_positions(text_lengths: tf.Tensor, region_indices: tf.Tensor) -> tf.Tensor:
-    """Joint positions of regions: ``tl_i + r`` for region index ``r`` of example i.
-
-    Args:
-        text_lengths: ``[B]`` int32.
-        region_indices: ``[B, K]`` int32 region indices.
-
-    Returns:
-        ``[B, K]`` int32 positions in the compact joint sequence.
-    """
-    return text_lengths[:, tf.newaxis] + region_indices

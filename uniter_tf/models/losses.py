@@ -38,11 +38,6 @@ def mlm_token_losses(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     return tf.where(valid, losses, 0.0)
 
 
-def mlm_loss(logits: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
-    """Mean cross-entropy over all masked tokens of the batch."""
-    return weighted_mean(mlm_token_losses(logits, labels), weights)
-
-
 def mlm_accuracy(logits: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     """Fraction of masked tokens whose argmax equals the label."""
     correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(labels, tf.int32)),
@@ -56,12 +51,6 @@ def mrfr_elementwise_losses(predicted: tf.Tensor, targets: tf.Tensor) -> tf.Tens
     return tf.square(_f32(predicted) - _f32(targets))
 
 
-def mrfr_loss(predicted: tf.Tensor, targets: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
-    """Mean squared error over all masked regions **and** all D feature dimensions."""
-    per_region = tf.reduce_mean(mrfr_elementwise_losses(predicted, targets), axis=-1)
-    return weighted_mean(per_region, weights)
-
-
 # ---------------------------------------------------------------------------------------------- MRC
 def mrc_kl_elementwise_losses(logits: tf.Tensor, soft_labels: tf.Tensor) -> tf.Tensor:
     """``t * (log t - log_softmax(logits))``, 0 where ``t = 0`` (official ``F.kl_div(reduction='none')``)."""
@@ -70,12 +59,6 @@ def mrc_kl_elementwise_losses(logits: tf.Tensor, soft_labels: tf.Tensor) -> tf.T
     positive = soft_labels > 0
     safe_targets = tf.where(positive, soft_labels, 1.0)
     return tf.where(positive, soft_labels * (tf.math.log(safe_targets) - log_probabilities), 0.0)
-
-
-def mrc_kl_loss(logits: tf.Tensor, soft_labels: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
-    """MRC-kl: KL(target ‖ prediction) averaged over the C classes too, then over masked regions."""
-    per_region = tf.reduce_mean(mrc_kl_elementwise_losses(logits, soft_labels), axis=-1)
-    return weighted_mean(per_region, weights)
 
 
 def mrc_hard_labels(soft_labels: tf.Tensor) -> tf.Tensor:
@@ -112,12 +95,3 @@ def ot_loss(distances: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     distances = _f32(distances)
     signed = tf.where(tf.equal(tf.cast(labels, tf.int32), 1), distances, -distances)
     return tf.reduce_sum(signed) / tf.cast(tf.size(signed), tf.float32)
-
-
-def itm_total_loss(logits: tf.Tensor, labels: tf.Tensor, distances: tf.Tensor = None,
-                   ot_lambda: float = 0.1) -> tf.Tensor:
-    """``mean CE + ot_lambda * ot_loss`` (pretrain.py's ITM reduction); no OT term when ``distances`` is None."""
-    loss = tf.reduce_mean(itm_example_losses(logits, labels))
-    if distances is not None and ot_lambda:
-        loss = loss + ot_lambda * ot_loss(distances, labels)
-    return loss

@@ -7,17 +7,20 @@ subclass. It owns everything that differs between tasks:
 * the targets it reads from a parsed canonical record (``label_keys`` / ``targets_from_features``);
 * the loss (``compute_loss``) and per-example metrics (``compute_metrics``);
 * the head's learning-rate multiplier (``head_learning_rate_multiplier``), e.g. 10 for VQA;
-* the official checkpoint prefix of its head (``official_head_prefix``) for weight conversion.
+* its export outputs (:meth:`DownstreamTask.export_outputs`): the served output names, the label
+  vocabulary and how logits become scores (sigmoid or softmax);
+* how it is rebuilt from its stored arguments (:meth:`DownstreamTask.from_config`).
 
 The fine-tuning loop (:mod:`uniter_tf.training.finetune`), the ``uniter finetune`` command, the TFX
-``run_fn`` and the evaluator only talk to this interface, so a new task is one file that subclasses it
-and one line in :data:`TASK_REGISTRY`.
+``run_fn``, the exporter and the evaluator only talk to this interface, so a new task is one file that
+subclasses it and one line in :data:`TASK_REGISTRY`.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Callable, Dict, Mapping, Tuple
+import dataclasses
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -60,7 +63,47 @@ def get_task(name: str, **task_kwargs) -> "DownstreamTask":
 
     if name not in TASK_REGISTRY:
         raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASK_REGISTRY)}")
-    return TASK_REGISTRY[name](**task_kwargs)
+    return TASK_REGISTRY[name].from_config(task_kwargs)
+
+
+#: How served logits become scores.
+EXPORT_ACTIVATIONS = ("sigmoid", "softmax")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOutputs:
+    """What a task adds to every scoring signature of an export (docs/serving.md).
+
+    The exporter reads this and nothing else about the task, so it never names one.
+
+    Attributes:
+        name: the task's name, recorded in the export's metadata.
+        activation: how logits become label scores: ``"sigmoid"`` for heads trained with binary
+            cross-entropy per class (VQA, SNLI-VE in UNITER), ``"softmax"`` for cross-entropy heads.
+        labels: the label strings, index = class (e.g. the VQA answers), or None (then only the logits
+            are served).
+        logits_output: the output name of the head's logits ``[B, C]``.
+        labels_output: the output name of the ``top_k`` best labels ``[B, k]`` (with ``labels``).
+        scores_output: the output name of their scores ``[B, k]`` (with ``labels``).
+    """
+
+    name: str
+    activation: str = "softmax"
+    labels: Optional[Sequence[str]] = None
+    logits_output: str = "task_logits"
+    labels_output: str = "answers"
+    scores_output: str = "answer_scores"
+
+    def __post_init__(self):
+        if not self.name:
+            raise ValueError("ExportOutputs.name must be non-empty")
+        if self.activation not in EXPORT_ACTIVATIONS:
+            raise ValueError(f"ExportOutputs.activation of task {self.name!r} must be one of {EXPORT_ACTIVATIONS}, "
+                             f"got {self.activation!r}")
+        names = (self.logits_output, self.labels_output, self.scores_output)
+        if len(set(names)) != 3 or not all(names):
+            raise ValueError(f"ExportOutputs of task {self.name!r}: the output names must be distinct and "
+                             f"non-empty, got {names}")
 
 
 class DownstreamTask(abc.ABC):
@@ -76,8 +119,6 @@ class DownstreamTask(abc.ABC):
     label_keys: Tuple[str, ...] = ()
     #: Learning rate of the head's variables = base rate × this (the official ``lr_mul``).
     head_learning_rate_multiplier: float = 1.0
-    #: The official state-dict prefix of the head's parameters, e.g. ``"vqa_output"``.
-    official_head_prefix: str = ""
     #: The metric the evaluator and the fine-tuning loop report as the task's headline number.
     primary_metric: str = ""
 
@@ -131,6 +172,18 @@ class DownstreamTask(abc.ABC):
 
         return TaskModel(backbone=backbone, head=self.build_head(hidden_size), task_name=self.name,
                          name=f"uniter_{self.name}")
+
+    def export_outputs(self) -> ExportOutputs:
+        """The task's served outputs; by default its logits under softmax, without labels.
+
+        Tasks with a label vocabulary or a sigmoid head override this.
+        """
+        return ExportOutputs(name=self.name)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "DownstreamTask":
+        """Constructs the task from :meth:`get_config`'s dict (or a config file's ``task_config``)."""
+        return cls(**dict(config))
 
     def get_config(self) -> Dict[str, object]:
         """Constructor arguments of the task (stored next to checkpoints and exports)."""

@@ -8,13 +8,14 @@ rate is 10× the base rate. Metric: the target soft score of the argmax answer.
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+import json
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from uniter_tf.models.task import DownstreamTask, register_task
+from uniter_tf.models.task import DownstreamTask, ExportOutputs, register_task
 
 ANSWER_LABELS_KEY = "answer_labels"
 ANSWER_SCORES_KEY = "answer_scores"
@@ -224,7 +225,6 @@ class VqaTask(DownstreamTask):
 
     name = "vqa"
     label_keys = (ANSWER_LABELS_KEY, ANSWER_SCORES_KEY)
-    official_head_prefix = "vqa_output"
     primary_metric = "vqa_score"
 
     def __init__(self, num_answers: int = OFFICIAL_NUM_ANSWERS,
@@ -263,6 +263,45 @@ class VqaTask(DownstreamTask):
             return [int(index) for index in predicted]
         return [self.answer_vocabulary[int(index)] for index in predicted]
 
+    def export_outputs(self) -> ExportOutputs:
+        # Trained with binary cross-entropy per answer (spec §5.1): each answer's score is its sigmoid.
+        return ExportOutputs(name=self.name, activation="sigmoid", labels=self.answer_vocabulary)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "VqaTask":
+        """Constructs the task; ``answer_vocabulary_file`` (an ``ans2label.json`` mapping answer -> index)
+        gives ``answer_vocabulary`` and, unless set, ``num_answers``.
+
+        Raises:
+            ValueError: the vocabulary file is not an answer -> index map, or an index is invalid or
+                repeated (the message names the file and the answer).
+        """
+        arguments = dict(config)
+        vocabulary_file = arguments.pop("answer_vocabulary_file", None)
+        if vocabulary_file:
+            arguments["answer_vocabulary"] = read_answer_vocabulary(vocabulary_file)
+            arguments.setdefault("num_answers", len(arguments["answer_vocabulary"]))
+        return cls(**arguments)
+
     def get_config(self):
         return {"num_answers": self.num_answers, "answer_vocabulary": self.answer_vocabulary,
                 "head_learning_rate_multiplier": self.head_learning_rate_multiplier}
+
+
+def read_answer_vocabulary(path: str) -> list:
+    """The answers of an ``ans2label.json`` (answer -> index), index = label.
+
+    Raises:
+        ValueError: not an answer -> index map, or an index is invalid or repeated.
+    """
+    with tf.io.gfile.GFile(path, "r") as handle:
+        answer_to_label = json.loads(handle.read())
+    if not isinstance(answer_to_label, dict):
+        raise ValueError(f"answer_vocabulary_file {path!r} must map answer -> index")
+    vocabulary = [None] * len(answer_to_label)
+    for answer, label in answer_to_label.items():
+        if not isinstance(label, int) or not 0 <= label < len(vocabulary) or vocabulary[label] is not None:
+            raise ValueError(f"answer_vocabulary_file {path!r}: answer {answer!r} has an invalid or repeated "
+                             f"index {label!r}")
+        vocabulary[label] = answer
+    return vocabulary

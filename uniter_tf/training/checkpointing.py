@@ -1,5 +1,8 @@
 """Checkpoints of pretraining runs and initialisation of the backbone from other checkpoints.
 
+* The layouts themselves (:func:`model_variable_tree`, :func:`backbone_variable_tree`) and
+  :func:`resolve_checkpoint_path` / :func:`restore_pretraining_model` are :mod:`uniter_tf.runs`'s, shared
+  with the exporter.
 * :func:`make_checkpoint_manager`: a ``tf.train.CheckpointManager`` over the run state (model, optimizer,
   global step, loss scales, dropout RNG state). Under MultiWorkerMirrored every worker must save; workers
   other than the chief write to a scratch directory that is deleted afterwards.
@@ -16,51 +19,10 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-#: Name of the model's dependency inside our training checkpoints (``tf.train.Checkpoint(model=...)``).
-MODEL_KEY = "model"
-#: Prefix of the backbone's weights inside the model's variable tree.
-BACKBONE_KEY = "backbone"
-
-
-def _relative_path(variable, owner_name: str) -> str:
-    path = str(getattr(variable, "path", None) or variable.name).split(":")[0]
-    head, _, rest = path.partition("/")
-    return rest if head == owner_name and rest else path
-
-
-def _backbone_entries(backbone):
-    entries = {}
-    for variable in backbone.weights:
-        key = f"{BACKBONE_KEY}.{_relative_path(variable, backbone.name)}".replace("/", ".")
-        if key in entries:
-            raise ValueError(f"two backbone weights share the checkpoint key {key!r}")
-        entries[key] = getattr(variable, "value", variable)
-    return entries
-
-
-def backbone_variable_tree(backbone) -> tf.train.Checkpoint:
-    """A checkpointable tree ``{backbone.<path>: variable}`` over every weight of a backbone.
-
-    Why not ``tf.train.Checkpoint(model=keras_model)``: Keras 3 does not expose layers held in a Python
-    list (the backbone's ``encoder_layers``) as checkpoint dependencies, so an object-graph checkpoint
-    silently leaves out the whole transformer. Keying every weight by its Keras path avoids that.
-    """
-    return tf.train.Checkpoint(**_backbone_entries(backbone))
-
-
-def model_variable_tree(model) -> tf.train.Checkpoint:
-    """The variable tree of a pretraining model: the backbone's keys plus ``heads.<path>`` for the rest."""
-    entries = _backbone_entries(model.backbone)
-    backbone_ids = {id(variable) for variable in entries.values()}
-    for variable in model.weights:
-        tf_variable = getattr(variable, "value", variable)
-        if id(tf_variable) in backbone_ids:
-            continue
-        key = f"heads.{_relative_path(variable, model.name)}".replace("/", ".")
-        if key in entries:
-            raise ValueError(f"two model weights share the checkpoint key {key!r}")
-        entries[key] = tf_variable
-    return tf.train.Checkpoint(**entries)
+# The checkpoint layouts and the run-directory files are shared with the exporter, so they live in
+# uniter_tf.runs (training and export never import each other); re-exported here for training code.
+from uniter_tf.runs import (BACKBONE_KEY, MODEL_KEY, backbone_variable_tree,  # noqa: F401
+                            model_variable_tree, resolve_checkpoint_path, restore_pretraining_model)
 
 
 def checkpoint_directory(output_dir: str, strategy: Optional[tf.distribute.Strategy] = None) -> str:
@@ -90,25 +52,6 @@ def discard_worker_scratch(output_dir: str, strategy: Optional[tf.distribute.Str
         shutil.rmtree(checkpoint_directory(output_dir, strategy), ignore_errors=True)
 
 
-def resolve_checkpoint_path(checkpoint_dir_or_prefix: str) -> str:
-    """The checkpoint prefix of a directory (its latest checkpoint, also looking in ``checkpoints/``)
-    or a prefix itself.
-
-    Raises:
-        FileNotFoundError: nothing restorable there.
-    """
-    path = os.fspath(checkpoint_dir_or_prefix)
-    if tf.io.gfile.isdir(path):
-        for directory in (path, os.path.join(path, "checkpoints")):
-            latest = tf.train.latest_checkpoint(directory)
-            if latest:
-                return latest
-        raise FileNotFoundError(f"no checkpoint in {path!r} (nor in {path}/checkpoints)")
-    if tf.io.gfile.exists(path + ".index"):
-        return path
-    raise FileNotFoundError(f"{path!r} is neither a checkpoint directory nor a checkpoint prefix")
-
-
 def restore_backbone(backbone, checkpoint_dir: str) -> str:
     """Restores the backbone weights of one of our pretraining checkpoints into ``backbone``.
 
@@ -131,23 +74,6 @@ def restore_backbone(backbone, checkpoint_dir: str) -> str:
     # The training checkpoint's tree (model -> backbone.* and heads.*), reading only backbone.* keys.
     reader = tf.train.Checkpoint(**{MODEL_KEY: backbone_variable_tree(backbone)})
     status = reader.restore(path)
-    status.expect_partial()
-    status.assert_existing_objects_matched()
-    return path
-
-
-def restore_pretraining_model(model, checkpoint_dir: str) -> str:
-    """Restores every weight (backbone and heads) of a pretraining model from one of our checkpoints.
-
-    Args:
-        model: a :class:`~uniter_tf.models.pretraining_model.UniterPretrainingModel` of the same config.
-        checkpoint_dir: a run directory, its ``checkpoints/`` directory, or a checkpoint prefix.
-
-    Returns:
-        The checkpoint prefix that was restored.
-    """
-    path = resolve_checkpoint_path(checkpoint_dir)
-    status = tf.train.Checkpoint(**{MODEL_KEY: model_variable_tree(model)}).restore(path)
     status.expect_partial()
     status.assert_existing_objects_matched()
     return path

@@ -10,6 +10,11 @@ variable, and the decoupled decay uses the group's rate).
 The backbone starts from the pretraining checkpoint by partial restore (the pretraining heads other than
 ITM are not needed; the ITM head is kept so the fine-tuned export still answers ITM / retrieval
 queries). Validation every ``valid_steps`` updates and at the end; a checkpoint at every validation.
+
+A run writes its directory (checkpoints, ``finetune_config.json``, metrics, predictions) and nothing
+else: exporting is :func:`uniter_tf.export.model_dir.export_model_dir` on that directory, called by
+``uniter export``, ``uniter finetune --export`` and the TFX ``run_fn``. The layout is
+:mod:`uniter_tf.runs`'s, shared with the exporter without either importing the other.
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 _LOG = logging.getLogger(__name__)
 
 EXAMPLE_ID_KEY = "example_id"
-CONFIG_FILE_NAME = "finetune_config.json"
+CONFIG_FILE_NAME = "finetune_config.json"  # = uniter_tf.runs.TASK_RUN_CONFIG_FILE
 METRICS_FILE_NAME = "metrics.json"
-CHECKPOINT_SUBDIR = "checkpoints"
+CHECKPOINT_SUBDIR = "checkpoints"  # = uniter_tf.runs.CHECKPOINT_SUBDIR
 
 
 @dataclasses.dataclass
@@ -44,7 +49,7 @@ class FinetuneConfig:
         train_files: glob patterns of canonical TFRecords with the task's labels.
         eval_files: glob patterns of the validation records (optional).
         pretrained_checkpoint: pretraining checkpoint (directory or prefix) to start from; None = random.
-        output_dir: checkpoints, metrics, predictions and the exported model go here.
+        output_dir: the run directory: checkpoints, ``finetune_config.json``, metrics and predictions.
         train_batch_size: examples per update.
         eval_batch_size: examples per validation batch.
         learning_rate: peak base rate (8e-5 for VQA-base).
@@ -61,7 +66,6 @@ class FinetuneConfig:
         valid_steps: validate and checkpoint every this many updates.
         max_eval_batches: cap on validation batches (None = the whole split).
         log_every: log the training loss every this many updates.
-        export: write a SavedModel to ``output_dir/export`` at the end.
     """
 
     task: str = "vqa"
@@ -88,7 +92,6 @@ class FinetuneConfig:
     valid_steps: int = 500
     max_eval_batches: Optional[int] = None
     log_every: int = 10
-    export: bool = True
 
     def __post_init__(self):
         if isinstance(self.train_files, str):
@@ -154,25 +157,10 @@ def resolve_model_config(config: FinetuneConfig):
 
 
 def build_task(config: FinetuneConfig):
-    """Constructs the task of ``config`` (reads ``answer_vocabulary_file`` when given)."""
+    """Constructs the task of ``config`` (the task reads e.g. VQA's ``answer_vocabulary_file`` itself)."""
     from uniter_tf.models.task import get_task  # pylint: disable=import-outside-toplevel
 
-    task_kwargs = dict(config.task_config)
-    vocabulary_file = task_kwargs.pop("answer_vocabulary_file", None)
-    if vocabulary_file:
-        with open(vocabulary_file, "r", encoding="utf-8") as handle:
-            answer_to_label = json.load(handle)
-        if not isinstance(answer_to_label, dict):
-            raise ValueError(f"answer_vocabulary_file {vocabulary_file!r} must map answer -> index")
-        vocabulary = [None] * len(answer_to_label)
-        for answer, label in answer_to_label.items():
-            if not isinstance(label, int) or not 0 <= label < len(vocabulary) or vocabulary[label] is not None:
-                raise ValueError(f"answer_vocabulary_file {vocabulary_file!r}: answer {answer!r} has an invalid "
-                                 f"or repeated index {label!r}")
-            vocabulary[label] = answer
-        task_kwargs["answer_vocabulary"] = vocabulary
-        task_kwargs.setdefault("num_answers", len(vocabulary))
-    return get_task(config.task, **task_kwargs)
+    return get_task(config.task, **config.task_config)
 
 
 def restore_pretrained_weights(pretraining_model, checkpoint: str) -> str:
@@ -204,20 +192,6 @@ def restore_pretrained_weights(pretraining_model, checkpoint: str) -> str:
     return path
 
 
-def finetune_checkpoint(backbone, head, itm_head, **extra) -> "tf.train.Checkpoint":
-    """The checkpoint layout of a fine-tuning run, shared by training, resume and export.
-
-    Backbone weights are keyed by path (:func:`checkpointing.backbone_variable_tree`): Keras 3 layers
-    held in a Python list are no checkpoint dependency of the model object.
-    """
-    import tensorflow as tf
-
-    from uniter_tf.training import checkpointing
-
-    return tf.train.Checkpoint(backbone=checkpointing.backbone_variable_tree(backbone), head=head,
-                               itm_head=itm_head, **extra)
-
-
 class FinetuneRun:
     """One fine-tuning run: model, optimizers, data and the loop (see the module docstring).
 
@@ -230,9 +204,9 @@ class FinetuneRun:
         import numpy as np
         import tensorflow as tf
 
+        from uniter_tf import runs
         from uniter_tf.models.backbone import UniterBackbone
         from uniter_tf.models.pretraining_model import UniterPretrainingModel
-        from uniter_tf.training import checkpointing
         from uniter_tf.training.optimizer import AdamW
         from uniter_tf.training.schedule import LinearWarmupLinearDecay
 
@@ -271,9 +245,9 @@ class FinetuneRun:
         self.backbone_optimizer.build(self.backbone_variables)
         self.head_optimizer.build(self.head_variables)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        self.checkpoint = finetune_checkpoint(self.backbone, self.model.head, self.itm_head,
-                                              backbone_optimizer=self.backbone_optimizer,
-                                              head_optimizer=self.head_optimizer, step=self.step)
+        self.checkpoint = runs.task_checkpoint(self.backbone, self.model.head, self.itm_head,
+                                               backbone_optimizer=self.backbone_optimizer,
+                                               head_optimizer=self.head_optimizer, step=self.step)
         self.checkpoint_manager = tf.train.CheckpointManager(
                 self.checkpoint, os.path.join(config.output_dir, CHECKPOINT_SUBDIR), max_to_keep=3)
         # Batches are padded to their longest text / region count, so shapes vary: let tf.function
@@ -368,13 +342,10 @@ class FinetuneRun:
 
         Returns:
             ``{"step", "train": last training metrics, "eval": last validation metrics or None,
-            "checkpoint": path, "export_dir": path or None, "seconds": wall time}``.
+            "checkpoint": path, "seconds": wall time, ...}``.
         """
         config = self.config
-        os.makedirs(config.output_dir, exist_ok=True)
-        with open(os.path.join(config.output_dir, CONFIG_FILE_NAME), "w", encoding="utf-8") as handle:
-            json.dump({"finetune": config.to_dict(), "model": self.model_config.to_dict(),
-                       "task": self.task.get_config()}, handle, indent=2, sort_keys=True)
+        self.write_run_config()
         if self.checkpoint_manager.latest_checkpoint:
             self.checkpoint.restore(self.checkpoint_manager.latest_checkpoint)
             _LOG.info("resumed %s at step %d", self.checkpoint_manager.latest_checkpoint, int(self.step))
@@ -404,61 +375,29 @@ class FinetuneRun:
                     _LOG.info("%s validation at step %d: %s", self.task.name, step, eval_metrics)
                 history.append({"step": step, "train": dict(train_metrics), "eval": eval_metrics})
                 self.checkpoint_manager.save(checkpoint_number=step)
-        export_dir = None
-        if config.export:
-            export_dir = self.export(os.path.join(config.output_dir, "export"))
         result = {"step": int(self.step), "train": train_metrics, "eval": eval_metrics,
-                  "checkpoint": self.checkpoint_manager.latest_checkpoint, "export_dir": export_dir,
+                  "checkpoint": self.checkpoint_manager.latest_checkpoint,
                   "restored_from": self.restored_from, "seconds": time.time() - started, "history": history}
         with open(os.path.join(config.output_dir, METRICS_FILE_NAME), "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=2, sort_keys=True)
         return result
 
-    def export(self, base_dir: str, version: Optional[int] = None) -> str:
-        """Exports backbone + ITM head + task head as a servable version ``base_dir/<version>``.
+    def write_run_config(self) -> str:
+        """Writes ``finetune_config.json`` (what the exporter rebuilds the task model from)."""
+        from uniter_tf import runs
 
-        Uses :func:`uniter_tf.export.exporter.export_uniter` with the task-head hook, so the signatures
-        answer ``itm_logits`` / ``itm_score`` and ``task_logits`` (plus ``answers`` when the task has an
-        answer vocabulary).
+        os.makedirs(self.config.output_dir, exist_ok=True)
+        return runs.write_task_run_config(self.config.output_dir, self.task, self.model_config,
+                                          max_text_length=self.config.max_text_length,
+                                          training_config=self.config.to_dict())
+
+    def save_checkpoint(self) -> str:
+        """Checkpoints the current state at the current step (with the run's config file).
+
+        For a run that is exported without (more) training, e.g. the TFX ``run_fn`` asked for 0 updates.
 
         Returns:
-            The version directory.
+            The checkpoint prefix.
         """
-        from uniter_tf.export import exporter
-        from uniter_tf.export.signatures import ExportOptions
-        from uniter_tf.export.task_heads import vqa_task_head
-
-        if self.task.name != "vqa":
-            raise ValueError(f"no export hook for task {self.task.name!r} yet")
-        task_head = vqa_task_head(self.model, self.task)
-        options = ExportOptions(max_text_length=min(self.config.max_text_length + 2,
-                                                    self.model_config.max_position_embeddings),
-                                text_buckets=_text_buckets(min(self.config.max_text_length + 2,
-                                                               self.model_config.max_position_embeddings)))
-        return exporter.export_uniter(base_dir, self.backbone, self.itm_head, task=task_head, options=options,
-                                      version=version)
-
-    def export_saved_model(self, target_dir: str) -> str:
-        """Exports the SavedModel directly into ``target_dir`` (a TFX Trainer's ``serving_model_dir``)."""
-        import shutil
-        import tempfile
-
-        parent = os.path.dirname(os.path.abspath(target_dir))
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".finetune-export-", dir=parent)
-        try:
-            version_dir = self.export(staging, version=1)
-            if os.path.isdir(target_dir):
-                if os.listdir(target_dir):
-                    raise FileExistsError(f"the export target {target_dir!r} is not empty")
-                os.rmdir(target_dir)
-            os.replace(version_dir, target_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target_dir
-
-
-def _text_buckets(max_text_length: int) -> tuple:
-    """Text-width buckets of the export: 16, 32, ... below the limit, then the limit itself."""
-    buckets = [width for width in (16, 32) if width < max_text_length]
-    return tuple(buckets + [max_text_length])
+        self.write_run_config()
+        return self.checkpoint_manager.save(checkpoint_number=int(self.step))

@@ -197,3 +197,69 @@ def test_bad_inputs_are_caught_when_tracing_too(backbone):
         encode(batch)
     with pytest.raises(ValueError, match="expects a dict"):
         backbone(np.zeros((2, 5), np.int32))
+
+
+@pytest.mark.parametrize("policy, variable_dtype, output_dtype", [
+        ("mixed_bfloat16", "float32", tf.bfloat16),
+        ("bfloat16", "bfloat16", tf.bfloat16),
+        (keras.DTypePolicy("mixed_float16"), "float32", tf.float16),
+])
+def test_dtype_argument_reaches_every_sublayer_without_the_global_policy(policy, variable_dtype, output_dtype):
+    from uniter_tf.models.pretraining_model import UniterPretrainingModel
+
+    assert keras.config.dtype_policy().name == "float32"
+    model = UniterPretrainingModel(UniterBackbone(CONFIG, dtype=policy))
+    name = policy if isinstance(policy, str) else policy.name
+    wrong = [(layer.path, layer.dtype_policy.name) for layer in model._flatten_layers(include_self=True)
+             if layer.dtype_policy.name != name]
+    assert not wrong
+    assert {variable.dtype for variable in model.weights} == {variable_dtype}
+    outputs = model.backbone(_batch())
+    assert outputs["sequence_output"].dtype == output_dtype
+    assert np.isfinite(tf.cast(outputs["pooled_output"], tf.float32).numpy()).all()
+    rebuilt = UniterBackbone.from_config(model.backbone.get_config())
+    assert {layer.dtype_policy.name for layer in rebuilt._flatten_layers()} == {name}
+
+
+def test_export_without_input_signature_right_after_construction(tmp_path):
+    backbone = UniterBackbone(CONFIG)  # never called
+    path = str(tmp_path / "exported")
+    backbone.export(path, verbose=False)
+    reloaded = tf.saved_model.load(path)  # kept referenced: serve() reads its variables
+    served = reloaded.serve(_batch())
+    expected = backbone(_batch())
+    assert sorted(served) == sorted(expected)
+    np.testing.assert_allclose(served["sequence_output"].numpy(), expected["sequence_output"].numpy(), atol=1e-6)
+    # build() with a dict of shapes records those inputs (here with masked_regions and a fixed text length).
+    masked = UniterBackbone(CONFIG)
+    masked.build({"token_ids": (None, 5), "text_mask": (None, 5), "region_features": (None, None, 12),
+                  "region_positions": (None, None, 7), "region_mask": (None, None), "masked_regions": (None, None)})
+    assert masked.input_specs["masked_regions"].dtype == tf.bool
+    assert masked.input_specs["token_ids"].shape.as_list() == [None, 5]
+    with pytest.raises(ValueError, match=r"unknown inputs \['tokens'\]"):
+        masked.build({"tokens": (None, 5)})
+
+
+def test_from_preset_names_and_preset_directories(tmp_path):
+    from uniter_tf.config import PRESETS
+
+    tiny = UniterBackbone.from_preset("tiny", dtype="mixed_bfloat16", num_hidden_layers=1)
+    assert tiny.config == PRESETS["tiny"].replace(num_hidden_layers=1)
+    assert tiny.dtype_policy.name == "mixed_bfloat16" and len(tiny.encoder_layers) == 1
+    with pytest.raises(ValueError, match="unknown UniterConfig preset 'uniter-huge'"):
+        UniterBackbone.from_preset("uniter-huge")
+    backbone = UniterBackbone(CONFIG)
+    preset_dir = tmp_path / "preset"
+    backbone.save_to_preset(str(preset_dir))
+    restored = UniterBackbone.from_preset(str(preset_dir))
+    assert restored.config == CONFIG
+    np.testing.assert_array_equal(restored(_batch())["pooled_output"].numpy(), backbone(_batch())["pooled_output"].numpy())
+    fresh = UniterBackbone.from_preset(str(preset_dir), load_weights=False)
+    assert not np.allclose(fresh(_batch())["pooled_output"].numpy(), backbone(_batch())["pooled_output"].numpy())
+    with pytest.raises(ValueError, match="the weights do not fit the config"):
+        UniterBackbone.from_preset(str(preset_dir), num_hidden_layers=3)
+    (preset_dir / "backbone.weights.h5").unlink()
+    with pytest.raises(FileNotFoundError, match="has no backbone.weights.h5"):
+        UniterBackbone.from_preset(str(preset_dir))
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        UniterBackbone.from_preset(str(tmp_path))

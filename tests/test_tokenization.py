@@ -222,3 +222,66 @@ def test_special_tokens_typed_in_text_stay_whole(tokenizer, tmp_path):
     assert tokenizer.mask_id not in tokenizer.encode("[MASK].")
     uncased = UniterTokenizer(_write_vocab(tmp_path / "vocab.txt", TINY_UNCASED_VOCAB), lower_case=True)
     assert uncased.encode("HELLO [MASK] [mask]") == [5, 4, 1, 1, 1]
+
+
+def _reference_pack(rows, sequence_length, width, cls_id=101, sep_id=102, pad_id=0):
+    """Plain-Python [CLS] w… [SEP] packing: keep the first sequence_length - 2 ids, pad to width."""
+    token_ids, text_mask = [], []
+    for row in rows:
+        packed = [cls_id] + list(row[:sequence_length - 2]) + [sep_id]
+        token_ids.append(packed + [pad_id] * (width - len(packed)))
+        text_mask.append([1] * len(packed) + [0] * (width - len(packed)))
+    return np.array(token_ids, np.int32), np.array(text_mask, np.int32)
+
+
+@pytest.mark.parametrize("sequence_length, padded_length", [(3, None), (10, None), (10, 14), (12, "tensor")])
+def test_pack_token_ids_with_keras_nlp_packer_matches_reference(sequence_length, padded_length):
+    rng = np.random.default_rng(sequence_length)
+    rows = [list(rng.integers(5, 999, size=size)) for size in (0, 1, 3, 8, 9, 10, 20)]
+    ragged = tf.ragged.constant(rows, dtype=tf.int64)
+    longest = min(max(len(row) for row in rows) + 2, sequence_length)
+    width = {None: sequence_length, "tensor": longest}.get(padded_length, padded_length)
+    argument = tf.constant(longest) if padded_length == "tensor" else padded_length
+    token_ids, text_mask = tokenization.pack_token_ids(ragged, sequence_length, cls_id=101, sep_id=102,
+                                                       padded_length=argument)
+    expected_ids, expected_mask = _reference_pack(rows, sequence_length, width)
+    assert token_ids.dtype == text_mask.dtype == tf.int32
+    np.testing.assert_array_equal(token_ids.numpy(), expected_ids)
+    np.testing.assert_array_equal(text_mask.numpy(), expected_mask)
+    if padded_length != "tensor":
+        assert token_ids.shape[1] == width  # a static width stays static
+
+    @tf.function(input_signature=[tf.RaggedTensorSpec([None, None], tf.int64)])
+    def traced(word_ids):
+        return tokenization.pack_token_ids(word_ids, sequence_length, cls_id=101, sep_id=102, padded_length=argument)
+
+    np.testing.assert_array_equal(traced(ragged)[0].numpy(), expected_ids)
+
+
+def test_tokenizer_from_preset_names_and_directories(tmp_path, tokenizer):
+    base = UniterTokenizer.from_preset("uniter-base")
+    assert base.model_vocab_size == 28996 and not base.lower_case
+    assert base.encode(["A man rides a horse."]) == tokenizer.encode(["A man rides a horse."])
+    assert UniterTokenizer.from_preset("tiny").vocab_size == 28996
+    with pytest.raises(ValueError, match=r"'uniter-mini' has a 30522-entry vocabulary.*vocabulary="):
+        UniterTokenizer.from_preset("uniter-mini")
+    with pytest.raises(ValueError, match="unknown UniterConfig preset"):
+        UniterTokenizer.from_preset("uniter-huge")
+    # save_to_preset -> from_preset keeps the vocabulary and the casing.
+    uncased = UniterTokenizer(TINY_UNCASED_VOCAB, lower_case=True)
+    uncased.save_to_preset(str(tmp_path / "preset"))
+    restored = UniterTokenizer.from_preset(str(tmp_path / "preset"))
+    assert restored.vocabulary == TINY_UNCASED_VOCAB and restored.lower_case
+    assert restored.encode(["Hello WORLD playing"]) == uncased.encode(["Hello WORLD playing"])
+    # A converted model directory (config.json only) of the bundled size gets the bundled vocabulary.
+    converted = tmp_path / "converted"
+    converted.mkdir()
+    (converted / "config.json").write_text('{"vocab_size": 28996, "hidden_size": 32, "num_hidden_layers": 1, '
+                                           '"num_attention_heads": 2, "intermediate_size": 64}')
+    assert UniterTokenizer.from_preset(str(converted)).model_vocab_size == 28996
+    (converted / "config.json").write_text('{"vocab_size": 30522}')
+    with pytest.raises(ValueError, match="has no tokenizer.json, vocabulary.txt or vocab.txt"):
+        UniterTokenizer.from_preset(str(converted))
+    preprocessor = UniterPreprocessor.from_preset("uniter-base", sequence_length=8)
+    token_ids = preprocessor(tf.constant(["Hello world"]))["token_ids"].numpy().tolist()
+    assert token_ids == [[101, 8667, 1362, 102, 0, 0, 0, 0]]

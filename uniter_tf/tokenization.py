@@ -23,6 +23,7 @@ special token ("never_split"), so fill-in-the-blank inputs such as ``"A [MASK] r
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
@@ -35,6 +36,8 @@ import tensorflow_text as tf_text
 ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 DEFAULT_VOCAB_PATH = os.path.join(ASSETS_DIR, "bert-base-cased-vocab.txt")
 BERT_BASE_CASED_VOCAB_SIZE = 28996
+#: The tokenizer's file in a preset directory (:meth:`UniterTokenizer.save_to_preset`).
+TOKENIZER_CONFIG_FILE = "tokenizer.json"
 
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
@@ -199,6 +202,75 @@ class UniterTokenizer(keras.layers.Layer):
         self._special_tokens = tf.constant(SPECIAL_TOKENS, dtype=tf.string)
         self._special_ids = tf.constant([self._token_to_id[token] for token in SPECIAL_TOKENS], dtype=tf.int32)
         self.built = True
+
+    # ------------------------------------------------------------------------------------------- presets
+
+    @classmethod
+    def from_preset(cls, preset: Union[str, os.PathLike], **kwargs) -> "UniterTokenizer":
+        """The tokenizer of a named preset or of a preset directory (keras-hub's ``from_preset``); no download.
+
+        A preset name (:data:`uniter_tf.config.PRESETS`) whose vocabulary is the bundled ``bert-base-cased``
+        one (28,996 entries: ``uniter-base``, ``uniter-large``, ``tiny``) gives the cased tokenizer sized for
+        that model. ``uniter-mini`` uses the BERT-uncased vocabulary, which is not bundled: pass
+        ``vocabulary=`` (its ``vocab.txt``) and ``lower_case=True``. A directory gives the tokenizer
+        :meth:`save_to_preset` wrote there (``tokenizer.json`` + ``vocabulary.txt``), else its ``vocab.txt`` /
+        ``vocabulary.txt``, else, when its ``config.json`` (a :class:`~uniter_tf.config.UniterConfig`, as
+        ``uniter convert`` writes) has the bundled vocabulary's size, the bundled one.
+
+        Args:
+            preset: a preset name or a directory.
+            **kwargs: constructor arguments that override the preset's (``vocabulary``, ``lower_case``, ...).
+
+        Raises:
+            ValueError: an unknown preset name, or a preset whose vocabulary is not available here.
+        """
+        from uniter_tf.config import UniterConfig  # pylint: disable=import-outside-toplevel
+
+        text = os.fspath(preset)
+        if not os.path.isdir(text):
+            config = UniterConfig.from_preset(text)
+            arguments = {"model_vocab_size": config.vocab_size}
+            if config.vocab_size != BERT_BASE_CASED_VOCAB_SIZE and "vocabulary" not in kwargs:
+                raise ValueError(f"preset {text!r} has a {config.vocab_size}-entry vocabulary; only bert-base-cased "
+                                 f"({BERT_BASE_CASED_VOCAB_SIZE} entries) is bundled: pass vocabulary=<vocab.txt> "
+                                 "(and lower_case=True for an uncased one)")
+            arguments.update(kwargs)
+            return cls(**arguments)
+        config_path = os.path.join(text, TOKENIZER_CONFIG_FILE)
+        if os.path.isfile(config_path):
+            with open(config_path, encoding="utf-8") as handle:
+                arguments = json.load(handle)
+            vocabulary = arguments.get("vocabulary")
+            if isinstance(vocabulary, str) and not os.path.isabs(vocabulary):
+                arguments["vocabulary"] = os.path.join(text, vocabulary)
+            arguments.update(kwargs)
+            return cls(**arguments)
+        arguments = {}
+        for file_name in ("vocabulary.txt", "vocab.txt"):
+            if os.path.isfile(os.path.join(text, file_name)):
+                arguments["vocabulary"] = os.path.join(text, file_name)
+                break
+        model_config_path = os.path.join(text, "config.json")
+        if os.path.isfile(model_config_path):
+            arguments["model_vocab_size"] = UniterConfig.from_json(model_config_path, allow_unknown=True).vocab_size
+        arguments.update(kwargs)
+        if arguments.get("vocabulary") is None and arguments.get("model_vocab_size") != BERT_BASE_CASED_VOCAB_SIZE:
+            raise ValueError(f"preset directory {text!r} has no {TOKENIZER_CONFIG_FILE}, vocabulary.txt or vocab.txt, "
+                             "and its config.json does not name the bundled vocabulary's size "
+                             f"({BERT_BASE_CASED_VOCAB_SIZE}); pass vocabulary=")
+        return cls(**arguments)
+
+    def save_to_preset(self, preset_dir: Union[str, os.PathLike]) -> None:
+        """Writes ``tokenizer.json`` (the constructor arguments) and ``vocabulary.txt`` into ``preset_dir``, which
+        :meth:`from_preset` reads back."""
+        preset_dir = os.fspath(preset_dir)
+        tf.io.gfile.makedirs(preset_dir)
+        with tf.io.gfile.GFile(os.path.join(preset_dir, "vocabulary.txt"), "w") as handle:
+            handle.write("".join(entry + "\n" for entry in self._entries))
+        arguments = {"vocabulary": "vocabulary.txt", "lower_case": self.lower_case,
+                     "model_vocab_size": self.model_vocab_size, "max_bytes_per_word": self.max_bytes_per_word}
+        with tf.io.gfile.GFile(os.path.join(preset_dir, TOKENIZER_CONFIG_FILE), "w") as handle:
+            handle.write(json.dumps(arguments, indent=2, sort_keys=True) + "\n")
 
     # ----------------------------------------------------------------------------------------- vocabulary
 
@@ -417,6 +489,17 @@ class UniterTokenizer(keras.layers.Layer):
         return config
 
 
+@functools.lru_cache(maxsize=32)
+def _start_end_packer(sequence_length: int, cls_id: int, sep_id: int, pad_id: int):
+    """keras-nlp's ``StartEndPacker`` for one setting, built once per process and setting."""
+    # Imported on first use: keras_nlp costs 1-3 s to import, which scripts that only tokenize
+    # (Beam ingest, ``encode``) should not pay.
+    from keras_nlp.layers import StartEndPacker  # pylint: disable=import-outside-toplevel
+
+    return StartEndPacker(sequence_length=sequence_length, start_value=cls_id, end_value=sep_id,
+                          pad_value=pad_id, return_padding_mask=True, dtype="int32")
+
+
 def pack_token_ids(word_ids: tf.RaggedTensor,
                    sequence_length: int,
                    cls_id: int,
@@ -424,6 +507,9 @@ def pack_token_ids(word_ids: tf.RaggedTensor,
                    pad_id: int = 0,
                    padded_length=None):
     """Adds ``[CLS]``/``[SEP]`` to WordPiece ids, truncates, and pads to a dense batch.
+
+    The packing is keras-nlp's ``StartEndPacker`` (keep the first ``sequence_length - 2`` ids, wrap them in
+    ``[CLS]`` … ``[SEP]``, pad); a narrower ``padded_length`` then drops only padding columns.
 
     Args:
         word_ids: int ``RaggedTensor [B, None]`` of ids without ``[CLS]``/``[SEP]`` (e.g. the canonical
@@ -440,22 +526,30 @@ def pack_token_ids(word_ids: tf.RaggedTensor,
     """
     if sequence_length < 2:
         raise ValueError(f"sequence_length must leave room for [CLS] and [SEP], got {sequence_length}")
-    word_ids = tf.cast(word_ids[:, :sequence_length - 2], tf.int32)
-    batch_size = word_ids.nrows()
-    cls_column = tf.fill([batch_size, 1], tf.constant(cls_id, tf.int32))
-    sep_column = tf.fill([batch_size, 1], tf.constant(sep_id, tf.int32))
-    packed = tf.concat([cls_column, word_ids, sep_column], axis=1)
+    if not isinstance(word_ids, tf.RaggedTensor):
+        raise TypeError(f"pack_token_ids expects a RaggedTensor [B, None] of ids, got {type(word_ids).__name__}")
+    packer = _start_end_packer(int(sequence_length), int(cls_id), int(sep_id), int(pad_id))
+    # StartEndPacker slices before it concatenates [SEP]; pre-truncating keeps the concatenation small for
+    # long texts and gives the same rows.
+    token_ids, text_mask = packer(tf.cast(word_ids[:, :sequence_length - 2], tf.int32))
+    token_ids = tf.cast(token_ids, tf.int32)
+    text_mask = tf.cast(text_mask, tf.int32)
     width = sequence_length if padded_length is None else padded_length
     if isinstance(width, int):
+        if width < sequence_length:
+            token_ids, text_mask = token_ids[:, :width], text_mask[:, :width]
+        elif width > sequence_length:
+            padding = [[0, 0], [0, width - sequence_length]]
+            token_ids = tf.pad(token_ids, padding, constant_values=pad_id)
+            text_mask = tf.pad(text_mask, padding, constant_values=0)
         # A static width gives the outputs a static shape.
-        token_ids = packed.to_tensor(default_value=pad_id, shape=[None, width])
-        text_mask = tf.ones_like(packed).to_tensor(default_value=0, shape=[None, width])
+        token_ids.set_shape([None, width])
+        text_mask.set_shape([None, width])
         return token_ids, text_mask
-    token_ids = packed.to_tensor(default_value=pad_id)
-    text_mask = tf.ones_like(packed).to_tensor(default_value=0)
-    padding = [[0, 0], [0, tf.cast(width, tf.int32) - tf.shape(token_ids)[1]]]
-    return (tf.pad(token_ids, padding, constant_values=pad_id),
-            tf.pad(text_mask, padding, constant_values=0))
+    width = tf.cast(width, tf.int32)
+    padding = [[0, 0], [0, tf.maximum(width - sequence_length, 0)]]
+    return (tf.pad(token_ids, padding, constant_values=pad_id)[:, :width],
+            tf.pad(text_mask, padding, constant_values=0)[:, :width])
 
 
 @keras.saving.register_keras_serializable(package="uniter_tf")
@@ -509,6 +603,13 @@ class UniterPreprocessor(keras.layers.Layer):
             widths.append(sequence_length)
         self._padding_widths = tf.constant(widths, dtype=tf.int32)
         self.built = True
+
+    @classmethod
+    def from_preset(cls, preset: Union[str, os.PathLike], sequence_length: int = 60,
+                    bucket_boundaries: Optional[Sequence[int]] = None, **kwargs) -> "UniterPreprocessor":
+        """A preprocessor around :meth:`UniterTokenizer.from_preset` (``kwargs`` go to the tokenizer)."""
+        return cls(tokenizer=UniterTokenizer.from_preset(preset, **kwargs), sequence_length=sequence_length,
+                   bucket_boundaries=bucket_boundaries)
 
     def _padded_width(self, longest_row: tf.Tensor) -> Union[int, tf.Tensor]:
         if self.bucket_boundaries is None:

@@ -52,10 +52,12 @@ class UniterSelfAttention(keras.layers.Layer):
         self.dropout_rate = dropout_rate
         self.head_size = hidden_size // num_attention_heads
         initializer = normal_initializer(initializer_range)
-        self.query = keras.layers.Dense(hidden_size, kernel_initializer=initializer, name="query")
-        self.key = keras.layers.Dense(hidden_size, kernel_initializer=initializer, name="key")
-        self.value = keras.layers.Dense(hidden_size, kernel_initializer=initializer, name="value")
-        self.dropout = keras.layers.Dropout(dropout_rate)
+        self.query = keras.layers.Dense(hidden_size, kernel_initializer=initializer,
+                                        name="query", dtype=self.dtype_policy)
+        self.key = keras.layers.Dense(hidden_size, kernel_initializer=initializer, name="key", dtype=self.dtype_policy)
+        self.value = keras.layers.Dense(hidden_size, kernel_initializer=initializer,
+                                        name="value", dtype=self.dtype_policy)
+        self.dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         for dense in (self.query, self.key, self.value):

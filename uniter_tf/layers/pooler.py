@@ -23,7 +23,8 @@ class UniterPooler(keras.layers.Layer):
         self.hidden_size = hidden_size
         self.initializer_range = initializer_range
         self.dense = keras.layers.Dense(hidden_size, activation="tanh",
-                                        kernel_initializer=normal_initializer(initializer_range), name="dense")
+                                        kernel_initializer=normal_initializer(initializer_range),
+                                        name="dense", dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         if not self.dense.built:

@@ -43,14 +43,19 @@ class UniterRegionEmbeddings(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.dropout_rate = dropout_rate
         initializer = normal_initializer(initializer_range)
-        self.img_linear = keras.layers.Dense(hidden_size, kernel_initializer=initializer, name="img_linear")
-        self.img_layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="img_layer_norm")
-        self.pos_linear = keras.layers.Dense(hidden_size, kernel_initializer=initializer, name="pos_linear")
-        self.pos_layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="pos_layer_norm")
+        self.img_linear = keras.layers.Dense(hidden_size, kernel_initializer=initializer,
+                                             name="img_linear", dtype=self.dtype_policy)
+        self.img_layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon,
+                                                              name="img_layer_norm", dtype=self.dtype_policy)
+        self.pos_linear = keras.layers.Dense(hidden_size, kernel_initializer=initializer,
+                                             name="pos_linear", dtype=self.dtype_policy)
+        self.pos_layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon,
+                                                              name="pos_layer_norm", dtype=self.dtype_policy)
         self.mask_embedding = keras.layers.Embedding(2, region_feature_dim, embeddings_initializer=initializer,
-                                                     name="mask_embedding")
-        self.layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="layer_norm")
-        self.dropout = keras.layers.Dropout(dropout_rate)
+                                                     name="mask_embedding", dtype=self.dtype_policy)
+        self.layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon,
+                                                          name="layer_norm", dtype=self.dtype_policy)
+        self.dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         hidden_shape = (None, None, self.hidden_size)

@@ -42,15 +42,16 @@ class UniterTextEmbeddings(keras.layers.Layer):
         self.dropout_rate = dropout_rate
         self.word_embeddings = keras.layers.Embedding(
                 vocab_size, hidden_size, embeddings_initializer=normal_initializer(initializer_range),
-                name="word_embeddings")
+                name="word_embeddings", dtype=self.dtype_policy)
         self.position_embeddings = keras.layers.Embedding(
                 max_position_embeddings, hidden_size, embeddings_initializer=normal_initializer(initializer_range),
-                name="position_embeddings")
+                name="position_embeddings", dtype=self.dtype_policy)
         self.token_type_embeddings = keras.layers.Embedding(
                 type_vocab_size, hidden_size, embeddings_initializer=normal_initializer(initializer_range),
-                name="token_type_embeddings")
-        self.layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="layer_norm")
-        self.dropout = keras.layers.Dropout(dropout_rate)
+                name="token_type_embeddings", dtype=self.dtype_policy)
+        self.layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon,
+                                                          name="layer_norm", dtype=self.dtype_policy)
+        self.dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         for embedding in (self.word_embeddings, self.position_embeddings, self.token_type_embeddings):

@@ -45,18 +45,19 @@ class UniterTransformerLayer(keras.layers.Layer):
         self.attention_dropout_rate = attention_dropout_rate
         initializer = normal_initializer(initializer_range)
         self.attention = UniterSelfAttention(hidden_size, num_attention_heads, initializer_range,
-                                             attention_dropout_rate, name="attention")
+                                             attention_dropout_rate, name="attention", dtype=self.dtype_policy)
         self.attention_output = keras.layers.Dense(hidden_size, kernel_initializer=initializer,
-                                                   name="attention_output")
-        self.attention_dropout = keras.layers.Dropout(hidden_dropout_rate)
-        self.attention_layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon,
-                                                                    name="attention_layer_norm")
+                                                   name="attention_output", dtype=self.dtype_policy)
+        self.attention_dropout = keras.layers.Dropout(hidden_dropout_rate, dtype=self.dtype_policy)
+        self.attention_layer_norm = keras.layers.LayerNormalization(
+                epsilon=layer_norm_epsilon, name="attention_layer_norm", dtype=self.dtype_policy)
         self.intermediate = keras.layers.Dense(intermediate_size, kernel_initializer=initializer,
-                                               name="intermediate")
-        self.output_dense = keras.layers.Dense(hidden_size, kernel_initializer=initializer, name="output_dense")
-        self.output_dropout = keras.layers.Dropout(hidden_dropout_rate)
+                                               name="intermediate", dtype=self.dtype_policy)
+        self.output_dense = keras.layers.Dense(hidden_size, kernel_initializer=initializer,
+                                               name="output_dense", dtype=self.dtype_policy)
+        self.output_dropout = keras.layers.Dropout(hidden_dropout_rate, dtype=self.dtype_policy)
         self.output_layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon,
-                                                                 name="output_layer_norm")
+                                                                 name="output_layer_norm", dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         hidden_shape = (None, None, self.hidden_size)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+import os
+from typing import Any, Dict, Mapping, Optional, Union
 
 import keras
 import tensorflow as tf
@@ -30,6 +31,13 @@ _INPUT_SPECS = {
         "masked_regions": (2, "mask"),
         "region_type_ids": (2, "int"),
 }
+
+
+# Dtype of each input in the recorded signature (what the data pipeline and the serving signatures feed).
+_SIGNATURE_DTYPES = {"int": tf.int32, "mask": tf.int32, "float": tf.float32}
+# Files of a preset directory: the layout ``uniter convert`` writes (uniter_tf.checkpoints.official).
+PRESET_CONFIG_FILE = "config.json"
+PRESET_WEIGHTS_FILE = "backbone.weights.h5"
 
 
 def _shape_text(shape) -> str:
@@ -73,7 +81,13 @@ class UniterBackbone(keras.Model):
         config: the model configuration.
         output_hidden_states: default of the call argument of the same name.
         output_attention_probs: default of the call argument of the same name.
-        **kwargs: passed to ``keras.Model`` (e.g. ``name``, ``dtype`` policy).
+        **kwargs: passed to ``keras.Model`` (e.g. ``name``). ``dtype`` (a policy name such as
+            ``"mixed_bfloat16"`` or a ``keras.DTypePolicy``) reaches every sublayer, so a mixed-precision
+            backbone needs no change of the global policy.
+
+    Example:
+        >>> backbone = UniterBackbone.from_preset("tiny", dtype="mixed_bfloat16")
+        >>> backbone.export("/tmp/uniter_backbone")  # doctest: +SKIP
     """
 
     def __init__(self, config: UniterConfig, output_hidden_states: bool = False,
@@ -85,41 +99,153 @@ class UniterBackbone(keras.Model):
         self.config = config
         self.output_hidden_states = output_hidden_states
         self.output_attention_probs = output_attention_probs
+        # keras sublayers do not inherit their parent's policy: each is given it (keras-hub's convention).
+        policy = self.dtype_policy
         self.text_embeddings = UniterTextEmbeddings(
                 vocab_size=config.vocab_size, hidden_size=config.hidden_size,
                 max_position_embeddings=config.max_position_embeddings, type_vocab_size=config.type_vocab_size,
                 initializer_range=config.initializer_range, layer_norm_epsilon=config.layer_norm_epsilon,
-                dropout_rate=config.hidden_dropout_prob, name="text_embeddings")
+                dropout_rate=config.hidden_dropout_prob, name="text_embeddings", dtype=policy)
         self.region_embeddings = UniterRegionEmbeddings(
                 region_feature_dim=config.region_feature_dim, hidden_size=config.hidden_size,
                 region_position_dim=config.region_position_dim, initializer_range=config.initializer_range,
                 layer_norm_epsilon=config.layer_norm_epsilon, dropout_rate=config.hidden_dropout_prob,
-                name="region_embeddings")
+                name="region_embeddings", dtype=policy)
         self.encoder_layers = [
                 UniterTransformerLayer(
                         hidden_size=config.hidden_size, num_attention_heads=config.num_attention_heads,
                         intermediate_size=config.intermediate_size, initializer_range=config.initializer_range,
                         layer_norm_epsilon=config.layer_norm_epsilon,
                         hidden_dropout_rate=config.hidden_dropout_prob,
-                        attention_dropout_rate=config.attention_probs_dropout_prob, name=f"layer_{index}")
+                        attention_dropout_rate=config.attention_probs_dropout_prob, name=f"layer_{index}",
+                        dtype=policy)
                 for index in range(config.num_hidden_layers)
         ]
         # tf.train.Checkpoint does not walk Keras' tracked lists, so each layer is also an attribute
         # of its own: without this, training checkpoints silently leave out the whole encoder.
         for index, layer in enumerate(self.encoder_layers):
             setattr(self, f"encoder_layer_{index}", layer)
-        self.pooler = UniterPooler(config.hidden_size, config.initializer_range, name="pooler")
+        self.pooler = UniterPooler(config.hidden_size, config.initializer_range, name="pooler", dtype=policy)
+        self._input_specs = self._make_input_specs({name: None for name in TEXT_INPUTS + REGION_INPUTS})
         # Every shape follows from the config, so variables exist right after construction (checkpoint
         # loading and weight tying need them before the first call).
         self.build()
 
     def build(self, input_shape=None):
+        """Creates every variable (shapes follow from the config).
+
+        Args:
+            input_shape: optional dict of input name → shape; when given, those inputs (and shapes, batch
+                dimension left free) become the recorded signature that :meth:`export` uses.
+        """
+        if isinstance(input_shape, Mapping):
+            self._input_specs = self._make_input_specs(input_shape)
         self.text_embeddings.build()
         self.region_embeddings.build()
         for layer in self.encoder_layers:
             layer.build()
         self.pooler.build()
         self.built = True
+
+    def _make_input_specs(self, shapes: Mapping[str, Any]) -> Dict[str, tf.TensorSpec]:
+        unknown = sorted(set(shapes) - set(_INPUT_SPECS))
+        if unknown:
+            raise ValueError(f"UniterBackbone.build: unknown inputs {unknown}; known: {sorted(_INPUT_SPECS)}")
+        specs = {}
+        for name, shape in shapes.items():
+            rank, kind = _INPUT_SPECS[name]
+            dims = [None] * rank
+            if shape is not None:
+                dims = [None] + [None if dim is None else int(dim) for dim in tuple(shape)[1:]]
+            if name == "region_features":
+                dims[2] = self.config.region_feature_dim
+            elif name == "region_positions":
+                dims[2] = self.config.region_position_dim
+            dtype = tf.bool if name == "masked_regions" else _SIGNATURE_DTYPES[kind]
+            specs[name] = tf.TensorSpec(dims, dtype, name=name)
+        self.validate_inputs({name: tf.zeros([1 if dim is None else dim for dim in spec.shape], spec.dtype)
+                              for name, spec in specs.items()})
+        return specs
+
+    @property
+    def input_specs(self) -> Dict[str, tf.TensorSpec]:
+        """The recorded input signature: name → ``tf.TensorSpec`` with a free batch (and length) dimension.
+
+        The five text and region inputs by default; :meth:`build` with a dict of shapes records others.
+        """
+        return dict(self._input_specs)
+
+    def export(self, filepath, format="tf_saved_model",  # pylint: disable=redefined-builtin
+               verbose=None, input_signature=None, **kwargs):
+        """Exports the forward pass (``keras.Model.export``), by default with the recorded :attr:`input_specs`.
+
+        Keras can infer a signature only for functional models or after a first call; the backbone knows
+        its inputs from its config, so it exports right after construction.
+
+        Args:
+            filepath: the output directory.
+            format: ``"tf_saved_model"`` (default) or another ``keras.Model.export`` format.
+            verbose: print a summary of the export.
+            input_signature: overrides the recorded signature (a list holding one dict of specs).
+            **kwargs: passed to ``keras.Model.export``.
+        """
+        if input_signature is None:
+            input_signature = [self.input_specs]
+        return super().export(filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------
+    # Presets (keras-hub's ``from_preset`` / ``save_to_preset``).
+    @classmethod
+    def from_preset(cls, preset: Union[str, os.PathLike], load_weights: bool = True, **kwargs) -> "UniterBackbone":
+        """Builds a backbone from a named preset or a preset directory; nothing is downloaded.
+
+        A name of :data:`uniter_tf.config.PRESETS` (``"uniter-base"``, ``"uniter-large"``, ``"uniter-mini"``,
+        ``"tiny"``; ``"base"`` etc. too) gives a configured, randomly initialised backbone: the released
+        UNITER weights are PyTorch checkpoints, so they come in through ``uniter convert``. A directory
+        (what :meth:`save_to_preset` or ``uniter convert`` writes: ``config.json`` and
+        ``backbone.weights.h5``) gives its config and, with ``load_weights``, its weights.
+
+        Args:
+            preset: a preset name or a directory.
+            load_weights: load the directory's ``backbone.weights.h5`` (ignored for a name).
+            **kwargs: :class:`~uniter_tf.config.UniterConfig` fields override the preset's config; the rest
+                (``dtype``, ``name``, ``output_hidden_states``, ...) go to the constructor.
+
+        Raises:
+            ValueError: an unknown preset name (listing the known ones) or an override that the
+                preset's weights cannot take.
+            FileNotFoundError: a directory without ``config.json``, or without weights when
+                ``load_weights``.
+        """
+        field_names = set(UniterConfig.__dataclass_fields__)
+        overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in field_names}
+        text = os.fspath(preset)
+        if not os.path.isdir(text):
+            return cls(UniterConfig.from_preset(text, **overrides), **kwargs)
+        config_path = os.path.join(text, PRESET_CONFIG_FILE)
+        weights_path = os.path.join(text, PRESET_WEIGHTS_FILE)
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError(f"preset directory {text!r} has no {PRESET_CONFIG_FILE}")
+        config = UniterConfig.from_json(config_path, allow_unknown=True).replace(**overrides)
+        backbone = cls(config, **kwargs)
+        if load_weights:
+            if not os.path.isfile(weights_path):
+                raise FileNotFoundError(f"preset directory {text!r} has no {PRESET_WEIGHTS_FILE}; pass "
+                                        "load_weights=False for a freshly initialised backbone")
+            try:
+                backbone.load_weights(weights_path)
+            except ValueError as error:
+                raise ValueError(f"{weights_path}: the weights do not fit the config (overrides "
+                                 f"{sorted(overrides)}): {error}") from error
+        return backbone
+
+    def save_to_preset(self, preset_dir: Union[str, os.PathLike]) -> None:
+        """Writes ``config.json`` and ``backbone.weights.h5`` into ``preset_dir`` (created if needed), the
+        directory :meth:`from_preset` reads back."""
+        preset_dir = os.fspath(preset_dir)
+        tf.io.gfile.makedirs(preset_dir)
+        self.config.to_json(os.path.join(preset_dir, PRESET_CONFIG_FILE))
+        self.save_weights(os.path.join(preset_dir, PRESET_WEIGHTS_FILE))
 
     # ----------------------------------------------------------------------------------------------
     # Tied weights, for the pretraining heads.

@@ -59,9 +59,9 @@ class ItmRankHead(OfficialHead):
     def __init__(self, hidden_size: int, initializer_range: float = 0.02, **kwargs):
         super().__init__(hidden_size, initializer_range, **kwargs)
         self.rank_output = keras.layers.Dense(1, kernel_initializer=normal_initializer(initializer_range),
-                                              name="rank_output")
+                                              name="rank_output", dtype=self.dtype_policy)
         self.itm_output = keras.layers.Dense(2, kernel_initializer=normal_initializer(initializer_range),
-                                             name="itm_output")
+                                             name="itm_output", dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         for layer in (self.rank_output, self.itm_output):

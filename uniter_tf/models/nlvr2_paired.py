@@ -58,7 +58,7 @@ class Nlvr2PairedHead(OfficialHead):
     def __init__(self, hidden_size: int, initializer_range: float = 0.02, **kwargs):
         super().__init__(hidden_size, initializer_range, **kwargs)
         self.classifier = keras.layers.Dense(2, kernel_initializer=normal_initializer(initializer_range),
-                                             name="classifier")
+                                             name="classifier", dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         if not self.classifier.built:

@@ -60,17 +60,20 @@ class Nlvr2PairedAttentionHead(OfficialHead):
         # The packed in-projections keep torch's xavier_uniform init (the official init_weights skips
         # them, they are not nn.Linear); Keras' Glorot uniform on the [H, 3H] kernel is the same law.
         self.attn1_in_proj = keras.layers.Dense(3 * hidden_size, kernel_initializer="glorot_uniform",
-                                                name="attn1_in_proj")
-        self.attn1_out_proj = keras.layers.Dense(hidden_size, kernel_initializer=normal, name="attn1_out_proj")
+                                                name="attn1_in_proj", dtype=self.dtype_policy)
+        self.attn1_out_proj = keras.layers.Dense(hidden_size, kernel_initializer=normal,
+                                                 name="attn1_out_proj", dtype=self.dtype_policy)
         self.attn2_in_proj = keras.layers.Dense(3 * hidden_size, kernel_initializer="glorot_uniform",
-                                                name="attn2_in_proj")
-        self.attn2_out_proj = keras.layers.Dense(hidden_size, kernel_initializer=normal, name="attn2_out_proj")
-        self.fc = keras.layers.Dense(hidden_size, kernel_initializer=normal, name="fc")
-        self.attn_pool_fc = keras.layers.Dense(1, kernel_initializer=normal, name="attn_pool_fc")
-        self.classifier = keras.layers.Dense(2, kernel_initializer=normal, name="classifier")
-        self.attention_dropout = keras.layers.Dropout(attention_dropout_rate)
-        self.fc_dropout = keras.layers.Dropout(hidden_dropout_rate)
-        self.pool_dropout = keras.layers.Dropout(hidden_dropout_rate)
+                                                name="attn2_in_proj", dtype=self.dtype_policy)
+        self.attn2_out_proj = keras.layers.Dense(hidden_size, kernel_initializer=normal,
+                                                 name="attn2_out_proj", dtype=self.dtype_policy)
+        self.fc = keras.layers.Dense(hidden_size, kernel_initializer=normal, name="fc", dtype=self.dtype_policy)
+        self.attn_pool_fc = keras.layers.Dense(1, kernel_initializer=normal,
+                                               name="attn_pool_fc", dtype=self.dtype_policy)
+        self.classifier = keras.layers.Dense(2, kernel_initializer=normal, name="classifier", dtype=self.dtype_policy)
+        self.attention_dropout = keras.layers.Dropout(attention_dropout_rate, dtype=self.dtype_policy)
+        self.fc_dropout = keras.layers.Dropout(hidden_dropout_rate, dtype=self.dtype_policy)
+        self.pool_dropout = keras.layers.Dropout(hidden_dropout_rate, dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         width = self.hidden_size

@@ -25,9 +25,9 @@ class _TransformHead(keras.layers.Layer):
         self.initializer_range = initializer_range
         self.layer_norm_epsilon = layer_norm_epsilon
         self.transform_dense = keras.layers.Dense(hidden_size, kernel_initializer=normal_initializer(initializer_range),
-                                                  name="transform_dense")
-        self.transform_layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon,
-                                                                    name="transform_layer_norm")
+                                                  name="transform_dense", dtype=self.dtype_policy)
+        self.transform_layer_norm = keras.layers.LayerNormalization(
+                epsilon=layer_norm_epsilon, name="transform_layer_norm", dtype=self.dtype_policy)
 
     def _build_transform(self):
         if not self.transform_dense.built:
@@ -155,7 +155,7 @@ class MrcHead(_TransformHead):
         super().__init__(hidden_size, initializer_range, layer_norm_epsilon, **kwargs)
         self.num_soft_labels = num_soft_labels
         self.classifier = keras.layers.Dense(num_soft_labels, kernel_initializer=normal_initializer(initializer_range),
-                                             name="classifier")
+                                             name="classifier", dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         self._build_transform()
@@ -188,7 +188,7 @@ class ItmHead(keras.layers.Layer):
         self.hidden_size = hidden_size
         self.initializer_range = initializer_range
         self.classifier = keras.layers.Dense(2, kernel_initializer=normal_initializer(initializer_range),
-                                             name="classifier")
+                                             name="classifier", dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         if not self.classifier.built:

@@ -87,6 +87,8 @@ class UniterPretrainingModel(keras.Model):
     def __init__(self, backbone: UniterBackbone, max_masked_tokens: Optional[int] = None,
                  max_masked_regions: Optional[int] = None, use_ot: bool = True, **kwargs):
         kwargs.setdefault("name", "uniter_pretraining")
+        # The heads compute in the backbone's precision unless told otherwise (keras-hub task models do the same).
+        kwargs.setdefault("dtype", backbone.dtype_policy)
         super().__init__(**kwargs)
         self.backbone = backbone
         self.max_masked_tokens = max_masked_tokens
@@ -94,11 +96,12 @@ class UniterPretrainingModel(keras.Model):
         self.use_ot = use_ot
         config: UniterConfig = backbone.config
         self.config = config
-        common = dict(initializer_range=config.initializer_range, layer_norm_epsilon=config.layer_norm_epsilon)
+        common = dict(initializer_range=config.initializer_range, layer_norm_epsilon=config.layer_norm_epsilon,
+                      dtype=self.dtype_policy)
         self.mlm_head = MlmHead(config.hidden_size, config.vocab_size, name="mlm_head", **common)
         self.mrfr_head = MrfrHead(config.hidden_size, config.region_feature_dim, name="mrfr_head", **common)
         self.mrc_head = MrcHead(config.hidden_size, config.num_soft_labels, name="mrc_head", **common)
-        self.itm_head = ItmHead(config.hidden_size, config.initializer_range, name="itm_head")
+        self.itm_head = ItmHead(config.hidden_size, config.initializer_range, name="itm_head", dtype=self.dtype_policy)
         self.build()
 
     def build(self, input_shape=None):

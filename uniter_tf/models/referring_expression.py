@@ -61,9 +61,11 @@ class ReferringExpressionHead(OfficialHead):
         self.layer_norm_epsilon = layer_norm_epsilon
         normal = normal_initializer(initializer_range)
         if mlp == 2:
-            self.dense = keras.layers.Dense(hidden_size, kernel_initializer=normal, name="dense")
-            self.layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="layer_norm")
-        self.scorer = keras.layers.Dense(1, kernel_initializer=normal, name="scorer")
+            self.dense = keras.layers.Dense(hidden_size, kernel_initializer=normal,
+                                            name="dense", dtype=self.dtype_policy)
+            self.layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon,
+                                                              name="layer_norm", dtype=self.dtype_policy)
+        self.scorer = keras.layers.Dense(1, kernel_initializer=normal, name="scorer", dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         if self.mlp == 2:

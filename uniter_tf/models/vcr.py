@@ -54,9 +54,11 @@ class VcrHead(OfficialHead):
         super().__init__(hidden_size, initializer_range, **kwargs)
         self.layer_norm_epsilon = layer_norm_epsilon
         normal = normal_initializer(initializer_range)
-        self.dense_expand = keras.layers.Dense(2 * hidden_size, kernel_initializer=normal, name="dense_expand")
-        self.layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="layer_norm")
-        self.classifier = keras.layers.Dense(2, kernel_initializer=normal, name="classifier")
+        self.dense_expand = keras.layers.Dense(2 * hidden_size, kernel_initializer=normal,
+                                               name="dense_expand", dtype=self.dtype_policy)
+        self.layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon,
+                                                          name="layer_norm", dtype=self.dtype_policy)
+        self.classifier = keras.layers.Dense(2, kernel_initializer=normal, name="classifier", dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         if not self.dense_expand.built:

@@ -1,6 +1,7 @@
 """Custom TFX artifact types of uniter-tf.
 
-* :class:`Images`: a directory of image files (JPEG/PNG), e.g. brought in with ``tfx.dsl.Importer``.
+* :class:`Images`: a directory of image files (JPEG/PNG), brought in by ``components.image_folder.ImageFolder``
+  (fingerprinted) or ``tfx.dsl.Importer``.
 * :class:`RegionFeatures`: region-feature extraction output, laid out as ``uniter extract`` writes it::
 
       <uri>/region_features-00000-of-0000N.tfrecord.gz   canonical per-image records (GZIP TFRecords)

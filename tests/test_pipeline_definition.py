@@ -70,15 +70,33 @@ def _kfp_type_names_valid():
     return all(title.fullmatch(artifact.TYPE_NAME) for artifact in (artifacts.Images, artifacts.RegionFeatures))
 
 
-def test_kubeflow_v2_compilation(tmp_path, monkeypatch):
+IMAGE = "europe-docker.pkg.dev/uniter-project/uniter/uniter-tf:1.2.3"
+PIPELINE_ROOT = "gs://uniter-bucket/pipelines"
+
+
+@pytest.fixture(scope="module")
+def compiled_kubeflow(tmp_path_factory):
+    """The Kubeflow V2 JSON, compiled once for the module (the compile takes ~30 s of CPU)."""
     # KubeflowV2DagRunner accepts only custom artifact type names of the form 'namespace.Name'.
     assert _kfp_type_names_valid()
     from pipeline import kubeflow_v2_runner
 
-    output = tmp_path / "uniter_pipeline.json"
-    path = kubeflow_v2_runner.compile_pipeline(str(output))
+    patch = pytest.MonkeyPatch()
+    for name in ("UNITER_SAMPLE_DATA_DIR", "UNITER_SERVING_MODEL_DIR", "UNITER_KUBEFLOW_BEAM_PIPELINE_ARGS",
+                 "UNITER_TRAINER_ACCELERATOR", "UNITER_TRAINER_ACCELERATOR_COUNT", "UNITER_TRAINER_CPU"):
+        patch.delenv(name, raising=False)
+    patch.setenv("UNITER_TRAINER_MEMORY_GB", "24")
+    try:
+        output = tmp_path_factory.mktemp("kubeflow") / "uniter_pipeline.json"
+        path = kubeflow_v2_runner.compile_pipeline(str(output), image=IMAGE, pipeline_root=PIPELINE_ROOT)
+    finally:
+        patch.undo()
     with open(path, encoding="utf-8") as handle:
-        compiled = json.load(handle)
+        return handle.read()
+
+
+def test_kubeflow_v2_compilation(compiled_kubeflow):
+    compiled = json.loads(compiled_kubeflow)
     spec = compiled["pipelineSpec"]
     tasks = spec["root"]["dag"]["tasks"]
     dependencies = {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()}
@@ -89,9 +107,94 @@ def test_kubeflow_v2_compilation(tmp_path, monkeypatch):
         assert dependencies[node_id] == expected, node_id
     executors = spec["deploymentSpec"]["executors"]
     images = {executor["container"]["image"] for executor in executors.values() if "container" in executor}
-    assert images == {kubeflow_v2_runner.configs.PIPELINE_IMAGE}
+    assert images == {IMAGE}
     trainer_config = json.dumps(spec["root"]["dag"]["tasks"]["FinetuneTrainer"])
     assert "pipeline.finetune_module.run_fn" in trainer_config
+
+
+def test_kubeflow_v2_runtime_parameters_resources_and_no_local_paths(compiled_kubeflow):
+    from pipeline import configs
+    from pipeline import pipeline as pipeline_lib
+
+    compiled = json.loads(compiled_kubeflow)
+    spec = compiled["pipelineSpec"]
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(parameters) == set(pipeline_lib.RUNTIME_PARAMETERS)
+    defaults = {name: parameter["defaultValue"] for name, parameter in parameters.items()}
+    assert defaults == compiled["runtimeConfig"]["parameterValues"]
+    assert defaults["data_root"] == f"{PIPELINE_ROOT}/data"
+    assert defaults["images_root"] == f"{PIPELINE_ROOT}/data/images"
+    assert json.loads(defaults["push_destination"]) == {
+            "filesystem": {"base_directory": f"{PIPELINE_ROOT}/serving_model/uniter"}}
+    assert json.loads(defaults["pretrain_train_args"]) == {"num_steps": configs.PRETRAIN_TRAIN_STEPS}
+    assert json.loads(defaults["finetune_train_args"]) == {"num_steps": configs.FINETUNE_TRAIN_STEPS}
+    assert json.loads(defaults["eval_lower_bounds"]) == configs.EVAL_LOWER_BOUNDS
+    assert json.loads(defaults["eval_max_regression"]) == configs.EVAL_MAX_REGRESSION
+    # The tasks read the parameters instead of constants.
+    tasks = spec["root"]["dag"]["tasks"]
+    wired = {(task_name, key): value["componentInputParameter"]
+             for task_name, task in tasks.items()
+             for key, value in task.get("inputs", {}).get("parameters", {}).items()
+             if "componentInputParameter" in value}
+    assert wired == {
+            ("ImageImporter", "source_uri"): "images_root", ("ImageImporter", "boxes_json"): "boxes_json",
+            ("RegionFeatureExtractor", "boxes_json"): "boxes_json",
+            ("CaptionExampleGen", "input_base"): "data_root", ("VqaExampleGen", "input_base"): "data_root",
+            ("PretrainTrainer", "train_args"): "pretrain_train_args",
+            ("PretrainTrainer", "eval_args"): "pretrain_eval_args",
+            ("FinetuneTrainer", "train_args"): "finetune_train_args",
+            ("FinetuneTrainer", "eval_args"): "finetune_eval_args",
+            ("UniterEvaluator", "lower_bounds"): "eval_lower_bounds",
+            ("UniterEvaluator", "max_regression"): "eval_max_regression",
+            ("Pusher", "push_destination"): "push_destination"}
+
+    executors = spec["deploymentSpec"]["executors"]
+    for trainer in ("PretrainTrainer", "FinetuneTrainer"):
+        assert executors[f"{trainer}_executor"]["container"]["resources"] == {"cpuLimit": 8.0, "memoryLimit": 24.0}
+    # The local DirectRunner flags are not baked into the cluster spec.
+    assert "--direct_running_mode" not in compiled_kubeflow and "--direct_num_workers" not in compiled_kubeflow
+
+    # No absolute path of the compiling machine.
+    import tempfile
+
+    local_prefixes = {REPOSITORY_ROOT, os.path.realpath(REPOSITORY_ROOT), tempfile.gettempdir(), "/work/", "/tmp/",
+                      os.path.expanduser("~") + "/"}
+    leaked = {prefix for prefix in local_prefixes if prefix in compiled_kubeflow}
+    assert not leaked, leaked
+
+
+def test_kubeflow_compile_requires_image_and_pipeline_root(monkeypatch, capsys):
+    from pipeline import kubeflow_v2_runner
+
+    monkeypatch.delenv("UNITER_PIPELINE_IMAGE", raising=False)
+    monkeypatch.delenv("UNITER_PIPELINE_ROOT", raising=False)
+    assert kubeflow_v2_runner.main(["--pipeline-root", PIPELINE_ROOT]) == 2
+    message = capsys.readouterr().err.strip()
+    assert message == ("error: the Kubeflow compile needs the container image of the steps: "
+                       "pass --image or set UNITER_PIPELINE_IMAGE")
+    monkeypatch.setenv("UNITER_PIPELINE_IMAGE", IMAGE)
+    with pytest.raises(kubeflow_v2_runner.CompileError, match="--pipeline-root or set UNITER_PIPELINE_ROOT"):
+        kubeflow_v2_runner.compile_pipeline()
+    monkeypatch.setenv("UNITER_TRAINER_ACCELERATOR_COUNT", "2")
+    with pytest.raises(kubeflow_v2_runner.CompileError, match="UNITER_TRAINER_ACCELERATOR"):
+        kubeflow_v2_runner.trainer_resources()
+    monkeypatch.setenv("UNITER_TRAINER_ACCELERATOR", "NVIDIA_TESLA_T4")
+    resources = kubeflow_v2_runner.trainer_resources()
+    assert (resources.accelerator.type, resources.accelerator.count) == ("NVIDIA_TESLA_T4", 2)
+
+
+def test_local_pipeline_keeps_plain_values_and_beam_args_only_on_beam_components(tmp_path):
+    from tfx.dsl.components.base import base_beam_component
+
+    pipeline = _create(tmp_path, beam_pipeline_args=["--direct_num_workers=1"])
+    assert pipeline.beam_pipeline_args == []
+    for component in pipeline.components:
+        if isinstance(component, base_beam_component.BaseBeamComponent):
+            assert component.executor_spec.beam_pipeline_args == ["--direct_num_workers=1"], component.id
+    example_gen = next(component for component in pipeline.components if component.id == "CaptionExampleGen")
+    assert example_gen.exec_properties["input_base"] == str(tmp_path / "data")
+    importer = next(component for component in pipeline.components if component.id == "ImageImporter")
+    assert importer.exec_properties["source_uri"] == str(tmp_path / "data" / "images")
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
+from components import input_fingerprint
 from components.uniter_example_gen import spec as spec_lib
 
 #: Shard file prefix inside each ``Split-<name>`` folder (as TFX's own ExampleGen).
@@ -41,6 +42,50 @@ def features_location(features_artifacts: List[types.Artifact], features_path: s
     raise ValueError("UniterExampleGen needs a `features` channel or the `features_path` parameter")
 
 
+def annotation_paths(exec_properties: Dict[str, Any]) -> Dict[str, List[str]]:
+    """The annotation files (``annotations``, ``annotations2``), relative ones joined to ``input_base``.
+
+    Raises:
+        ValueError: a parameter is not a JSON list of strings (named in the message).
+    """
+    base = exec_properties.get(spec_lib.INPUT_BASE_KEY) or ""
+    paths = {}
+    for key, default in ((spec_lib.ANNOTATIONS_KEY, None), (spec_lib.ANNOTATIONS2_KEY, "[]")):
+        raw = exec_properties.get(key) or default
+        try:
+            values = json.loads(raw)
+        except (TypeError, json.JSONDecodeError):
+            values = None
+        if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+            raise ValueError(f"UniterExampleGen parameter {key!r} must be a JSON list of paths, got {raw!r}")
+        # Absolute paths and URLs stay as they are; relative ones are under input_base.
+        paths[key] = [value if (not base or os.path.isabs(value) or "://" in value) else os.path.join(base, value)
+                      for value in values]
+    return paths
+
+
+def inputs_fingerprint(exec_properties: Dict[str, Any]) -> str:
+    """The fingerprint of the component's file inputs.
+
+    The annotation files by content (SHA-256); a ``features_path`` (used when there is no features channel,
+    whose artifact id is already in the cache key) by its files' names, sizes and mtimes.
+    """
+    paths = annotation_paths(exec_properties)
+    parts = [input_fingerprint.content_fingerprint(paths[spec_lib.ANNOTATIONS_KEY] + paths[spec_lib.ANNOTATIONS2_KEY])]
+    features_path = exec_properties.get(spec_lib.FEATURES_PATH_KEY)
+    if features_path:
+        parts.append(input_fingerprint.listing_fingerprint(
+                [location for location in features_path.split(",") if location]))
+    return ";".join(parts)
+
+
+class Driver(input_fingerprint.FingerprintDriver):
+    """Adds the fingerprint of the annotation files (and ``features_path``) to the cache key."""
+
+    def fingerprint(self, exec_properties: Dict[str, Any]) -> str:
+        return inputs_fingerprint(exec_properties)
+
+
 def ingest_config(input_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]):
     """Builds the :class:`IngestConfig` from the component's inputs and execution properties."""
     from uniter_tf.data import ingest
@@ -50,10 +95,11 @@ def ingest_config(input_dict: Dict[str, List[types.Artifact]], exec_properties: 
                                  exec_properties.get(spec_lib.FEATURES_PATH_KEY) or "")
     if input_dict.get(spec_lib.FEATURES_KEY) and "feature_format" not in options:
         options["feature_format"] = "canonical"
+    paths = annotation_paths(exec_properties)
     return ingest.IngestConfig(
             annotation_format=exec_properties[spec_lib.ANNOTATION_FORMAT_KEY],
-            annotations=tuple(json.loads(exec_properties[spec_lib.ANNOTATIONS_KEY])),
-            annotations2=tuple(json.loads(exec_properties.get(spec_lib.ANNOTATIONS2_KEY) or "[]")),
+            annotations=tuple(paths[spec_lib.ANNOTATIONS_KEY]),
+            annotations2=tuple(paths[spec_lib.ANNOTATIONS2_KEY]),
             features=features, **options)
 
 
@@ -106,4 +152,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             examples.set_int_custom_property(name, int(value))
         total = sum(counts.get(reason, 0) for reason in dead_letter.ALL_REASONS)
         examples.set_int_custom_property(DEAD_LETTERS_PROPERTY, total)
+        # Set by the driver under the local / CLI runners; computed here where no driver runs (Kubeflow V2).
+        fingerprint = exec_properties.get(input_fingerprint.FINGERPRINT_KEY) or inputs_fingerprint(exec_properties)
+        examples.set_string_custom_property(input_fingerprint.FINGERPRINT_KEY, fingerprint)
         logging.info("%s", dead_letter.format_summary(counts, title="UniterExampleGen ingest summary"))

@@ -61,6 +61,13 @@ def test_drivers_put_the_fingerprint_in_the_exec_properties_and_on_the_artifacts
     assert fingerprint == input_fingerprint.listing_fingerprint([str(tmp_path / "images")], "*.png")
     (artifact,) = output.output_artifacts["images"].artifacts
     assert artifact.custom_properties[input_fingerprint.FINGERPRINT_KEY].string_value == fingerprint
+    # The ground-truth boxes describing the images join the fingerprint by content.
+    boxes = _write(tmp_path / "boxes.json", b'{"1": [[0, 0, 4, 4]]}')
+    with_boxes = dict(info.exec_properties, boxes_json=boxes)
+    boxed = ImageFolderDriver(None).fingerprint(with_boxes)
+    assert boxed == fingerprint + ";boxes:" + input_fingerprint.content_fingerprint([boxes])
+    _write(tmp_path / "boxes.json", b'{"1": [[0, 0, 4, 5]]}')
+    assert ImageFolderDriver(None).fingerprint(with_boxes) != boxed
     with pytest.raises(FileNotFoundError, match="no files match"):
         ImageFolderDriver(None).run(data_types.ExecutionInfo(
                 exec_properties={"source_uri": str(tmp_path / "images"), "pattern": "*.jpg"},

@@ -141,6 +141,8 @@ def build_kubeflow_pipeline(pipeline_root: str, data_root: Optional[str] = None,
             finetune_run_fn="pipeline.finetune_module.run_fn",
             runtime_parameters=True,
             trainer_resources=trainer_resources(),
+            # No custom drivers on Kubeflow V2, and its importer takes the URI as a runtime parameter.
+            fingerprint_images=False,
     )
 
 

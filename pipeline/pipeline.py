@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from tfx import v1 as tfx
 from tfx.dsl.components.base import base_beam_component
 
+from components.artifacts import Images
 from components.image_folder import ImageFolder
 from components.region_feature_extractor.component import RegionFeatureExtractor
 from components.uniter_evaluator.component import UniterEvaluator
@@ -147,6 +148,7 @@ def create_pipeline(
         boxes_json: Optional[str] = None,
         runtime_parameters: bool = False,
         trainer_resources=None,
+        fingerprint_images: bool = True,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline.
 
@@ -198,6 +200,10 @@ def create_pipeline(
             takes plain values.
         trainer_resources: a KFP ``ResourceSpec`` (CPU, memory, accelerator) for both Trainers' containers
             (Kubeflow V2 / Vertex; ignored by the local runner).
+        fingerprint_images: bring the images in with :class:`ImageFolder` (its driver puts the folder's
+            listing into the cache key; the ``Images`` artifact points at the folder). False: with
+            ``tfx.dsl.Importer`` (the Kubeflow compile: Kubeflow V2 runs no custom drivers and compiles the
+            Importer to its native importer, whose URI may be a runtime parameter).
 
     Returns:
         The ``tfx.dsl.Pipeline``.
@@ -218,11 +224,17 @@ def create_pipeline(
     boxes_json = (boxes_json or os.path.join(data_root, "boxes.json")) if ground_truth_boxes else None
     if boxes_json is not None:
         boxes_json = parameter("boxes_json", boxes_json)
-    # The images and their boxes are fingerprinted (the Importer it replaces reused a stale artifact).
-    image_importer = ImageFolder(source_uri=parameter("images_root", images_root), pattern="*.png",
-                                 boxes_json=boxes_json).with_id(IMAGE_IMPORTER)
+    if fingerprint_images:
+        # The images and their boxes are fingerprinted (an Importer reuses its artifact for the same URI).
+        image_importer = ImageFolder(source_uri=parameter("images_root", images_root), pattern="*.png",
+                                     boxes_json=boxes_json).with_id(IMAGE_IMPORTER)
+        images = image_importer.outputs["images"]
+    else:
+        image_importer = tfx.dsl.Importer(
+                source_uri=parameter("images_root", images_root), artifact_type=Images).with_id(IMAGE_IMPORTER)
+        images = image_importer.outputs["result"]
     feature_extractor = RegionFeatureExtractor(
-            images=image_importer.outputs["images"], image_pattern="*.png", detector_path=detector_path,
+            images=images, image_pattern="*.png", detector_path=detector_path,
             num_classes=num_detector_classes, min_boxes=min_boxes, max_boxes=max_boxes,
             boxes_json=boxes_json,
     ).with_id(FEATURE_EXTRACTOR)

@@ -137,7 +137,7 @@ def test_kubeflow_v2_runtime_parameters_resources_and_no_local_paths(compiled_ku
              for key, value in task.get("inputs", {}).get("parameters", {}).items()
              if "componentInputParameter" in value}
     assert wired == {
-            ("ImageImporter", "source_uri"): "images_root", ("ImageImporter", "boxes_json"): "boxes_json",
+            ("ImageImporter", "artifact_uri"): "images_root",
             ("RegionFeatureExtractor", "boxes_json"): "boxes_json",
             ("CaptionExampleGen", "input_base"): "data_root", ("VqaExampleGen", "input_base"): "data_root",
             ("PretrainTrainer", "train_args"): "pretrain_train_args",
@@ -149,6 +149,8 @@ def test_kubeflow_v2_runtime_parameters_resources_and_no_local_paths(compiled_ku
             ("Pusher", "push_destination"): "push_destination"}
 
     executors = spec["deploymentSpec"]["executors"]
+    # Kubeflow V2 runs no custom drivers: the images come through its native importer, URI = images_root.
+    assert executors["ImageImporter_executor"]["importer"]["artifactUri"] == {"runtimeParameter": "artifact_uri"}
     for trainer in ("PretrainTrainer", "FinetuneTrainer"):
         assert executors[f"{trainer}_executor"]["container"]["resources"] == {"cpuLimit": 8.0, "memoryLimit": 24.0}
     # The local DirectRunner flags are not baked into the cluster spec.

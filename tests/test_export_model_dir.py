@@ -153,3 +153,52 @@ def test_export_command_writes_a_servable_version(tmp_path, capsys):
     assert not os.path.exists(base / "3" / "assets.extra" / "tf_serving_warmup_requests")
     assert cli.main(arguments) == 2  # the version exists: refused, nothing overwritten
     assert "already exists" in capsys.readouterr().err
+
+
+def test_one_exporter_refuses_a_used_flat_target_and_a_flat_version(tmp_path):
+    from uniter_tf.export.model_dir import export_model_dir
+
+    _task_run(tmp_path / "run", ["yes", "no", "blue"])
+    with pytest.raises(ValueError, match="flat"):
+        export_model_dir(str(tmp_path / "run"), str(tmp_path / "serving"), flat=True, version=2)
+    (tmp_path / "serving").mkdir()
+    (tmp_path / "serving" / "keep.txt").write_text("not a model")
+    with pytest.raises(FileExistsError, match="not an empty directory"):
+        export_model_dir(str(tmp_path / "run"), str(tmp_path / "serving"), flat=True, warmup=False, record_ops=False)
+    assert os.listdir(tmp_path / "serving") == ["keep.txt"]
+
+
+@pytest.mark.slow
+def test_flat_export_of_a_task_run_serves_the_trained_head(tmp_path):
+    import tensorflow_text  # noqa: F401  (the SavedModel tokenises in-graph)
+
+    from uniter_tf.export.exporter import example_inputs
+    from uniter_tf.export.model_dir import export_model_dir
+
+    answers = ["yes", "no", "blue"]
+    _task_run(tmp_path / "run", answers)
+    # TFX creates serving_model_dir beforehand: an empty directory is accepted.
+    (tmp_path / "Format-Serving").mkdir()
+    result = export_model_dir(str(tmp_path / "run"), str(tmp_path / "Format-Serving"), flat=True, top_k=2,
+                              region_buckets=(4, 8), warmup=False)
+    assert result.path == str(tmp_path / "Format-Serving") and result.kind == "finetune"
+    metadata = result.metadata
+    assert metadata["max_text_length"] == 20 and metadata["text_buckets"] == [16, 20]
+    assert metadata["task"] == {"name": "vqa", "num_labels": 3, "top_k": 2, "activation": "sigmoid",
+                                "outputs": {"logits": "task_logits", "labels": "answers", "scores": "answer_scores"}}
+    assert "non_core_ops" in metadata and metadata["non_core_ops"]  # the tokenizer's TF-Text ops
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".export")]  # staging removed
+
+    # The served numbers are the restored Keras model's.
+    model = load_exportable_model(str(tmp_path / "run"))
+    inputs = example_inputs(model.backbone.config.region_feature_dim, batch_size=2)["score_tensors"]
+    served = tf.saved_model.load(result.path).signatures["score_tensors"](
+            **{name: tf.constant(value) for name, value in inputs.items()})
+    encoded = model.backbone(inputs, training=False)
+    logits = model.task.head(encoded, training=False).numpy()
+    np.testing.assert_allclose(served["task_logits"].numpy(), logits, atol=1e-5)
+    best = np.argsort(-logits, axis=1)[:, :2]
+    assert [[value.decode() for value in row] for row in served["answers"].numpy()] == \
+        [[answers[index] for index in row] for row in best]
+    np.testing.assert_allclose(served["answer_scores"].numpy(), 1 / (1 + np.exp(-np.take_along_axis(logits, best, 1))),
+                               atol=1e-5)

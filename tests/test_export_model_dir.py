@@ -202,3 +202,26 @@ def test_flat_export_of_a_task_run_serves_the_trained_head(tmp_path):
         [[answers[index] for index in row] for row in best]
     np.testing.assert_allclose(served["answer_scores"].numpy(), 1 / (1 + np.exp(-np.take_along_axis(logits, best, 1))),
                                atol=1e-5)
+
+
+def test_tasks_declare_their_export_outputs():
+    from uniter_tf.export.task_heads import TaskHeadExport
+    from uniter_tf.models.task import ExportOutputs, get_task
+
+    vqa = get_task("vqa", num_answers=2, answer_vocabulary=["yes", "no"])
+    hook = TaskHeadExport.from_task(vqa, head=object(), top_k=9)
+    assert (hook.name, hook.activation, hook.labels, hook.top_k) == ("vqa", "sigmoid", ["yes", "no"], 2)
+
+    class Renamed:  # any task: the hook takes names and activation from the declaration only
+        def export_outputs(self):
+            return ExportOutputs(name="nlvr2", labels=["false", "true"], labels_output="verdict",
+                                 scores_output="verdict_score")
+
+    hook = TaskHeadExport.from_task(Renamed(), head=object())
+    assert (hook.activation, hook.labels_output, hook.scores_output) == ("softmax", "verdict", "verdict_score")
+    with pytest.raises(ValueError, match="activation of task 'nlvr2'"):
+        ExportOutputs(name="nlvr2", activation="relu")
+    with pytest.raises(ValueError, match="distinct"):
+        ExportOutputs(name="nlvr2", labels_output="task_logits")
+    with pytest.raises(ValueError, match="itm_score"):
+        TaskHeadExport(name="x", head=object(), scores_output="itm_score")

@@ -135,10 +135,12 @@ def format_summary(counts: Dict[str, int], title: str = "ingest summary") -> str
 
 
 def read_dead_letters(paths) -> "list[DeadLetter]":
-    """Reads dead-letter JSONL files (plain text) into :class:`DeadLetter` objects."""
+    """Reads dead-letter JSONL files (any TensorFlow filesystem) into :class:`DeadLetter` objects."""
+    import tensorflow as tf
+
     letters = []
     for path in paths:
-        with open(path, "r", encoding="utf-8") as handle:
+        with tf.io.gfile.GFile(path, "r") as handle:
             for line in handle:
                 if line.strip():
                     letters.append(DeadLetter.from_json(line))

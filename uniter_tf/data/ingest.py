@@ -53,7 +53,7 @@ OVERLONG_POLICIES = ("drop", "truncate")
 #: Dead-letter output: ``{output}/dead_letters/dead_letters-SSSSS-of-NNNNN.jsonl``.
 DEAD_LETTER_DIR = "dead_letters"
 SUMMARY_FILE = "ingest_summary.json"
-#: Streaming-writer temp folder under the output (removed at the end of a run).
+#: Temp folder name of the former streaming writer (callers still pass it; nothing is written there now).
 TEMP_DIR = ".ingest_tmp"
 ANSWER_VOCABULARY_FILE = "ans2label.json"
 
@@ -438,61 +438,17 @@ def shared_image_keys(pipeline, shards: Sequence, config: IngestConfig, label: s
 class JoinWithTexts(beam.DoFn):
     """Builds the examples of one image from the side-input text index; reports the key as seen.
 
-    With ``output_prefixes`` the examples are written here, as they are built, to GZIP TFRecord files
-    ``{prefix}-{bundle id}-{part:05d}.tfrecord.gz`` (a new part every ``max_file_bytes``): written under
-    ``temp_dir`` and renamed into place when the bundle finishes, so a failed bundle leaves nothing in the
-    split folders. This keeps memory flat on runners that materialise every PCollection between stages
-    (the DirectRunner does). Without ``output_prefixes`` the serialized examples go to the split outputs.
+    The serialized examples leave as elements on the split outputs (``train`` / ``eval``) and Beam's file
+    sink writes them (:func:`write_examples`). The DoFn never opens a file: a runner retries a failed
+    bundle and keeps only the outputs of the attempt that succeeded, so a record is written exactly once,
+    whereas files written (or renamed into place) by a DoFn survive the failed attempt and the retry
+    writes them again. With ``num_shards=0`` the sink's writer is fused with this DoFn and streams each
+    bundle into its own file, so memory stays flat in the dataset size.
     """
 
-    def __init__(self, output_prefixes: Optional[Dict[str, str]] = None, temp_dir: Optional[str] = None,
-                 max_file_bytes: int = 256 << 20):
-        if output_prefixes and not temp_dir:
-            raise ValueError("JoinWithTexts: output_prefixes need a temp_dir")
-        self._output_prefixes = dict(output_prefixes or {})
-        self._temp_dir = temp_dir
-        self._max_file_bytes = int(max_file_bytes)
+    def __init__(self):
         self._unit_size = _counter(dead_letter.UNKNOWN_IMAGE_SIZE)
         self._written = {split: _counter(dead_letter.EXAMPLES_WRITTEN_PREFIX + split) for split in SPLITS}
-        self._writers = {}
-
-    def start_bundle(self):
-        import uuid
-
-        self._bundle_id = uuid.uuid4().hex[:12]
-        self._writers = {}  # split -> [writer, temp path, final path, bytes, part]
-        self._parts = {split: 0 for split in SPLITS}
-
-    def _write(self, split: str, serialized: bytes):
-        import tensorflow as tf
-
-        state = self._writers.get(split)
-        if state is not None and state[3] >= self._max_file_bytes:
-            self._close(split)
-            state = None
-        if state is None:
-            part = self._parts[split]
-            self._parts[split] += 1
-            name = f"{os.path.basename(self._output_prefixes[split])}-{self._bundle_id}-{part:05d}.tfrecord.gz"
-            temp_path = os.path.join(self._temp_dir, f"{split}-{name}")
-            final_path = os.path.join(os.path.dirname(self._output_prefixes[split]), name)
-            tf.io.gfile.makedirs(self._temp_dir)
-            writer = tf.io.TFRecordWriter(temp_path, tf.io.TFRecordOptions(compression_type="GZIP"))
-            state = self._writers[split] = [writer, temp_path, final_path, 0, part]
-        state[0].write(serialized)
-        state[3] += len(serialized)
-
-    def _close(self, split: str):
-        import tensorflow as tf
-
-        writer, temp_path, final_path, _, _ = self._writers.pop(split)
-        writer.close()
-        tf.io.gfile.makedirs(os.path.dirname(final_path))
-        tf.io.gfile.rename(temp_path, final_path, overwrite=True)
-
-    def finish_bundle(self):
-        for split in list(self._writers):
-            self._close(split)
 
     def process(self, keyed_record, text_index):
         key, record = keyed_record
@@ -508,10 +464,7 @@ class JoinWithTexts(beam.DoFn):
             if used_unit_size:
                 self._unit_size.inc()
             self._written[split].inc()
-            if self._output_prefixes:
-                self._write(split, example.SerializeToString())
-            else:
-                yield beam.pvalue.TaggedOutput(split, example.SerializeToString())
+            yield beam.pvalue.TaggedOutput(split, example.SerializeToString())
 
 
 def _missing_image_letters(grouped, multi_image: bool):
@@ -589,7 +542,7 @@ def _ingest_expand(pipeline, config: IngestConfig, answer_to_label: Optional[Dic
     else:
         join_records = features.records
     joined = join_records | "JoinWithTexts" >> beam.ParDo(
-            JoinWithTexts(output_prefixes, temp_dir), beam.pvalue.AsMultiMap(text_index)).with_outputs(
+            JoinWithTexts(), beam.pvalue.AsMultiMap(text_index)).with_outputs(
                     "seen", "dead", *SPLITS)
     dead.append(joined.dead)
     seen = joined.seen if not multi_image else (features.records | "SeenKeys" >> beam.Map(lambda kv: kv[0]))
@@ -606,7 +559,14 @@ def _ingest_expand(pipeline, config: IngestConfig, answer_to_label: Optional[Dic
                    | "ItemLetters" >> beam.Values())
     dead.append(missing)
     dead_letters = tuple(dead) | "AllDeadLetters" >> beam.Flatten()
-    outputs = {} if output_prefixes else {split: getattr(joined, split) for split in SPLITS}
+    del temp_dir  # Beam's file sink keeps its own temp folder next to the output (see IngestExamples)
+    if output_prefixes:
+        for split in SPLITS:
+            write_examples(joined[split], output_prefixes[split], config.num_shards,
+                           label=f"Write{split.capitalize()}")
+        outputs = {}
+    else:
+        outputs = {split: joined[split] for split in SPLITS}
     outputs["dead_letters"] = dead_letters
     return outputs
 
@@ -620,9 +580,11 @@ def IngestExamples(config: IngestConfig, answer_to_label: Optional[Dict[str, int
         config: the ingest configuration.
         answer_to_label: the VQA answer vocabulary (see :func:`resolve_answer_vocabulary`).
         shards: feature shards; default :func:`uniter_tf.data.importers.list_shards` of ``config.features``.
-        output_prefixes: split -> file prefix: write the examples while joining (memory stays flat on
-            any runner; one file per bundle and split). None: return them as PCollections instead.
-        temp_dir: where files are written before being renamed into place (with ``output_prefixes``).
+        output_prefixes: split -> file prefix: write the examples with Beam's file sink
+            (:func:`write_examples`, ``config.num_shards`` shards; 0: one file per bundle, streamed, so
+            memory stays flat). None: return them as PCollections instead.
+        temp_dir: ignored (kept for callers of the former streaming writer): Beam's sink writes under a
+            ``beam-temp-*`` folder next to each prefix and removes it when the write is finalised.
 
     Returns:
         A transform whose output is a dict: ``dead_letters`` (:class:`DeadLetter` objects, not yet counted
@@ -659,15 +621,17 @@ def write_examples(examples, output_prefix: str, num_shards: int = 0, label: str
             num_shards=num_shards, shard_name_template="-SSSSS-of-NNNNN")
 
 
-def streaming_write_args(config: IngestConfig, prefixes: Dict[str, str], temp_dir: str) -> Dict[str, object]:
-    """:func:`IngestExamples` arguments: write while joining unless a fixed ``num_shards`` is asked for.
+def streaming_write_args(config: IngestConfig, prefixes: Dict[str, str],
+                         temp_dir: Optional[str] = None) -> Dict[str, object]:
+    """:func:`IngestExamples` arguments that make the transform write the splits itself, through Beam's sink.
 
-    A fixed shard count needs Beam's file sink, which the DirectRunner feeds from a fully materialised
-    PCollection (memory grows with the dataset); ``num_shards=0`` writes one file per bundle instead.
+    With ``config.num_shards=0`` the sink's bundle writer is fused with the join, so each bundle streams
+    into its own ``{prefix}-SSSSS-of-NNNNN.tfrecord.gz`` file and memory stays flat; a fixed shard count
+    reshards first (the DirectRunner then holds the output in memory; distributed runners spill to disk).
+    ``temp_dir`` is accepted for older callers and ignored.
     """
-    if config.num_shards:
-        return {}
-    return {"output_prefixes": prefixes, "temp_dir": temp_dir}
+    del config, temp_dir
+    return {"output_prefixes": dict(prefixes)}
 
 
 def ensure_split_files(split_dir: str, file_prefix: str) -> None:
@@ -681,11 +645,66 @@ def ensure_split_files(split_dir: str, file_prefix: str) -> None:
             pass
 
 
-def remove_temp_dir(temp_dir: str) -> None:
-    """Deletes the streaming writer's temp folder (left-overs of failed bundles only)."""
-    import shutil
+def clear_previous_outputs(prefixes: Dict[str, str], dead_letter_dir: str) -> List[str]:
+    """Deletes what an earlier (crashed or differently sharded) run left under these output prefixes.
 
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    Beam's sink removes its ``beam-temp-*`` folder only when the write is finalised, and names shards by
+    the count of this run; a crashed run's temp folder, or ``data-00001-of-00002`` of an earlier run next to
+    this run's ``data-00000-of-00001``, would otherwise be read back as records. Only names this module
+    writes are touched (any TensorFlow filesystem).
+
+    Returns:
+        The deleted paths.
+    """
+    import tensorflow as tf
+
+    patterns = []
+    for prefix in prefixes.values():
+        directory = os.path.dirname(prefix)
+        patterns += [f"{prefix}-*.tfrecord.gz", os.path.join(directory, "beam-temp-*")]
+    patterns += [os.path.join(dead_letter_dir, "dead_letters-*.jsonl"), os.path.join(dead_letter_dir, "beam-temp-*")]
+    deleted = []
+    for pattern in patterns:
+        parent = os.path.dirname(pattern)
+        if not tf.io.gfile.isdir(parent):
+            continue
+        for path in tf.io.gfile.glob(pattern):
+            if tf.io.gfile.isdir(path):
+                tf.io.gfile.rmtree(path)
+            else:
+                tf.io.gfile.remove(path)
+            deleted.append(path)
+    return deleted
+
+
+def remove_temp_dir(temp_dir: str) -> None:
+    """Deletes ``temp_dir`` if it exists (any TensorFlow filesystem; kept for callers of the old writer)."""
+    import tensorflow as tf
+
+    if tf.io.gfile.exists(temp_dir):
+        tf.io.gfile.rmtree(temp_dir)
+
+
+def write_answer_vocabulary(output_dir: str, answer_to_label: Dict[str, int]) -> str:
+    """Writes ``{output_dir}/ans2label.json`` through ``tf.io.gfile`` (local, ``gs://``, ``ram://``); returns it."""
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(output_dir)
+    path = os.path.join(output_dir, ANSWER_VOCABULARY_FILE)
+    with tf.io.gfile.GFile(path, "w") as handle:
+        handle.write(json.dumps(answer_to_label, ensure_ascii=False, sort_keys=True))
+    return path
+
+
+def write_summary(output_dir: str, config: IngestConfig, counts: Dict[str, int]) -> str:
+    """Writes ``{output_dir}/ingest_summary.json`` (config + counters) through ``tf.io.gfile``; returns it."""
+    import tensorflow as tf
+
+    path = os.path.join(output_dir, SUMMARY_FILE)
+    with tf.io.gfile.GFile(path, "w") as handle:
+        handle.write(json.dumps({"config": dataclasses.asdict(config), "counts": counts}, indent=2,
+                                sort_keys=True))
+    return path
 
 
 def query_counters(result) -> Dict[str, int]:
@@ -726,9 +745,13 @@ def run_ingest(config: IngestConfig, output_dir: str, pipeline_args: Optional[Li
                split_dir_names: Optional[Dict[str, str]] = None, file_prefix: str = "data") -> IngestResult:
     """Runs the ingest pipeline (DirectRunner unless ``pipeline_args`` say otherwise) and waits for it.
 
-    Writes ``{output_dir}/{train,eval}/data-*.tfrecord.gz`` (``data-SSSSS-of-NNNNN`` with a fixed
-    ``num_shards``, else one file per Beam bundle: see :func:`streaming_write_args`), the dead letters under
-    ``{output_dir}/dead_letters/``, ``ingest_summary.json`` and, for VQA, ``ans2label.json``.
+    Writes ``{output_dir}/{train,eval}/data-SSSSS-of-NNNNN.tfrecord.gz`` (``num_shards`` files, or one per
+    Beam bundle with ``num_shards=0``), the dead letters under ``{output_dir}/dead_letters/`` (both through
+    Beam's file sinks, so a retried bundle never doubles a record), then ``ingest_summary.json`` and, for
+    VQA, ``ans2label.json`` through ``tf.io.gfile``. Shards, sink temp folders and dead letters of an
+    earlier run into the same folders are deleted first (:func:`clear_previous_outputs`), so re-running a
+    crashed ingest neither doubles nor mixes records. ``output_dir`` may be on any filesystem that both Beam
+    and TensorFlow know (local, ``gs://``).
 
     Args:
         config: the ingest configuration.
@@ -736,35 +759,38 @@ def run_ingest(config: IngestConfig, output_dir: str, pipeline_args: Optional[Li
         pipeline_args: Beam pipeline options (``--runner``, ``--direct_num_workers``, ...).
         split_dir_names: split -> folder name (default: the split name; TFX uses ``Split-<name>``).
         file_prefix: the shard file name prefix.
+
+    Raises:
+        ValueError: Beam has no filesystem for ``output_dir`` (e.g. TensorFlow's ``ram://``).
     """
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    import tensorflow as tf
+    from apache_beam.io.filesystems import FileSystems
+
+    try:  # fail before any work: the records and dead letters go through Beam's file sinks
+        FileSystems.get_filesystem(output_dir)
+    except ValueError as error:
+        raise ValueError(f"ingest output {output_dir!r}: Beam's file sinks cannot write there ({error}); use a "
+                         "local path or a filesystem Beam knows (gs://, s3://, hdfs://)") from error
     split_dir_names = split_dir_names or {split: split for split in SPLITS}
-    os.makedirs(output_dir, exist_ok=True)
+    tf.io.gfile.makedirs(output_dir)
     answer_to_label = resolve_answer_vocabulary(config)
     if answer_to_label is not None:
-        with open(os.path.join(output_dir, ANSWER_VOCABULARY_FILE), "w", encoding="utf-8") as handle:
-            json.dump(answer_to_label, handle, ensure_ascii=False, sort_keys=True)
+        write_answer_vocabulary(output_dir, answer_to_label)
     split_dirs = {split: os.path.join(output_dir, split_dir_names[split]) for split in SPLITS}
     dead_letter_dir = os.path.join(output_dir, DEAD_LETTER_DIR)
     options = PipelineOptions(pipeline_args or [])
     pipeline = beam.Pipeline(options=options)
     prefixes = {split: os.path.join(split_dirs[split], file_prefix) for split in SPLITS}
-    temp_dir = os.path.join(output_dir, TEMP_DIR)
-    outputs = pipeline | "Ingest" >> IngestExamples(config, answer_to_label, **streaming_write_args(
-            config, prefixes, temp_dir))
-    for split in SPLITS:
-        if split in outputs:
-            write_examples(outputs[split], prefixes[split], config.num_shards, label=f"Write{split.capitalize()}")
+    clear_previous_outputs(prefixes, dead_letter_dir)
+    outputs = pipeline | "Ingest" >> IngestExamples(config, answer_to_label, output_prefixes=prefixes)
     _ = outputs["dead_letters"] | "DeadLetters" >> WriteDeadLetters(dead_letter_dir)
     result = pipeline.run()
     result.wait_until_finish()
-    remove_temp_dir(temp_dir)
     for split in SPLITS:
         ensure_split_files(split_dirs[split], file_prefix)
     counts = query_counters(result)
-    summary_path = os.path.join(output_dir, SUMMARY_FILE)
-    with open(summary_path, "w", encoding="utf-8") as handle:
-        json.dump({"config": dataclasses.asdict(config), "counts": counts}, handle, indent=2, sort_keys=True)
+    summary_path = write_summary(output_dir, config, counts)
     return IngestResult(counts=counts, split_dirs=split_dirs, dead_letter_dir=dead_letter_dir,
                         summary_path=summary_path)

@@ -228,14 +228,15 @@ def num_dead_letters(counters: Dict[str, int]) -> int:
 
 
 def write_summary(output_dir: str, counters: Dict[str, int], config: ExtractionConfig, image_pattern: str) -> str:
-    """Writes ``extraction_summary.json`` (counters + configuration); returns its path."""
-    from apache_beam.io.filesystems import FileSystems
+    """Writes ``extraction_summary.json`` (counters + configuration) through ``tf.io.gfile``; returns its path."""
+    import tensorflow as tf
 
     path = os.path.join(output_dir, SUMMARY_FILE)
     summary = {"image_pattern": image_pattern, "counters": counters, "dead_letters": num_dead_letters(counters),
                "config": dataclasses.asdict(config)}
-    with FileSystems.create(path) as handle:
-        handle.write(json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
+    tf.io.gfile.makedirs(output_dir)
+    with tf.io.gfile.GFile(path, "w") as handle:
+        handle.write(json.dumps(summary, indent=2, sort_keys=True))
     return path
 
 
@@ -259,8 +260,9 @@ def run_extraction(image_pattern: str, output_dir: str, config: ExtractionConfig
     matched = FileSystems.match([image_pattern])[0].metadata_list
     if not matched:
         raise FileNotFoundError(f"no images match {image_pattern}")
-    if not FileSystems.exists(output_dir):
-        FileSystems.mkdirs(output_dir)
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(output_dir)  # the records and dead letters go through Beam's sinks
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args or []))
     build_extraction(pipeline, image_pattern, output_dir, config, num_shards)
     result = pipeline.run()

@@ -45,16 +45,18 @@ def convert_features(features: str, output_prefix: str, feature_format: str = "a
         num_shards: output files (round-robin).
         selection: box-selection rule (None keeps every stored region).
     """
+    import tensorflow as tf
+
     from uniter_tf.data import importers, schema, tfrecord_io
     from uniter_tf.data.importers import feature_record
 
     counts: Dict[str, int] = {"images_written": 0}
     dead_letter_path = f"{output_prefix}-dead_letters.jsonl"
     directory = os.path.dirname(output_prefix)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
+    if directory:  # output through tf.io.gfile: any TensorFlow filesystem (gs://, ram://) works
+        tf.io.gfile.makedirs(directory)
     with tfrecord_io.ShardedTFRecordWriter(output_prefix, num_shards) as writer, \
-            open(dead_letter_path, "w", encoding="utf-8") as letters:
+            tf.io.gfile.GFile(dead_letter_path, "w") as letters:
         for result in importers.iter_features(features, feature_format, selection):
             problem = result if isinstance(result, dead_letter.DeadLetter) else result.problem(feature_dim)
             if problem is None:
@@ -71,6 +73,6 @@ def convert_features(features: str, output_prefix: str, feature_format: str = "a
                 continue
             counts[problem.reason] = counts.get(problem.reason, 0) + 1
             letters.write(problem.to_json() + "\n")
-    with open(f"{output_prefix}-summary.json", "w", encoding="utf-8") as handle:
-        json.dump(counts, handle, indent=2, sort_keys=True)
+    with tf.io.gfile.GFile(f"{output_prefix}-summary.json", "w") as handle:
+        handle.write(json.dumps(counts, indent=2, sort_keys=True))
     return ConversionResult(paths=writer.paths, counts=counts, dead_letter_path=dead_letter_path)

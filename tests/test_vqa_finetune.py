@@ -122,7 +122,14 @@ def test_learns_synthetic_vqa_and_cli_resumes(tmp_path, vqa_files, capsys):
     assert metrics["step"] == 100
     # Chance is 1/4 + 0.3/4 = 0.325 (0.3 soft credit for the neighbour answer); the image decides the answer.
     assert metrics["eval"]["vqa_score"] >= 0.5
-    # Running again with more steps resumes from the last checkpoint.
-    assert cli.main(["finetune", "--task", "vqa", "--config", str(config_path), "--num-train-steps", "102"]) == 0
+    # Training wrote the run directory only: no SavedModel without --export.
+    assert not os.path.exists(os.path.join(config.output_dir, "export"))
+    # Running again with more steps resumes from the last checkpoint; --export then runs the exporter.
+    base = tmp_path / "models" / "vqa"
+    assert cli.main(["finetune", "--task", "vqa", "--config", str(config_path), "--num-train-steps", "102",
+                     "--export", str(base)]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{\n"):])["export_dir"] == str(base / "1")
+    assert (base / "1" / "saved_model.pb").exists()
     with open(os.path.join(config.output_dir, "metrics.json"), encoding="utf-8") as handle:
         assert json.load(handle)["step"] == 102

@@ -166,3 +166,54 @@ def test_changed_caption_or_image_reruns_downstream_and_unchanged_inputs_are_cac
     caption, vqa = fingerprints["caption"], fingerprints["vqa"]
     assert len(caption) == 3 and caption[0] != caption[1] == caption[2]
     assert len(vqa) == 2 and vqa[0] == vqa[1] and vqa[0] not in caption
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_whole_pipeline_caption_edit_reruns_trainers_gate_and_pusher(tmp_path):
+    """The whole pipeline (toy detector, 2 updates per trainer, a gate nothing passes) three times: fresh,
+    a caption edited (CaptionExampleGen and everything downstream of it run again), unchanged (all cached)."""
+    from tfx import v1 as tfx
+
+    from pipeline import configs
+    from pipeline import local_runner
+    from pipeline import pipeline as pipeline_lib
+    from uniter_tf.data import sample_data
+    from uniter_tf.extraction import toy_detector
+
+    data_root = str(tmp_path / "data")
+    sample_data.generate(data_root, sample_data.SampleDataConfig(num_images=8, seed=0))
+    detector = toy_detector.write_toy_detector(str(tmp_path / "detector"))
+    metadata_path = str(tmp_path / "metadata.sqlite")
+
+    def run():
+        pipeline = pipeline_lib.create_pipeline(
+                pipeline_name="uniter-fingerprint-all", pipeline_root=str(tmp_path / "root"), data_root=data_root,
+                serving_model_dir=str(tmp_path / "serving"), detector_path=detector,
+                model_overrides={**configs.MODEL_OVERRIDES, "region_feature_dim": toy_detector.FEATURE_DIM,
+                                 "num_soft_labels": toy_detector.NUM_CLASSES},
+                num_detector_classes=toy_detector.NUM_CLASSES, min_boxes=3, max_boxes=5,
+                pretrain_config={**configs.PRETRAIN_CONFIG, "warmup_steps": 1},
+                finetune_config={**configs.FINETUNE_CONFIG, "valid_steps": 2},
+                pretrain_steps=2, finetune_steps=2, eval_steps=1, batch_size=4,
+                # Nothing is blessed, so the resolver's baseline stays empty and a rerun is fully cached.
+                eval_lower_bounds={"itm_accuracy": 1.01}, eval_max_regression={},
+                beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
+                metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+                        metadata_path))
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+        states = local_runner.node_states(metadata_path, "uniter-fingerprint-all")
+        return {node: node_states[-1] for node, node_states in states.items()}
+
+    executed = ("CaptionExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "PretrainTrainer",
+                "FinetuneTrainer", "UniterEvaluator", "Pusher")
+    unchanged = ("ImageImporter", "RegionFeatureExtractor", "VqaExampleGen")
+    first = run()
+    assert {node: first[node] for node in executed + unchanged} == dict.fromkeys(executed + unchanged, "COMPLETE")
+    _caption_edit(data_root)
+    second = run()
+    assert {node: second[node] for node in executed + unchanged} == {
+            **dict.fromkeys(executed, "COMPLETE"), **dict.fromkeys(unchanged, "CACHED")}
+    third = run()
+    assert {node: third[node] for node in executed + unchanged} == dict.fromkeys(executed + unchanged, "CACHED")
+    assert not os.path.exists(str(tmp_path / "serving")) or not os.listdir(str(tmp_path / "serving"))

@@ -91,8 +91,8 @@ HEAD_CASES = {
         "re_mlp2": (ReferringExpressionHead, {"hidden_size": H, "mlp": 2}, (2, 3), 6),
         "vcr": (VcrHead, {"hidden_size": H}, (2, 2), 6),
 }
-# VqaHead lives in uniter_tf/models/vqa.py, whose sublayers do not take the head's dtype yet.
-HEADS_WITHOUT_DTYPE_PROPAGATION = {"vqa"}
+# Every head passes its dtype policy to its sublayers (the precision check runs for all of them).
+HEADS_WITHOUT_DTYPE_PROPAGATION: set = set()
 
 
 @pytest.mark.parametrize("case", sorted(HEAD_CASES))

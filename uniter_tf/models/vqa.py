@@ -59,10 +59,11 @@ class VqaHead(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         kernel_initializer = keras.initializers.RandomNormal(stddev=initializer_range)
         self.dense_expand = keras.layers.Dense(2 * hidden_size, kernel_initializer=kernel_initializer,
-                                               name="dense_expand")
-        self.layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="layer_norm")
+                                               name="dense_expand", dtype=self.dtype_policy)
+        self.layer_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="layer_norm",
+                                                          dtype=self.dtype_policy)
         self.answer_classifier = keras.layers.Dense(num_answers, kernel_initializer=kernel_initializer,
-                                                    name="answer_classifier")
+                                                    name="answer_classifier", dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         self.dense_expand.build((None, self.hidden_size))

@@ -122,26 +122,18 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples.split_names = artifact_utils.encode_split_names(list(ingest.SPLITS))
         answer_to_label = ingest.resolve_answer_vocabulary(config)
         if answer_to_label is not None:
-            os.makedirs(examples.uri, exist_ok=True)
-            with open(os.path.join(examples.uri, ingest.ANSWER_VOCABULARY_FILE), "w", encoding="utf-8") as handle:
-                json.dump(answer_to_label, handle, sort_keys=True)
+            ingest.write_answer_vocabulary(examples.uri, answer_to_label)  # tf.io.gfile: gs:// roots work
 
         pipeline = self._make_beam_pipeline()
         prefixes = {split: os.path.join(artifact_utils.get_split_uri([examples], split), FILE_PREFIX)
                     for split in ingest.SPLITS}
-        # Temp files live outside the artifact: StatisticsGen reads every file under Split-*/.
-        temp_dir = os.path.join(self._get_tmp_dir(), ingest.TEMP_DIR)
-        outputs = pipeline | "UniterIngest" >> ingest.IngestExamples(
-                config, answer_to_label, **ingest.streaming_write_args(config, prefixes, temp_dir))
-        for split in ingest.SPLITS:
-            if split in outputs:
-                ingest.write_examples(outputs[split], prefixes[split], config.num_shards,
-                                      label=f"Write{split.capitalize()}")
+        # The transform writes both splits through Beam's TFRecord sink (no file opened inside a DoFn).
+        outputs = pipeline | "UniterIngest" >> ingest.IngestExamples(config, answer_to_label,
+                                                                     output_prefixes=prefixes)
         _ = outputs["dead_letters"] | "DeadLetters" >> ingest.WriteDeadLetters(
                 os.path.join(examples.uri, ingest.DEAD_LETTER_DIR))
         result = pipeline.run()
         result.wait_until_finish()
-        ingest.remove_temp_dir(temp_dir)
         for split in ingest.SPLITS:
             ingest.ensure_split_files(os.path.dirname(prefixes[split]), FILE_PREFIX)
 

@@ -53,8 +53,6 @@ OVERLONG_POLICIES = ("drop", "truncate")
 #: Dead-letter output: ``{output}/dead_letters/dead_letters-SSSSS-of-NNNNN.jsonl``.
 DEAD_LETTER_DIR = "dead_letters"
 SUMMARY_FILE = "ingest_summary.json"
-#: Temp folder name of the former streaming writer (callers still pass it; nothing is written there now).
-TEMP_DIR = ".ingest_tmp"
 ANSWER_VOCABULARY_FILE = "ans2label.json"
 
 
@@ -483,8 +481,7 @@ def _missing_image_letters(grouped, multi_image: bool):
 
 
 def _ingest_expand(pipeline, config: IngestConfig, answer_to_label: Optional[Dict[str, int]] = None,
-                   shards: Optional[Sequence] = None, output_prefixes: Optional[Dict[str, str]] = None,
-                   temp_dir: Optional[str] = None):
+                   shards: Optional[Sequence] = None, output_prefixes: Optional[Dict[str, str]] = None):
     from uniter_tf.data import importers
 
     options = readers_lib.ReaderOptions(answer_to_label=answer_to_label,
@@ -559,7 +556,6 @@ def _ingest_expand(pipeline, config: IngestConfig, answer_to_label: Optional[Dic
                    | "ItemLetters" >> beam.Values())
     dead.append(missing)
     dead_letters = tuple(dead) | "AllDeadLetters" >> beam.Flatten()
-    del temp_dir  # Beam's file sink keeps its own temp folder next to the output (see IngestExamples)
     if output_prefixes:
         for split in SPLITS:
             write_examples(joined[split], output_prefixes[split], config.num_shards,
@@ -572,8 +568,7 @@ def _ingest_expand(pipeline, config: IngestConfig, answer_to_label: Optional[Dic
 
 
 def IngestExamples(config: IngestConfig, answer_to_label: Optional[Dict[str, int]] = None,
-                   shards: Optional[Sequence] = None, output_prefixes: Optional[Dict[str, str]] = None,
-                   temp_dir: Optional[str] = None):
+                   shards: Optional[Sequence] = None, output_prefixes: Optional[Dict[str, str]] = None):
     """The ingest ``PTransform`` (a ``ptransform_fn``): apply it to a ``Pipeline``.
 
     Args:
@@ -582,16 +577,15 @@ def IngestExamples(config: IngestConfig, answer_to_label: Optional[Dict[str, int
         shards: feature shards; default :func:`uniter_tf.data.importers.list_shards` of ``config.features``.
         output_prefixes: split -> file prefix: write the examples with Beam's file sink
             (:func:`write_examples`, ``config.num_shards`` shards; 0: one file per bundle, streamed, so
-            memory stays flat). None: return them as PCollections instead.
-        temp_dir: ignored (kept for callers of the former streaming writer): Beam's sink writes under a
-            ``beam-temp-*`` folder next to each prefix and removes it when the write is finalised.
+            memory stays flat; Beam's sink stages under a ``beam-temp-*`` folder next to each prefix and
+            removes it when the write is finalised). None: return them as PCollections instead.
 
     Returns:
         A transform whose output is a dict: ``dead_letters`` (:class:`DeadLetter` objects, not yet counted
         or written; see :func:`WriteDeadLetters`) and, without ``output_prefixes``, ``train`` and ``eval``
         (serialized canonical examples, e.g. for :func:`write_examples`).
     """
-    return beam.ptransform_fn(_ingest_expand)(config, answer_to_label, shards, output_prefixes, temp_dir)
+    return beam.ptransform_fn(_ingest_expand)(config, answer_to_label, shards, output_prefixes)
 
 
 def _write_dead_letters_expand(dead_letters, output_dir: str):
@@ -620,18 +614,6 @@ def write_examples(examples, output_prefix: str, num_shards: int = 0, label: str
             output_prefix, file_name_suffix=".tfrecord.gz", compression_type=CompressionTypes.GZIP,
             num_shards=num_shards, shard_name_template="-SSSSS-of-NNNNN")
 
-
-def streaming_write_args(config: IngestConfig, prefixes: Dict[str, str],
-                         temp_dir: Optional[str] = None) -> Dict[str, object]:
-    """:func:`IngestExamples` arguments that make the transform write the splits itself, through Beam's sink.
-
-    With ``config.num_shards=0`` the sink's bundle writer is fused with the join, so each bundle streams
-    into its own ``{prefix}-SSSSS-of-NNNNN.tfrecord.gz`` file and memory stays flat; a fixed shard count
-    reshards first (the DirectRunner then holds the output in memory; distributed runners spill to disk).
-    ``temp_dir`` is accepted for older callers and ignored.
-    """
-    del config, temp_dir
-    return {"output_prefixes": dict(prefixes)}
 
 
 def ensure_split_files(split_dir: str, file_prefix: str) -> None:
@@ -676,13 +658,6 @@ def clear_previous_outputs(prefixes: Dict[str, str], dead_letter_dir: str) -> Li
             deleted.append(path)
     return deleted
 
-
-def remove_temp_dir(temp_dir: str) -> None:
-    """Deletes ``temp_dir`` if it exists (any TensorFlow filesystem; kept for callers of the old writer)."""
-    import tensorflow as tf
-
-    if tf.io.gfile.exists(temp_dir):
-        tf.io.gfile.rmtree(temp_dir)
 
 
 def write_answer_vocabulary(output_dir: str, answer_to_label: Dict[str, int]) -> str:

@@ -76,16 +76,12 @@ def _publish_checkpoint(latest: str, destination: str) -> None:
 
 def run_fn(fn_args) -> None:
     """Entry point: the TFX Trainer calls ``run_fn(fn_args)`` once per execution (``module_file``)."""
-    from uniter_tf import runs
     from uniter_tf.export.model_dir import export_model_dir
     from uniter_tf.training.pretrainer import Pretrainer
 
     config = pretrain_config_from_fn_args(fn_args)
     _LOG.info("pretraining %s for %d updates on %s", config.model, config.num_train_steps, config.train_files)
     trainer = Pretrainer(config, log=_LOG.info)
-    if trainer.is_chief:
-        # The run directory names its model, so it can be exported (or resumed) without the config.
-        runs.write_model_config(config.output_dir, trainer.model_config)
     summary = trainer.train()
     _LOG.info("pretraining finished: %s", summary)
     if not trainer.is_chief:

@@ -225,3 +225,26 @@ def test_tasks_declare_their_export_outputs():
         ExportOutputs(name="nlvr2", labels_output="task_logits")
     with pytest.raises(ValueError, match="itm_score"):
         TaskHeadExport(name="x", head=object(), scores_output="itm_score")
+
+
+def test_a_pretrainer_run_names_its_model_so_export_needs_no_config(tmp_path):
+    """`uniter pretrain` writes model_config.json into its run directory (chief only): the run exports
+    without --config, with the trained weights."""
+    from uniter_tf.training.pretrain_config import PretrainConfig
+    from uniter_tf.training.pretrainer import Pretrainer
+    from uniter_tf.training.synthetic_data import write_synthetic_records
+
+    write_synthetic_records(str(tmp_path / "train"), UniterConfig.from_preset("tiny"), num_images=4)
+    config = PretrainConfig(
+            model="tiny", model_overrides={"num_hidden_layers": 1}, train_files=[str(tmp_path / "train*")],
+            output_dir=str(tmp_path / "run"),
+            inputs={"batch_size": 2, "shuffle_buffer": 0, "text_bucket_boundaries": [64],
+                    "region_bucket_boundaries": [16]},
+            task_ratios={"mlm": 1}, num_train_steps=1, warmup_steps=0, progress_bar=False, seed=3)
+    trainer = Pretrainer(config)
+    trainer.train()
+    written = json.loads((tmp_path / "run" / "model_config.json").read_text())
+    assert written["num_hidden_layers"] == 1
+    loaded = load_exportable_model(str(tmp_path / "run"))
+    assert loaded.kind == "pretrain" and len(loaded.backbone.encoder_layers) == 1
+    _same_weights(loaded.backbone.text_embeddings, trainer.model.backbone.text_embeddings)

@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
+from uniter_tf import runs
 from uniter_tf.data import pretraining_inputs
 from uniter_tf.training import checkpointing
 from uniter_tf.training.optimizer import AdamW, DynamicLossScale, exempt_from_weight_decay
@@ -299,6 +300,8 @@ class Pretrainer:
         start_step = self.restore_or_initialize()
         os.makedirs(config.output_dir, exist_ok=True)
         if self.is_chief:
+            # The run directory names its model, so `uniter export` / a resume needs no --config.
+            runs.write_model_config(config.output_dir, self.model_config)
             # A run killed after logging step s but before checkpointing s replays s: drop its lines first.
             dropped = trim_metrics_log(os.path.join(config.output_dir, METRICS_FILE), start_step)
             if dropped:

@@ -92,14 +92,13 @@ EVAL_LOWER_BOUNDS: Dict[str, float] = json.loads(_env("EVAL_LOWER_BOUNDS", json.
 EVAL_MAX_REGRESSION: Dict[str, float] = json.loads(_env("EVAL_MAX_REGRESSION", json.dumps({
         "itm_accuracy": GATE_MARGIN, "vqa_score": GATE_MARGIN})))
 
-#: Beam options of the data components (DirectRunner locally; pass ``--runner=DataflowRunner ...`` etc.).
+#: Beam options of the data components in LOCAL runs (the DirectRunner). The Kubeflow V2 compile never uses
+#: them: its Beam options come from ``UNITER_KUBEFLOW_BEAM_PIPELINE_ARGS`` (pipeline/kubeflow_v2_runner.py).
 BEAM_PIPELINE_ARGS: List[str] = json.loads(_env("BEAM_PIPELINE_ARGS", json.dumps([
         "--direct_running_mode=in_memory",
         "--direct_num_workers=1",
 ])))
 
-#: Container image of the Kubeflow V2 / Vertex compilation (built from the top-level Dockerfile).
-PIPELINE_IMAGE = _env("PIPELINE_IMAGE", "gcr.io/your-project/uniter-tf:latest")
 #: Where the Kubeflow V2 runner writes the pipeline JSON.
 KUBEFLOW_OUTPUT_FILE = _env("KUBEFLOW_OUTPUT_FILE", os.path.join(REPOSITORY_ROOT, "runs",
                                                                  f"{PIPELINE_NAME}_pipeline.json"))

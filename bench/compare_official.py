@@ -190,13 +190,11 @@ def _tf_setup():
 
 
 def _median_times(function, warmup: int, steps: int) -> List[float]:
-    times = []
-    for index in range(warmup + steps):
-        start = time.perf_counter()
-        function()
-        if index >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+    """Per-call wall seconds (bench/train_bench.py's ``step_times``, which the caller takes the median of)."""
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    from train_bench import step_times  # pylint: disable=import-outside-toplevel
+
+    return step_times(function, warmup, steps)
 
 
 def _pretraining_batch(task: str, model_config, workdir: str):

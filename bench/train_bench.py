@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import List
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
 
@@ -54,14 +55,19 @@ def _write_records(prefix: str, model_config, num_records: int, tokens: int, reg
     tfrecord_io.write_sharded(examples, prefix, num_shards=2)
 
 
-def _median_seconds(function, warmup: int, steps: int) -> float:
+def step_times(function, warmup: int, steps: int) -> List[float]:
+    """Wall seconds of each of ``steps`` calls of ``function`` after ``warmup`` untimed ones."""
     times = []
     for index in range(warmup + steps):
         start = time.perf_counter()
         function()
         if index >= warmup:
             times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def _median_seconds(function, warmup: int, steps: int) -> float:
+    return statistics.median(step_times(function, warmup, steps))
 
 
 def _bench_pipeline(task: str, files, model_config, options, batches: int = 40) -> dict:

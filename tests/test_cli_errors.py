@@ -133,12 +133,12 @@ def test_finetune_task_lists_its_choices(tmp_path):
     assert_one_line_error(run_uniter(["finetune", "--task", "vqq", "--config", "x.json"], tmp_path),
                           "invalid choice: 'vqq'", "'vqa'")
     help_text = run_uniter(["finetune", "--help"], tmp_path).stdout
-    assert "--task {vqa}" in help_text
+    assert "--task {ve,vqa}" in help_text
 
 
 def test_finetune_task_choices_are_the_registered_tasks():
     from uniter_tf.commands import finetune
-    from uniter_tf.models import task, vqa  # noqa: F401  pylint: disable=unused-import  (vqa registers itself)
+    from uniter_tf.models import snli_ve, task, vqa  # noqa: F401  pylint: disable=unused-import  (they register themselves)
 
     assert sorted(finetune.TASKS) == sorted(task.TASK_REGISTRY)
 

@@ -1,10 +1,10 @@
-"""``uniter sample-data``: render the deterministic sample dataset (images, captions, VQA, boxes)."""
+"""``uniter sample-data``: render the deterministic sample dataset (images, captions, VQA, SNLI-VE, boxes)."""
 
 from __future__ import annotations
 
 NAME = "sample-data"
 HELP = ("Render a small deterministic dataset of shape scenes: images/*.png, COCO captions, VQA v2 "
-        "questions/annotations and ground-truth boxes.")
+        "questions/annotations, SNLI-VE hypotheses (jsonl) and ground-truth boxes.")
 
 
 def add_arguments(parser):
@@ -27,6 +27,6 @@ def run(args) -> int:
         print(f"uniter sample-data: {error}", file=sys.stderr)
         return 2
     counts = sample_data.generate(args.output, config)
-    print(f"wrote {counts['images']} images, {counts['captions']} captions, {counts['questions']} questions and "
-          f"{counts['boxes']} boxes to {args.output}")
+    print(f"wrote {counts['images']} images, {counts['captions']} captions, {counts['questions']} questions, "
+          f"{counts['hypotheses']} SNLI-VE hypotheses and {counts['boxes']} boxes to {args.output}")
     return 0

@@ -11,6 +11,15 @@ Output layout of :func:`generate`::
     vqa_questions.json      VQA v2 questions: {"questions": [{"image_id", "question", "question_id"}], ...}
     vqa_annotations.json    VQA v2 annotations: {"annotations": [{"question_id", "answers": [10 x ...], ...}]}
     boxes.json              {file name: {"image_id", "boxes": [[x1, y1, x2, y2], ...], "labels": [...]}}
+    snli_ve_train.jsonl     SNLI-VE hypotheses (official jsonl: Flikr30kID, sentence2, gold_label, pairID)
+    snli_ve_dev.jsonl       the same for the held-out images (``image_id % VE_EVAL_EVERY == 0``)
+
+The SNLI-VE hypotheses (:func:`make_hypotheses`) come in equal numbers per label: an entailment names a
+colour and shape that is in the picture, a contradiction names a colour that is in no shape of the picture
+(every shape has its own colour, so the picture decides it), and a neutral one states a property the
+picture cannot show (material, weight, ...) of a shape that is there. Telling entailment from
+contradiction needs the image; the neutral templates are recognisable from the text alone, as many real
+SNLI-VE neutrals are.
 
 The same ``seed`` and ``num_images`` always give byte-identical files.
 """
@@ -35,6 +44,13 @@ SHAPES = ("circle", "square", "triangle")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
 FILE_PATTERN = "sample_{:06d}.png"
 VQA_ANSWERS_PER_QUESTION = 10
+#: Held-out SNLI-VE images: ``image_id % VE_EVAL_EVERY == 0`` (the split rule of the sample records).
+VE_EVAL_EVERY = 5
+#: Hypotheses per label and image.
+VE_HYPOTHESES_PER_LABEL = 2
+_VE_PRESENCE_TEMPLATES = ("There is a {} in the picture.", "The picture shows a {}.", "A {} can be seen.")
+_VE_NEUTRAL_TEMPLATES = ("The {} is made of wood.", "The {} is heavy.", "The {} was painted by a child.",
+                         "The {} is made of glass.", "The {} is very old.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +209,32 @@ def make_questions(objects: List[SceneObject], rng: np.random.Generator) -> List
     return questions
 
 
+def make_hypotheses(objects: List[SceneObject], rng: np.random.Generator) -> List[Dict[str, str]]:
+    """SNLI-VE hypotheses about a scene, :data:`VE_HYPOTHESES_PER_LABEL` per label.
+
+    Returns:
+        ``[{"hypothesis", "gold_label"}]`` with labels ``entailment`` (a colour + shape that is in the
+        picture), ``contradiction`` (a colour no shape has, with any shape) and ``neutral`` (an
+        unobservable property of a shape that is there).
+    """
+    present = {obj.color for obj in objects}
+    absent = [color for color in COLORS if color not in present]
+    if not absent:
+        raise ValueError("a scene uses every colour: no contradiction can be stated about it")
+    hypotheses = []
+    for _ in range(VE_HYPOTHESES_PER_LABEL):
+        obj = objects[int(rng.integers(len(objects)))]
+        hypotheses.append({"hypothesis": str(rng.choice(_VE_PRESENCE_TEMPLATES)).format(obj.label),
+                           "gold_label": "entailment"})
+        wrong = f"{rng.choice(absent)} {rng.choice(SHAPES)}"
+        hypotheses.append({"hypothesis": str(rng.choice(_VE_PRESENCE_TEMPLATES)).format(wrong),
+                           "gold_label": "contradiction"})
+        obj = objects[int(rng.integers(len(objects)))]
+        hypotheses.append({"hypothesis": str(rng.choice(_VE_NEUTRAL_TEMPLATES)).format(obj.label),
+                           "gold_label": "neutral"})
+    return hypotheses
+
+
 def generate(output_dir: str, config: SampleDataConfig = SampleDataConfig()) -> Dict[str, int]:
     """Renders the dataset into ``output_dir`` (see the module docstring for the layout).
 
@@ -204,6 +246,7 @@ def generate(output_dir: str, config: SampleDataConfig = SampleDataConfig()) -> 
     os.makedirs(image_dir, exist_ok=True)
     width, height = config.image_size
     coco_images, coco_captions, vqa_questions, vqa_annotations, boxes = [], [], [], [], {}
+    ve_lines = {"train": [], "dev": []}
     for image_id in range(config.num_images):
         objects = _place_objects(rng, config)
         file_name = FILE_PATTERN.format(image_id)
@@ -219,6 +262,13 @@ def generate(output_dir: str, config: SampleDataConfig = SampleDataConfig()) -> 
                     "answer_type": question["answer_type"], "multiple_choice_answer": question["answer"],
                     "answers": [{"answer": question["answer"], "answer_confidence": "yes", "answer_id": index + 1}
                                 for index in range(VQA_ANSWERS_PER_QUESTION)]})
+        # A separate generator per image, so the hypotheses leave the other files' random stream as it was.
+        ve_rng = np.random.default_rng([config.seed, image_id, 7])
+        ve_split = "dev" if image_id % VE_EVAL_EVERY == 0 else "train"
+        for index, hypothesis in enumerate(make_hypotheses(objects, ve_rng)):
+            ve_lines[ve_split].append({"Flikr30kID": file_name, "sentence1": make_captions(objects, config, ve_rng)[0],
+                                       "sentence2": hypothesis["hypothesis"], "gold_label": hypothesis["gold_label"],
+                                       "pairID": f"{image_id}_{index}", "captionID": f"{image_id}_0"})
         boxes[file_name] = {"image_id": image_id, "boxes": [list(obj.box) for obj in objects],
                             "labels": [obj.label for obj in objects]}
     info = {"description": "uniter-tf rendered sample data", "version": "1.0", "seed": config.seed}
@@ -231,8 +281,12 @@ def generate(output_dir: str, config: SampleDataConfig = SampleDataConfig()) -> 
                 {"info": info, "data_type": "sample", "data_subtype": "sample", "license": {},
                  "annotations": vqa_annotations})
     _write_json(os.path.join(output_dir, "boxes.json"), boxes)
+    for split, lines in ve_lines.items():
+        with open(os.path.join(output_dir, f"snli_ve_{split}.jsonl"), "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(line, sort_keys=True) + "\n" for line in lines)
     return {"images": len(coco_images), "captions": len(coco_captions), "questions": len(vqa_questions),
-            "boxes": sum(len(entry["boxes"]) for entry in boxes.values())}
+            "boxes": sum(len(entry["boxes"]) for entry in boxes.values()),
+            "hypotheses": sum(len(lines) for lines in ve_lines.values())}
 
 
 def _write_json(path: str, content) -> None:
@@ -241,5 +295,5 @@ def _write_json(path: str, content) -> None:
         handle.write("\n")
 
 
-__all__ = ["COLORS", "SHAPES", "SceneObject", "SampleDataConfig", "render_scene", "make_captions", "make_questions",
-           "generate"]
+__all__ = ["COLORS", "SHAPES", "VE_EVAL_EVERY", "SceneObject", "SampleDataConfig", "render_scene", "make_captions",
+           "make_questions", "make_hypotheses", "generate"]

@@ -60,6 +60,7 @@ def get_task(name: str, **task_kwargs) -> "DownstreamTask":
     """
     # Importing the task modules registers them; kept here so callers need one import only.
     from uniter_tf.models import vqa  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
+    from uniter_tf.models import snli_ve  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
 
     if name not in TASK_REGISTRY:
         raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASK_REGISTRY)}")

@@ -79,12 +79,26 @@ class AdamW(tf.Module):
         # Number of applied (not skipped) updates: Adam's bias-correction t.
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
 
-    def build(self, variables: Sequence) -> None:
+    def build(self, variables: Sequence, learning_rate_multipliers: Optional[Sequence[float]] = None) -> None:
         """Creates the moment slots for ``variables`` (call inside ``strategy.scope()``).
 
         Args:
             variables: the trainable variables, in the order gradients will be passed.
+            learning_rate_multipliers: one factor per variable on the update's rate (default 1), e.g. 10 on
+                a VQA head. The decoupled decay uses the scaled rate too, so this is exactly the official
+                parameter groups (Adam's slots are per variable).
+
+        Raises:
+            ValueError: a multiplier list of the wrong length or with a non-positive entry.
         """
+        if learning_rate_multipliers is None:
+            learning_rate_multipliers = [1.0] * len(variables)
+        self.learning_rate_multipliers = [float(value) for value in learning_rate_multipliers]
+        if len(self.learning_rate_multipliers) != len(variables):
+            raise ValueError(f"got {len(self.learning_rate_multipliers)} learning-rate multipliers for "
+                             f"{len(variables)} variables")
+        if any(value <= 0 for value in self.learning_rate_multipliers):
+            raise ValueError(f"learning-rate multipliers must be > 0, got {sorted(set(self.learning_rate_multipliers))}")
         strategy = tf.distribute.get_strategy()
         self.first_moments: List[tf.Variable] = []
         self.second_moments: List[tf.Variable] = []
@@ -169,10 +183,12 @@ class AdamW(tf.Module):
 
         updates = []
         for index, gradient, variable in zip(variable_indices, gradients, variables):
+            multiplier = self.learning_rate_multipliers[index]
+            rate = learning_rate if multiplier == 1.0 else learning_rate * multiplier
             updates.append(distribution.extended.update(
                     variable, update,
                     args=(gradient, self.first_moments[index], self.second_moments[index], self.decay_flags[index],
-                          learning_rate, apply_update, (beta_1_power, beta_2_power)),
+                          rate, apply_update, (beta_1_power, beta_2_power)),
                     group=False))
         with tf.control_dependencies(tf.nest.flatten(updates)):
             distribution.extended.update(

@@ -15,11 +15,14 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from uniter_tf.data.pretraining_inputs import PretrainingInputConfig, TASKS
+from uniter_tf.tasks.base_task import INIT_TYPES
+from uniter_tf.tasks.pretraining import DEFAULT_TASK_RATIOS, OWN_PARAMS, mix_task
+from uniter_tf.tasks.pretraining import check_task_ratios as _check_task_ratios
+from uniter_tf.tasks.pretraining import checked_dataset as _checked_dataset
+from uniter_tf.training.trainer_config import PRECISIONS, RuntimeConfig, TrainerConfig
 
-#: The official all-data mix (itm:mlm:mrfr:mrckl = 30:40:20:20 of 110 = 3:4:2:2), spec §3.9.
-DEFAULT_TASK_RATIOS = {"itm": 3, "mlm": 4, "mrfr": 2, "mrckl": 2}
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-INIT_TYPES = ("scratch", "bert", "official", "pretrained")
+#: PretrainConfig fields of the task section (the others are TrainerConfig / RuntimeConfig fields).
+TASK_FIELDS = ("model", "model_overrides", "train_files", "eval_files", "init", "init_path") + OWN_PARAMS
 
 
 @dataclasses.dataclass
@@ -165,6 +168,18 @@ class PretrainConfig:
         """The config as a JSON-serialisable dict."""
         return dataclasses.asdict(self)
 
+    def task_params(self) -> Dict[str, Any]:
+        """The parameters of the run's :class:`~uniter_tf.tasks.pretraining.PretrainingTask`."""
+        return {name: getattr(self, name) for name in TASK_FIELDS}
+
+    def trainer_config(self) -> TrainerConfig:
+        """The run's :class:`TrainerConfig` (the fields of the same names)."""
+        return TrainerConfig(**{field.name: getattr(self, field.name) for field in dataclasses.fields(TrainerConfig)})
+
+    def runtime_config(self) -> RuntimeConfig:
+        """The run's :class:`RuntimeConfig` (the fields of the same names)."""
+        return RuntimeConfig(**{field.name: getattr(self, field.name) for field in dataclasses.fields(RuntimeConfig)})
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "PretrainConfig":
         """Builds a config; ``_``-prefixed keys are comments, unknown keys raise ``ValueError``."""
@@ -174,44 +189,6 @@ class PretrainConfig:
         if unknown:
             raise ValueError(f"unknown pretraining config keys: {unknown}")
         return cls(**values)
-
-
-def mix_task(mix_key: str) -> str:
-    """The task of a mixing key: ``"itm/coco"`` → ``"itm"``, ``"itm"`` → ``"itm"``."""
-    return mix_key.split("/", 1)[0]
-
-
-def _check_task_ratios(ratios: Any, where: str) -> None:
-    if not isinstance(ratios, Mapping):
-        raise ValueError(f"{where} must be an object of task → ratio, got {ratios!r}")
-    unknown_tasks = sorted(set(ratios) - set(TASKS))
-    if unknown_tasks:
-        raise ValueError(f"{where}: unknown tasks {unknown_tasks}; known: {TASKS}")
-    try:
-        values = [float(ratio) for ratio in ratios.values()]
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: ratios must be numbers, got {dict(ratios)}") from None
-    if not values or any(value < 0 for value in values) or sum(values) <= 0:
-        raise ValueError(f"{where} must be non-negative with a positive sum, got {dict(ratios)}")
-
-
-def _checked_dataset(entry: Any, index: int) -> Dict[str, Any]:
-    where = f"train_datasets[{index}]"
-    if not isinstance(entry, Mapping):
-        raise ValueError(f"{where} must be an object with name, files and task_ratios, got {entry!r}")
-    unknown = sorted(set(entry) - {"name", "files", "task_ratios"})
-    missing = sorted({"name", "files", "task_ratios"} - set(entry))
-    if unknown or missing:
-        raise ValueError(f"{where}: unknown keys {unknown}, missing keys {missing} "
-                         "(each dataset has name, files and task_ratios)")
-    name = entry["name"]
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ValueError(f"{where}.name must be a non-empty string without '/', got {name!r}")
-    files = [entry["files"]] if isinstance(entry["files"], str) else entry["files"]
-    if not isinstance(files, list) or not files or not all(isinstance(path, str) and path for path in files):
-        raise ValueError(f"{where}.files must be a non-empty list of file patterns, got {entry['files']!r}")
-    _check_task_ratios(entry["task_ratios"], f"{where}.task_ratios")
-    return {"name": name, "files": list(files), "task_ratios": dict(entry["task_ratios"])}
 
 
 def _parse_value(text: str) -> Any:

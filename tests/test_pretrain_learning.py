@@ -32,7 +32,7 @@ def _majority_token_rate(records):
 def test_short_pretraining_on_sample_data_beats_chance_on_held_out_images(tmp_path):
     from uniter_tf import cli
     from uniter_tf.config import UniterConfig
-    from uniter_tf.training.pretrain_config import load_config
+    from uniter_tf.training.experiment import ExperimentConfig
     from uniter_tf.training.pretrainer import Pretrainer
     from uniter_tf.training.sample_records import write_sample_pretraining_records
 
@@ -43,10 +43,11 @@ def test_short_pretraining_on_sample_data_beats_chance_on_held_out_images(tmp_pa
     assert paths["train"] and paths["eval"]
     # The shipped local recipe (model, inputs, optimizer), on two tasks for 1500 updates.
     records = tmp_path / "records"
-    config = load_config(os.path.join(REPO, "configs", "pretrain_local.json"), [
-            f"train_files={json.dumps([str(records / 'train*')])}", f"eval_files={json.dumps([str(records / 'eval*')])}",
-            f"output_dir={tmp_path / 'run'}", 'task_ratios={"itm": 3, "mlm": 1}', "num_train_steps=1500",
-            "checkpoint_every=1500", "eval_every=0", "progress_bar=false"])
+    config = ExperimentConfig.from_file(os.path.join(REPO, "configs", "pretrain_local.json"), [
+            f"task.train_files={json.dumps([str(records / 'train*')])}",
+            f"task.eval_files={json.dumps([str(records / 'eval*')])}", f"runtime.output_dir={tmp_path / 'run'}",
+            'task.task_ratios={"itm": 3, "mlm": 1}', "trainer.num_train_steps=1500", "trainer.checkpoint_every=1500",
+            "trainer.eval_every=0", "trainer.progress_bar=false"]).to_pretrain_config()
     summary = Pretrainer(config).train()
     evaluation = summary["evaluation"]
     majority = _majority_token_rate(read_tfrecords(records, "eval-*"))

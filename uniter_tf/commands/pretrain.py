@@ -1,4 +1,9 @@
-"""``uniter pretrain``: multi-task UNITER pretraining (MLM, MRFR, MRC-kl, ITM+WRA) from a JSON config."""
+"""``uniter pretrain``: multi-task UNITER pretraining (MLM, MRFR, MRC-kl, ITM+WRA) from a JSON config.
+
+An alias of ``uniter train`` for the ``pretraining`` task: ``--config`` takes an experiment config
+(sections ``task`` / ``trainer`` / ``runtime``; ``--set section.key=value``) or the older flat
+:class:`~uniter_tf.training.pretrain_config.PretrainConfig` format (``--set key=value``).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,13 @@ HELP = ("Pretrain UNITER on canonical TFRecords (MLM / MRFR / MRC-kl / ITM+OT) f
 
 
 def add_arguments(parser):
-    parser.add_argument("--config", help="JSON config (configs/pretrain_*.json); fields of PretrainConfig")
+    parser.add_argument("--config", help="JSON config: an experiment config (configs/pretrain_*.json, sections "
+                                         "task / trainer / runtime) or a flat PretrainConfig")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field; dotted keys for nested fields, JSON values "
-                             "(e.g. --set num_train_steps=100 --set inputs.batch_size=16); repeatable")
+                        help="override a config field; dotted keys for nested fields, JSON values: "
+                             "section.key for an experiment config (--set trainer.num_train_steps=100 "
+                             "--set task.inputs.batch_size=16), key for a flat one (--set num_train_steps=100); "
+                             "repeatable")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
@@ -24,6 +32,17 @@ def run(args) -> int:
     # Checked before the TensorFlow import below (seconds), so that a typo in the path fails at once.
     if args.config and not os.path.isfile(args.config):
         raise UserError(f"--config {args.config}: no such file")
+    if args.config:
+        from uniter_tf.commands import train as train_command
+        from uniter_tf.training.experiment import is_experiment_dict, read_config_file
+
+        if is_experiment_dict(read_config_file(args.config)):
+            experiment = train_command.load(args.config, args.overrides, expected_task="pretraining")
+            if args.print_config:
+                train_command.print_config(experiment)
+            else:
+                train_command.train(experiment)
+            return 0
     from uniter_tf.training.pretrain_config import load_config
 
     try:

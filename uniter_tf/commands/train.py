@@ -1,0 +1,80 @@
+"""``uniter train``: train any task from one experiment config (``task`` / ``trainer`` / ``runtime``)."""
+
+from __future__ import annotations
+
+NAME = "train"
+HELP = ("Train any task (pretraining, vqa, ...) from an experiment config (sections task / trainer / runtime); "
+        "rerunning the same command resumes from the last checkpoint.")
+
+
+def add_arguments(parser):
+    parser.add_argument("--config", required=True,
+                        help="experiment JSON (configs/*.json): sections task, trainer, runtime (docs/training.md)")
+    add_set_argument(parser)
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (what the run writes as experiment.json) and exit")
+
+
+def add_set_argument(parser):
+    """The ``--set section.key=value`` flag (shared with ``uniter pretrain`` / ``uniter finetune``)."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config field: section.key (dotted into nested objects), JSON value "
+                             "(e.g. --set trainer.num_train_steps=100 --set task.inputs.batch_size=16 "
+                             "--set runtime.output_dir=/tmp/run); repeatable")
+
+
+def load(path: str, overrides, expected_task=None):
+    """Reads an experiment config for a command, with errors a person can act on.
+
+    Args:
+        path: the ``--config`` file.
+        overrides: the ``--set`` strings.
+        expected_task: when given (the ``pretrain`` / ``finetune`` aliases), the task the file must train.
+
+    Raises:
+        UserError: a missing file, invalid JSON, an unknown key, a bad value or the wrong task.
+    """
+    from uniter_tf.console import UserError
+    from uniter_tf.training.experiment import ExperimentConfig
+
+    try:
+        config = ExperimentConfig.from_file(path, overrides)
+    except FileNotFoundError:
+        raise UserError(f"--config {path}: no such file") from None
+    if expected_task is not None and config.task_name != expected_task:
+        raise UserError(f"{path}: task.name is {config.task_name!r}, not {expected_task!r}; run it with "
+                        f"`uniter train --config {path}`")
+    return config
+
+
+def print_config(config) -> None:
+    """Prints the resolved config as JSON (what the run writes as ``experiment.json``)."""
+    import json
+
+    print(json.dumps(config.to_dict(), indent=2))
+
+
+def run_quietly(config):
+    """Runs the experiment (writes ``experiment.json``, trains) and returns the Trainer's summary."""
+    from uniter_tf.training.experiment import run_experiment
+
+    return run_experiment(config)
+
+
+def train(config):
+    """Runs the experiment and prints its summary (one JSON object); returns the summary."""
+    import json
+
+    summary = run_quietly(config)
+    if isinstance(summary, dict):
+        print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return summary
+
+
+def run(args) -> int:
+    config = load(args.config, args.overrides)
+    if args.print_config:
+        print_config(config)
+        return 0
+    train(config)
+    return 0

@@ -102,8 +102,9 @@ def test_finetune_run_brings_its_task_head_and_answers(tmp_path, legacy_config_f
     assert loaded.kind == "finetune" and loaded.max_text_length == 20
     assert loaded.task.name == "vqa" and loaded.task.labels == answers and loaded.task.top_k == 2
     # What VqaTask.export_outputs declares: sigmoid scores under the served names.
-    assert loaded.task.activation == "sigmoid"
-    assert (loaded.task.logits_output, loaded.task.labels_output, loaded.task.scores_output) == \
+    assert loaded.task.outputs.activation == "sigmoid"
+    outputs = loaded.task.outputs
+    assert (outputs.logits_output, outputs.labels_output, outputs.scores_output) == \
         ("task_logits", "answers", "answer_scores")
     _same_weights(loaded.task.head, head)
     _same_weights(loaded.itm_head, itm_head)
@@ -210,7 +211,8 @@ def test_tasks_declare_their_export_outputs():
 
     vqa = get_task("vqa", num_answers=2, answer_vocabulary=["yes", "no"])
     hook = TaskHeadExport.from_task(vqa, head=object(), top_k=9)
-    assert (hook.name, hook.activation, hook.labels, hook.top_k) == ("vqa", "sigmoid", ["yes", "no"], 2)
+    assert (hook.name, hook.outputs.activation, hook.labels, hook.top_k) == ("vqa", "sigmoid", ["yes", "no"], 2)
+    assert isinstance(hook.outputs, ExportOutputs) and hook.outputs == vqa.export_outputs()  # held, not copied
 
     class Renamed:  # any task: the hook takes names and activation from the declaration only
         def export_outputs(self):
@@ -218,13 +220,16 @@ def test_tasks_declare_their_export_outputs():
                                  scores_output="verdict_score")
 
     hook = TaskHeadExport.from_task(Renamed(), head=object())
-    assert (hook.activation, hook.labels_output, hook.scores_output) == ("softmax", "verdict", "verdict_score")
+    assert (hook.outputs.activation, hook.outputs.labels_output, hook.outputs.scores_output) == \
+        ("softmax", "verdict", "verdict_score")
     with pytest.raises(ValueError, match="activation of task 'nlvr2'"):
         ExportOutputs(name="nlvr2", activation="relu")
     with pytest.raises(ValueError, match="distinct"):
         ExportOutputs(name="nlvr2", labels_output="task_logits")
     with pytest.raises(ValueError, match="itm_score"):
-        TaskHeadExport(name="x", head=object(), scores_output="itm_score")
+        TaskHeadExport(ExportOutputs(name="x", scores_output="itm_score"), head=object())
+    with pytest.raises(TypeError, match="ExportOutputs"):
+        TaskHeadExport(outputs={"name": "x"}, head=object())
 
 
 def test_a_pretrainer_run_names_its_model_so_export_needs_no_config(tmp_path):

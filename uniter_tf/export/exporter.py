@@ -14,14 +14,17 @@ The scoring signatures answer ``itm_score [B]`` (P(match)), ``itm_logits [B, 2]`
 ``pooled_output [B, H]``, plus ``task_logits`` / ``answers`` / ``answer_scores`` when a task head is
 given. The vocabulary and the answer list are SavedModel assets; ``assets.extra`` holds TF Serving
 warm-up requests and ``uniter_export.json`` (the limits and buckets, for clients).
+
+Every file is written, listed and moved through ``tf.io.gfile``, so the base path may be on any
+TensorFlow filesystem (``gs://``, ``ram://``, ...), not only the local disk.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import posixpath
+import uuid
 from typing import Dict, Optional
 
 import numpy as np
@@ -38,10 +41,77 @@ LABELS_ASSET = "answers.txt"
 
 def next_version(base_path: str) -> int:
     """One more than the largest numeric version under ``base_path`` (1 when there is none)."""
-    if not os.path.isdir(base_path):
+    import tensorflow as tf
+
+    if not tf.io.gfile.isdir(base_path):
         return 1
-    versions = [int(name) for name in os.listdir(base_path) if name.isdigit()]
+    # Object stores list sub-directories with a trailing slash.
+    names = (name.rstrip("/") for name in tf.io.gfile.listdir(base_path))
+    versions = [int(name) for name in names if name.isdigit()]
     return max(versions, default=0) + 1
+
+
+def _is_local(path: str) -> bool:
+    """Whether ``path`` is on the local disk (no ``scheme://`` other than ``file://``)."""
+    return "://" not in path or path.startswith("file://")
+
+
+def _parent(path: str) -> str:
+    """The directory holding ``path``; local paths are made absolute, ``scheme://`` paths kept as they are."""
+    if _is_local(path):
+        return os.path.dirname(os.path.abspath(path))
+    return posixpath.dirname(path.rstrip("/"))
+
+
+def _basename(path: str) -> str:
+    return posixpath.basename(path.rstrip("/"))
+
+
+def _move_directory(source: str, target: str) -> None:
+    """Moves the directory ``source`` to ``target`` (which must not exist).
+
+    On the local disk this is one ``rename`` (atomic: a polling server sees all of the SavedModel or
+    none). Other filesystems have no atomic directory rename (``ram://`` renames only the directory's
+    own entry, object stores copy object by object), so the files are copied with ``saved_model.pb``
+    last, as a loader looks for it first, and the source is then deleted.
+    """
+    import tensorflow as tf
+
+    if _is_local(source) and _is_local(target):
+        tf.io.gfile.rename(source, target)
+        return
+    source = source.rstrip("/")
+    last = []
+    for directory, _, files in tf.io.gfile.walk(source):
+        relative = directory.rstrip("/")[len(source):].lstrip("/")
+        destination = posixpath.join(target, relative) if relative else target
+        tf.io.gfile.makedirs(destination)
+        for name in files:
+            pair = (posixpath.join(directory, name), posixpath.join(destination, name))
+            if not relative and name == "saved_model.pb":
+                last.append(pair)
+            else:
+                tf.io.gfile.copy(*pair, overwrite=False)
+    for pair in last:
+        tf.io.gfile.copy(*pair, overwrite=False)
+    _remove_tree(source)
+
+
+def _remove_tree(path: str) -> None:
+    """Deletes the directory ``path`` and everything under it.
+
+    ``tf.io.gfile.rmtree`` is used on the local disk; elsewhere the tree is emptied bottom-up first,
+    because ``ram://``'s recursive delete leaves a directory holding files in place.
+    """
+    import tensorflow as tf
+
+    if not _is_local(path):
+        for directory, _, files in tf.io.gfile.walk(path, topdown=False):
+            for name in files:
+                tf.io.gfile.remove(posixpath.join(directory, name))
+            tf.io.gfile.rmtree(directory)  # now without files
+    if tf.io.gfile.exists(path):
+        tf.io.gfile.rmtree(path)
 
 
 def _text_file_table(path: str, key_is_line_number: bool = True):
@@ -77,9 +147,11 @@ def export_uniter(output_dir: str, backbone, itm_head, preprocessor=None, task: 
         FileExistsError: when the version already exists.
         ValueError: when the tokenizer's vocabulary does not fit the model.
     """
+    import tensorflow as tf
+
     version = next_version(output_dir) if version is None else int(version)
-    target = os.path.join(output_dir, str(version))
-    if os.path.exists(target):
+    target = posixpath.join(output_dir, str(version))
+    if tf.io.gfile.exists(target):
         raise FileExistsError(f"version {version} already exists at {target}; pick another --version")
     return write_saved_model(target, backbone, itm_head, preprocessor=preprocessor, task=task, options=options,
                              record_ops=record_ops)
@@ -89,8 +161,9 @@ def write_saved_model(target: str, backbone, itm_head, preprocessor=None, task: 
                       options: Optional[ExportOptions] = None, record_ops: bool = False) -> str:
     """Writes the SavedModel exactly at ``target`` (what a TFX Trainer's ``serving_model_dir`` wants).
 
-    The SavedModel is written beside the target and renamed into place, so a polling server never
-    sees half of it. Arguments as :func:`export_uniter`.
+    The SavedModel is written beside the target and moved into place (:func:`_move_directory`: one
+    atomic rename on the local disk, so a polling server never sees half of it). Arguments as
+    :func:`export_uniter`; ``target`` may be on any ``tf.io.gfile`` filesystem.
 
     Returns:
         ``target``.
@@ -109,24 +182,26 @@ def write_saved_model(target: str, backbone, itm_head, preprocessor=None, task: 
         preprocessor = UniterPreprocessor(sequence_length=options.max_text_length,
                                           bucket_boundaries=list(options.text_buckets))
     check_vocab_size(preprocessor.tokenizer.vocab_size, config.vocab_size, source="the tokenizer's vocabulary")
-    if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
+    if tf.io.gfile.exists(target) and (not tf.io.gfile.isdir(target) or tf.io.gfile.listdir(target)):
         raise FileExistsError(f"the export target {target} already exists and is not an empty directory")
-    parent = os.path.dirname(os.path.abspath(target))
-    os.makedirs(parent, exist_ok=True)
+    parent = _parent(target)
+    tf.io.gfile.makedirs(parent)
 
-    staging_root = tempfile.mkdtemp(prefix=f".export-{os.path.basename(target)}-", dir=parent)
+    # A hidden sibling of the target (TF Serving only loads numeric version folders), unique per call.
+    staging_root = posixpath.join(parent, f".export-{_basename(target)}-{uuid.uuid4().hex[:12]}")
+    tf.io.gfile.makedirs(staging_root)
     try:
-        asset_dir = os.path.join(staging_root, "source_assets")
-        os.makedirs(asset_dir)
-        vocab_path = os.path.join(asset_dir, VOCAB_ASSET)
-        with open(vocab_path, "w", encoding="utf-8") as handle:
+        asset_dir = posixpath.join(staging_root, "source_assets")
+        tf.io.gfile.makedirs(asset_dir)
+        vocab_path = posixpath.join(asset_dir, VOCAB_ASSET)
+        with tf.io.gfile.GFile(vocab_path, "w") as handle:
             handle.write("\n".join(preprocessor.tokenizer.vocabulary) + "\n")
         tables = tf.Module(name="serving_tables")
         tables.vocab = _text_file_table(vocab_path)
         label_table = None
         if task is not None and task.labels is not None:
-            labels_path = os.path.join(asset_dir, LABELS_ASSET)
-            with open(labels_path, "w", encoding="utf-8") as handle:
+            labels_path = posixpath.join(asset_dir, LABELS_ASSET)
+            with tf.io.gfile.GFile(labels_path, "w") as handle:
                 handle.write("\n".join(task.labels) + "\n")
             tables.labels = label_table = _text_file_table(labels_path)
 
@@ -140,11 +215,11 @@ def write_saved_model(target: str, backbone, itm_head, preprocessor=None, task: 
         functions = graph.functions()
         for name, specs in graph.input_signatures().items():
             archive.add_endpoint(name=name, fn=functions[name], input_signature=list(specs))
-        saved_model_dir = os.path.join(staging_root, "saved_model")
+        saved_model_dir = posixpath.join(staging_root, "saved_model")
         archive.write_out(saved_model_dir, verbose=False)
 
-        extra = os.path.join(saved_model_dir, "assets.extra")
-        os.makedirs(extra, exist_ok=True)
+        extra = posixpath.join(saved_model_dir, "assets.extra")
+        tf.io.gfile.makedirs(extra)
         metadata = {
                 "signatures": {name: [spec.name for spec in specs]
                                for name, specs in graph.input_signatures().items()},
@@ -156,30 +231,33 @@ def write_saved_model(target: str, backbone, itm_head, preprocessor=None, task: 
                 "text_buckets": list(options.text_buckets),
                 "task": None if task is None else {
                         "name": task.name, "num_labels": None if task.labels is None else len(task.labels),
-                        "top_k": graph.top_k, "activation": task.activation,
-                        "outputs": {"logits": task.logits_output, "labels": task.labels_output,
-                                    "scores": task.scores_output}},
+                        "top_k": graph.top_k, "activation": task.outputs.activation,
+                        "outputs": {"logits": task.outputs.logits_output, "labels": task.outputs.labels_output,
+                                    "scores": task.outputs.scores_output}},
                 "model_config": config.to_dict(),
         }
         if record_ops:
             from uniter_tf.export.op_inventory import non_core_ops
 
             metadata["non_core_ops"] = non_core_ops(saved_model_dir)
-        with open(os.path.join(extra, EXPORT_METADATA_FILE), "w", encoding="utf-8") as handle:
-            json.dump(metadata, handle, indent=2, sort_keys=True)
+        with tf.io.gfile.GFile(posixpath.join(extra, EXPORT_METADATA_FILE), "w") as handle:
+            handle.write(json.dumps(metadata, indent=2, sort_keys=True))
         if options.warmup:
-            write_warmup_requests(os.path.join(extra, WARMUP_FILE), int(config.region_feature_dim))
-        if os.path.isdir(target):
-            os.rmdir(target)  # empty (checked above): TFX may create serving_model_dir beforehand
-        os.replace(saved_model_dir, target)
+            write_warmup_requests(posixpath.join(extra, WARMUP_FILE), int(config.region_feature_dim))
+        if tf.io.gfile.isdir(target):
+            _remove_tree(target)  # empty (checked above): TFX may create serving_model_dir beforehand
+        _move_directory(saved_model_dir, target)
     finally:
-        shutil.rmtree(staging_root, ignore_errors=True)
+        if tf.io.gfile.exists(staging_root):
+            _remove_tree(staging_root)
     return target
 
 
 def read_metadata(saved_model_dir: str) -> dict:
-    """The ``assets.extra/uniter_export.json`` of an export."""
-    with open(os.path.join(saved_model_dir, "assets.extra", EXPORT_METADATA_FILE), encoding="utf-8") as handle:
+    """The ``assets.extra/uniter_export.json`` of an export (any ``tf.io.gfile`` path)."""
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(posixpath.join(saved_model_dir, "assets.extra", EXPORT_METADATA_FILE), "r") as handle:
         return json.load(handle)
 
 

@@ -90,10 +90,17 @@ def load_exportable_model(model_dir: str, config=None, top_k: int = 5) -> Export
     """
     if runs.is_task_run(model_dir):
         return _load_task_run(model_dir, top_k)
-    if os.path.isfile(os.path.join(model_dir, CONVERTED_CONFIG_FILE)) and \
-            os.path.isfile(os.path.join(model_dir, CONVERTED_BACKBONE_FILE)):
+    if _is_file(os.path.join(model_dir, CONVERTED_CONFIG_FILE)) and \
+            _is_file(os.path.join(model_dir, CONVERTED_BACKBONE_FILE)):
         return _load_converted(model_dir)
     return _load_pretraining_run(model_dir, config)
+
+
+def _is_file(path: str) -> bool:
+    """``os.path.isfile`` on any ``tf.io.gfile`` filesystem (run directories may be on ``gs://``)."""
+    import tensorflow as tf
+
+    return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
 
 
 def _load_task_run(model_dir: str, top_k: int) -> ExportableModel:
@@ -108,13 +115,15 @@ def _load_converted(model_dir: str) -> ExportableModel:
     from uniter_tf.checkpoints import official
 
     model = official.load_pretrained(model_dir, pretraining=True)
-    if not os.path.isfile(os.path.join(model_dir, official.PRETRAINING_WEIGHTS_FILE)):
+    if not _is_file(os.path.join(model_dir, official.PRETRAINING_WEIGHTS_FILE)):
         _LOG.warning("%s has no %s: the ITM head is freshly initialised, so itm_score is meaningless",
                      model_dir, official.PRETRAINING_WEIGHTS_FILE)
     return ExportableModel(model.backbone, model.itm_head, None, "converted", model_dir)
 
 
 def _load_pretraining_run(model_dir: str, config) -> ExportableModel:
+    import tensorflow as tf
+
     from uniter_tf.config import UniterConfig
     from uniter_tf.models.backbone import UniterBackbone
     from uniter_tf.models.pretraining_model import UniterPretrainingModel
@@ -127,7 +136,7 @@ def _load_pretraining_run(model_dir: str, config) -> ExportableModel:
                 f"{CONVERTED_CONFIG_FILE} + {CONVERTED_BACKBONE_FILE} (a converted checkpoint) or a "
                 f"checkpoints/ directory (a pretraining run)") from None
     model_config = UniterConfig.resolve(config) if config else \
-        (runs.read_model_config(model_dir) if os.path.isdir(model_dir) else None)
+        (runs.read_model_config(model_dir) if tf.io.gfile.isdir(model_dir) else None)
     if model_config is None:
         raise ValueError(f"{model_dir!r} is a pretraining run without {runs.MODEL_CONFIG_FILE}: name its model "
                          f"configuration with --config (a preset such as 'tiny' or the JSON file)")

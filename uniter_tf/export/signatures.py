@@ -201,12 +201,12 @@ class ServingGraph:
 
     def _task_outputs(self, logits) -> Dict[str, tf.Tensor]:
         # Output names and the activation are the task's declaration (TaskHeadExport.from_task).
-        outputs = {self.task.logits_output: logits}
+        outputs = {self.task.outputs.logits_output: logits}
         if self.task.labels is not None:
-            probabilities = tf.sigmoid(logits) if self.task.activation == "sigmoid" else tf.nn.softmax(logits)
+            probabilities = tf.sigmoid(logits) if self.task.outputs.activation == "sigmoid" else tf.nn.softmax(logits)
             top_scores, top_indices = tf.math.top_k(probabilities, k=self.top_k)
-            outputs[self.task.labels_output] = self.label_table.lookup(tf.cast(top_indices, tf.int64))
-            outputs[self.task.scores_output] = top_scores
+            outputs[self.task.outputs.labels_output] = self.label_table.lookup(tf.cast(top_indices, tf.int64))
+            outputs[self.task.outputs.scores_output] = top_scores
         return outputs
 
     # ------------------------------------------------------------------------------ the inputs

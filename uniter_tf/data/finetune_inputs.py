@@ -108,7 +108,8 @@ def task_record_filter(task):
 def build_finetune_dataset(file_patterns: FilePatterns, task, model_config: UniterConfig, batch_size: int,
                            *, max_text_length: int = 60, training: bool = True, seed: int = 42,
                            shuffle_buffer_size: int = 1024,
-                           num_parallel_calls: Optional[int] = tf.data.AUTOTUNE) -> tf.data.Dataset:
+                           num_parallel_calls: Optional[int] = tf.data.AUTOTUNE,
+                           input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
     """Batches of ``(model inputs, label features)`` for fine-tuning or evaluating a task.
 
     Args:
@@ -123,6 +124,9 @@ def build_finetune_dataset(file_patterns: FilePatterns, task, model_config: Unit
         seed: shuffle seed.
         shuffle_buffer_size: records in the shuffle buffer.
         num_parallel_calls: parallelism of the parse map.
+        input_context: from ``tf.distribute`` (``distribute_datasets_from_function``): with several input
+            pipelines (workers) each reads every ``num_input_pipelines``-th record; ``batch_size`` is then
+            the per-replica batch.
 
     Returns:
         A dataset of ``(inputs, labels)`` dicts; ``inputs`` has the backbone keys and ``example_id``,
@@ -134,6 +138,9 @@ def build_finetune_dataset(file_patterns: FilePatterns, task, model_config: Unit
         raise ValueError(f"max_text_length must be >= 1, got {max_text_length}")
     files = list_record_files(file_patterns)
     dataset = _record_dataset(files)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        # Records, not files, are sharded: a run with few shards still splits evenly over workers.
+        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if training:
         dataset = dataset.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True).repeat()
     dataset = dataset.map(lambda serialized: schema.parse_and_decode(serialized, model_config.region_feature_dim),

@@ -25,46 +25,15 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
-# name → zero-argument-or-kwargs factory; filled by the task modules at import time.
-TASK_REGISTRY: Dict[str, Callable[..., "DownstreamTask"]] = {}
+# The registry is the Task registry (uniter_tf.tasks): a DownstreamTask is a Task. Re-exported here so
+# `from uniter_tf.models.task import get_task, register_task` keeps working.
+from uniter_tf.tasks.base_task import (COMMON_PARAMS, TASK_REGISTRY, Task, check_common_params,  # noqa: F401
+                                       get_task, register_task)
 
-
-def register_task(name: str):
-    """Class decorator that makes a task available to :func:`get_task` under ``name``.
-
-    Args:
-        name: the task's CLI name (``uniter finetune --task NAME``).
-
-    Returns:
-        The decorator.
-    """
-
-    def decorator(task_class):
-        if name in TASK_REGISTRY and TASK_REGISTRY[name] is not task_class:
-            raise ValueError(f"task {name!r} is registered twice")
-        TASK_REGISTRY[name] = task_class
-        return task_class
-
-    return decorator
-
-
-def get_task(name: str, **task_kwargs) -> "DownstreamTask":
-    """Returns the task registered as ``name``, constructed with ``task_kwargs``.
-
-    Args:
-        name: a registered task name, e.g. ``"vqa"``.
-        **task_kwargs: constructor arguments of that task (e.g. ``num_answers``).
-
-    Raises:
-        ValueError: if no task has that name.
-    """
-    # Importing the task modules registers them; kept here so callers need one import only.
-    from uniter_tf.models import vqa  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
-    from uniter_tf.models import snli_ve  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
-
-    if name not in TASK_REGISTRY:
-        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASK_REGISTRY)}")
-    return TASK_REGISTRY[name].from_config(task_kwargs)
+#: Run parameters of every downstream task besides :data:`COMMON_PARAMS` (the ``task`` config section).
+DOWNSTREAM_PARAMS = {"train_batch_size": 32, "eval_batch_size": 64, "max_text_length": 60, "dropout": 0.1}
+#: The input feature that names an example (kept out of the model's inputs; names predictions).
+EXAMPLE_ID_KEY = "example_id"
 
 
 #: How served logits become scores.
@@ -107,7 +76,7 @@ class ExportOutputs:
                              f"non-empty, got {names}")
 
 
-class DownstreamTask(abc.ABC):
+class DownstreamTask(Task):
     """Base class of a downstream task: head, targets, loss and metrics.
 
     Subclasses set the class attributes and implement the abstract methods. Targets and predictions
@@ -158,21 +127,201 @@ class DownstreamTask(abc.ABC):
         del parsed
         return tf.constant(True)
 
-    def build_model(self, backbone: keras.layers.Layer, hidden_size: int) -> "keras.Model":
-        """Builds the task model: the given (usually pretrained) backbone with this task's head.
+    def build_model(self, backbone=None, hidden_size: Optional[int] = None, *, dtype=None) -> "keras.Model":
+        """Builds the task model (a :class:`uniter_tf.models.task_model.TaskModel`).
+
+        Two forms:
+
+        * ``build_model(backbone, hidden_size)``: the given (usually pretrained) backbone with this task's
+          head (what the exporter uses to rebuild a run's model);
+        * ``build_model(model_config=None, dtype=None)``: the Task form the Trainer uses. It builds a fresh
+          backbone (of the task's ``model`` with its ``dropout``) and the head with the dtype policy
+          ``dtype``, plus the ITM head of a pretraining model around the same backbone: it rides along
+          untouched (not trained, not a tracked sub-layer) so the fine-tuned export still scores
+          image-text pairs, and the pretraining model gives the layout a partial restore reads.
 
         Args:
-            backbone: a UNITER backbone (takes the input dict of docs/architecture.md, returns a dict
-                with ``pooled_output``).
-            hidden_size: H.
-
-        Returns:
-            A :class:`uniter_tf.models.task_model.TaskModel`.
+            backbone: a UNITER backbone layer, or a :class:`~uniter_tf.config.UniterConfig` / None.
+            hidden_size: H (with a backbone layer).
+            dtype: a Keras dtype policy name for the Task form.
         """
         from uniter_tf.models.task_model import TaskModel  # pylint: disable=import-outside-toplevel
 
-        return TaskModel(backbone=backbone, head=self.build_head(hidden_size), task_name=self.name,
-                         name=f"uniter_{self.name}")
+        if isinstance(backbone, keras.layers.Layer):
+            if hidden_size is None:
+                raise ValueError("build_model(backbone, hidden_size): hidden_size is required with a backbone")
+            return TaskModel(backbone=backbone, head=self.build_head(hidden_size), task_name=self.name,
+                             name=f"uniter_{self.name}")
+        from uniter_tf.models.backbone import UniterBackbone  # pylint: disable=import-outside-toplevel
+        from uniter_tf.models.pretraining_model import UniterPretrainingModel  # pylint: disable=import-outside-toplevel
+
+        model_config = backbone if backbone is not None else self.model_config()
+        backbone_layer = UniterBackbone(model_config, dtype=dtype) if dtype else UniterBackbone(model_config)
+        pretraining_model = UniterPretrainingModel(backbone_layer)
+        head = self.build_head(model_config.hidden_size)
+        if dtype and head.dtype_policy.name != dtype:
+            # Heads are built by build_head(hidden_size), which predates dtype policies; rebuild from config.
+            head = head.__class__.from_config({**head.get_config(), "dtype": dtype})
+        model = TaskModel(backbone=backbone_layer, head=head, task_name=self.name, name=f"uniter_{self.name}")
+        model.head.build()
+        # Untracked on purpose (object.__setattr__ bypasses Keras tracking): the ITM head is not trained
+        # and must not appear in model.trainable_variables; the checkpoint names it itself.
+        object.__setattr__(model, "_uniter_pretraining_model", pretraining_model)
+        return model
+
+    # --------------------------------------------------------------------- the Task interface
+    def run_param(self, key: str):
+        """A run parameter of :data:`COMMON_PARAMS` / :data:`DOWNSTREAM_PARAMS` (its default if unset)."""
+        if key in DOWNSTREAM_PARAMS:
+            return self.params.get(key, DOWNSTREAM_PARAMS[key])
+        return self.params[key]
+
+    def configure(self, **run_params) -> "DownstreamTask":
+        """Sets the run parameters (``model``, ``train_files``, ``train_batch_size``, ...); returns self.
+
+        Raises:
+            ValueError: an unknown or invalid parameter (named).
+        """
+        unknown = sorted(set(run_params) - set(COMMON_PARAMS) - set(DOWNSTREAM_PARAMS))
+        if unknown:
+            raise ValueError(f"unknown run parameters {unknown} for task {self.name!r}")
+        params = check_common_params(run_params, self.name)
+        for key, default in DOWNSTREAM_PARAMS.items():
+            value = run_params.get(key, default)
+            if key == "dropout":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                    raise ValueError(f"task {self.name!r}: dropout must be in [0, 1), got {value!r}")
+                value = float(value)
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"task {self.name!r}: {key} must be a positive integer, got {value!r}")
+            params[key] = value
+        self._task_params = params
+        return self
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "DownstreamTask":
+        """Builds the task from a ``task`` config section: run parameters plus the task's own arguments.
+
+        Raises:
+            ValueError: an unknown key (named) or an invalid value.
+        """
+        values = {key: value for key, value in dict(params).items() if not str(key).startswith("_")}
+        run_keys = set(COMMON_PARAMS) | set(DOWNSTREAM_PARAMS)
+        run_params = {key: value for key, value in values.items() if key in run_keys}
+        own = {key: value for key, value in values.items() if key not in run_keys}
+        try:
+            task = cls.from_config(own)
+        except TypeError as error:
+            # An unknown constructor argument: say which key of which task.
+            raise ValueError(f"task {cls.name!r}: invalid parameters {sorted(own)}: {error}; run parameters: "
+                             f"{sorted(run_keys)}") from None
+        return task.configure(**run_params)
+
+    def model_config(self):
+        config = super().model_config()
+        dropout = self.run_param("dropout")
+        return config.replace(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+
+    def stream_ratios(self) -> Dict[str, float]:
+        """One stream, named after the task."""
+        return {self.name: 1.0}
+
+    def build_inputs(self, stream: str, input_context=None, seed: int = 42, training: bool = True):
+        """``(inputs, labels)`` batches of ``train_batch_size / replicas`` examples (per replica)."""
+        from uniter_tf.data.finetune_inputs import build_finetune_dataset  # pylint: disable=import-outside-toplevel
+
+        del stream
+        global_batch = self.run_param("train_batch_size" if training else "eval_batch_size")
+        batch_size = input_context.get_per_replica_batch_size(global_batch) if input_context else global_batch
+        if not self.train_files and training:
+            raise ValueError(f"task {self.name!r}: train_files is empty: give the task's training records")
+        return build_finetune_dataset(self.train_files if training else self.eval_files, self, self.model_config(),
+                                      batch_size, max_text_length=self.run_param("max_text_length"),
+                                      training=training, seed=seed, input_context=input_context)
+
+    def compute_batch_loss(self, model, stream: str, batch, training: bool):
+        del stream
+        inputs, labels = batch
+        logits = model({key: value for key, value in inputs.items() if key != EXAMPLE_ID_KEY}, training=training)
+        # The loss in float32 whatever the compute dtype (mixed precision).
+        logits = tf.cast(logits, tf.float32)
+        targets = self.targets_from_features(labels)
+        loss = self.compute_loss(targets, logits)
+        metrics = {name: tf.reduce_mean(tf.cast(values, tf.float32))
+                   for name, values in self.compute_metrics(targets, logits).items()}
+        return loss, metrics
+
+    def batch_size(self, batch):
+        inputs, _ = batch
+        return tf.shape(inputs[EXAMPLE_ID_KEY])[0] if EXAMPLE_ID_KEY in inputs else \
+            tf.shape(tf.nest.flatten(inputs)[0])[0]
+
+    def learning_rate_multipliers(self, model):
+        """The head's variables get ``head_learning_rate_multiplier`` (official ``lr_mul``), the rest 1."""
+        head_ids = {id(variable) for variable in model.head.trainable_variables}
+        multiplier = float(self.head_learning_rate_multiplier)
+        return [multiplier if id(variable) in head_ids else 1.0 for variable in model.trainable_variables]
+
+    @staticmethod
+    def pretraining_model(model):
+        """The pretraining model around ``model``'s backbone (its ITM head rides along; see build_model)."""
+        pretraining_model = getattr(model, "_uniter_pretraining_model", None)
+        if pretraining_model is None:
+            raise ValueError("the model was not built by DownstreamTask.build_model(model_config): it has no ITM head")
+        return pretraining_model
+
+    def initialize(self, model, init: Optional[str] = None, init_path: Optional[str] = None,
+                   log=print) -> None:
+        """``pretrained``: backbone + ITM head from a pretraining run (partial restore); ``official`` /
+        ``bert``: :func:`uniter_tf.training.checkpointing.initialize_backbone`; ``scratch``: nothing."""
+        init = init or self.params["init"]
+        init_path = init_path if init_path is not None else self.params["init_path"]
+        pretraining_model = self.pretraining_model(model)
+        if init == "scratch":
+            return
+        if init == "pretrained":
+            from uniter_tf.training.finetune import restore_pretrained_weights  # pylint: disable=import-outside-toplevel
+
+            restored = restore_pretrained_weights(pretraining_model, init_path)
+            log(f"initialised the backbone and the ITM head from {restored}")
+            self.restored_from = restored
+            return
+        from uniter_tf.training import checkpointing  # pylint: disable=import-outside-toplevel
+
+        checkpointing.initialize_backbone(pretraining_model, init, init_path, log=log)
+        self.restored_from = init_path
+
+    def checkpoint_items(self, model) -> Dict[str, Any]:
+        """``backbone`` (by path), ``head``, ``itm_head``: :func:`uniter_tf.runs.task_checkpoint`'s layout,
+        which the exporter reads."""
+        from uniter_tf import runs  # pylint: disable=import-outside-toplevel
+
+        return {"backbone": runs.backbone_variable_tree(model.backbone), "head": model.head,
+                "itm_head": self.pretraining_model(model).itm_head}
+
+    def write_run_files(self, output_dir: str, model_config, training_config: Mapping[str, Any]) -> None:
+        """``finetune_config.json`` (:func:`uniter_tf.runs.write_task_run_config`), what the exporter reads."""
+        from uniter_tf import runs  # pylint: disable=import-outside-toplevel
+
+        runs.write_task_run_config(output_dir, self, model_config, max_text_length=self.run_param("max_text_length"),
+                                   training_config=training_config)
+
+    def evaluate(self, model, files=None, max_batches=None, *, seed: int = 43, output_dir=None, step=None):
+        """Loss and metrics (means over examples) on ``files``; with ``output_dir`` and a task that names
+        its answers (``answer_strings``) also ``results/results_{step}.json`` ``{example_id: prediction}``."""
+        import os  # pylint: disable=import-outside-toplevel
+
+        from uniter_tf.data.finetune_inputs import build_finetune_dataset  # pylint: disable=import-outside-toplevel
+
+        del seed  # one ordered pass: nothing is random
+        files = files or self.eval_files
+        dataset = build_finetune_dataset(files, self, self.model_config(), self.run_param("eval_batch_size"),
+                                         max_text_length=self.run_param("max_text_length"), training=False)
+        predictions_path = None
+        if output_dir is not None and step is not None:
+            predictions_path = os.path.join(output_dir, "results", f"results_{step}.json")
+        return evaluate_task_model(self, model, dataset, max_batches=max_batches, predictions_path=predictions_path,
+                                   files=files)
 
     def export_outputs(self) -> ExportOutputs:
         """The task's served outputs; by default its logits under softmax, without labels.
@@ -189,3 +338,59 @@ class DownstreamTask(abc.ABC):
     def get_config(self) -> Dict[str, object]:
         """Constructor arguments of the task (stored next to checkpoints and exports)."""
         return {}
+
+
+def evaluate_task_model(task: DownstreamTask, model, dataset, *, max_batches: Optional[int] = None,
+                        predictions_path: Optional[str] = None, files=None) -> Dict[str, float]:
+    """Loss and metrics of ``model`` over ``dataset`` (means over examples); optionally writes predictions.
+
+    Args:
+        task: the task (targets, loss, metrics, ``answer_strings`` if it names its predictions).
+        model: the task model.
+        dataset: ``(inputs, labels)`` batches.
+        max_batches: stop after this many batches (None: the whole dataset).
+        predictions_path: JSON file (any ``tf.io.gfile`` path) for ``{example_id: prediction}``.
+        files: the files the dataset reads (for the error message).
+
+    Raises:
+        ValueError: the dataset holds no usable record of the task.
+    """
+    import json  # pylint: disable=import-outside-toplevel
+    import os  # pylint: disable=import-outside-toplevel
+
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    step = getattr(model, "_uniter_eval_step", None)
+    if step is None:
+        def forward(inputs, labels):
+            logits = tf.cast(model({key: value for key, value in inputs.items() if key != EXAMPLE_ID_KEY},
+                                   training=False), tf.float32)
+            targets = task.targets_from_features(labels)
+            return task.compute_loss(targets, logits), task.compute_metrics(targets, logits), logits
+
+        # Batches are padded to their longest text / region count: generalise over the varying dims.
+        step = tf.function(forward, reduce_retracing=True)
+        object.__setattr__(model, "_uniter_eval_step", step)
+    totals: Dict[str, float] = {}
+    count, loss_sum, predictions = 0, 0.0, {}
+    for batch_index, (inputs, labels) in enumerate(dataset):
+        if max_batches is not None and batch_index >= max_batches:
+            break
+        loss, metrics, logits = step(inputs, labels)
+        batch_size = int(logits.shape[0])
+        count += batch_size
+        loss_sum += float(loss) * batch_size
+        for name, values in metrics.items():
+            totals[name] = totals.get(name, 0.0) + float(np.sum(values.numpy()))
+        if predictions_path is not None and hasattr(task, "answer_strings"):
+            ids = [value.decode("utf-8") for value in inputs[EXAMPLE_ID_KEY].numpy()]
+            predictions.update(zip(ids, task.answer_strings(logits.numpy())))
+    if count == 0:
+        raise ValueError(f"the eval files {files} hold no usable {task.name} records")
+    result = {"loss": loss_sum / count, "num_examples": float(count)}
+    result.update({name: total / count for name, total in totals.items()})
+    if predictions_path is not None:
+        tf.io.gfile.makedirs(os.path.dirname(predictions_path))
+        with tf.io.gfile.GFile(predictions_path, "w") as handle:
+            handle.write(json.dumps(predictions, indent=1, sort_keys=True))
+    return result

@@ -89,7 +89,7 @@ def get_task(name: str, **params) -> "Task":
     _import_task_modules()
     if name not in TASK_REGISTRY:
         raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASK_REGISTRY)}")
-    return TASK_REGISTRY[name].from_config(params)
+    return TASK_REGISTRY[name].from_params(params)
 
 
 def resolve_model_config(model: Any, overrides: Optional[Mapping[str, Any]] = None):
@@ -239,6 +239,15 @@ class Task(abc.ABC):
         Raises:
             ValueError: an unknown key (named) or an invalid value.
         """
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "Task":
+        """Builds the task from a ``task`` config section (what :func:`get_task` calls).
+
+        The default is :meth:`from_config`; tasks whose stored config differs from their run parameters
+        (downstream tasks) override it.
+        """
+        return cls.from_config(params)
 
     def get_config(self) -> Dict[str, Any]:
         """The task's own constructor arguments (stored next to checkpoints and exports)."""

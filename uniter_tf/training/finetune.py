@@ -1,11 +1,15 @@
-"""Fine-tuning of a downstream task (spec §5): the official common loop on a :class:`DownstreamTask`.
+"""Fine-tuning of a downstream task (spec §5) from one :class:`FinetuneConfig` (``uniter finetune``, TFX).
 
-Per update: the task loss of one batch, gradients, one global-norm clip over **all** trainable variables
-(``grad_norm``), then the UNITER AdamW step (:class:`uniter_tf.training.optimizer.AdamW`) with the linear
-warm-up / linear decay schedule (:class:`uniter_tf.training.schedule.LinearWarmupLinearDecay`). The head
-gets ``lr × head_learning_rate_multiplier`` (VQA: 10, the official ``lr_mul``) through a second AdamW on
-the head's variables, which is exactly the official two parameter groups (each Adam slot is per
-variable, and the decoupled decay uses the group's rate).
+:class:`FinetuneRun` is a thin wrapper: it splits the flat config into the task (a
+:class:`~uniter_tf.models.task.DownstreamTask`, which is a :class:`uniter_tf.tasks.Task`), a
+:class:`~uniter_tf.training.trainer_config.TrainerConfig` and a
+:class:`~uniter_tf.training.trainer_config.RuntimeConfig`, and is the
+:class:`~uniter_tf.training.trainer.Trainer` of those: the same loop as pretraining (strategies, mixed
+precision, accumulation, XLA, kill -9 resume). Per update: the task loss of one batch, gradients, one
+global-norm clip over **all** trainable variables (``grad_norm``), then the UNITER AdamW step with the
+linear warm-up / linear decay schedule. The head gets ``lr × head_learning_rate_multiplier`` (VQA: 10, the
+official ``lr_mul``) through the optimizer's per-variable multiplier, which is exactly the official two
+parameter groups (each Adam slot is per variable, and the decoupled decay uses the group's rate).
 
 The backbone starts from the pretraining checkpoint by partial restore (the pretraining heads other than
 ITM are not needed; the ITM head is kept so the fine-tuned export still answers ITM / retrieval
@@ -23,8 +27,9 @@ import dataclasses
 import json
 import logging
 import os
-import time
 from typing import Any, Dict, List, Mapping, Optional, Union
+
+from uniter_tf.training.trainer import Trainer
 
 _LOG = logging.getLogger(__name__)
 
@@ -66,6 +71,14 @@ class FinetuneConfig:
         valid_steps: validate and checkpoint every this many updates.
         max_eval_batches: cap on validation batches (None = the whole split).
         log_every: log the training loss every this many updates.
+        gradient_accumulation_steps: micro-batches per update (gradients summed).
+        precision: ``float32``, ``mixed_float16`` or ``mixed_bfloat16``.
+        jit_compile: compile the forward/backward pass with XLA.
+        keep_checkpoints: checkpoints kept.
+        progress_bar: show a Keras progress bar.
+        strategy: the ``tf.distribute`` strategy name (:mod:`uniter_tf.training.strategy`).
+        logical_cpus: with ``mirrored`` on a CPU-only machine, split the CPU into this many devices.
+        tpu_address: TPU name/address for ``tpu``.
     """
 
     task: str = "vqa"
@@ -92,6 +105,14 @@ class FinetuneConfig:
     valid_steps: int = 500
     max_eval_batches: Optional[int] = None
     log_every: int = 10
+    gradient_accumulation_steps: int = 1
+    precision: str = "float32"
+    jit_compile: bool = False
+    keep_checkpoints: int = 3
+    progress_bar: bool = False
+    strategy: str = "default"
+    logical_cpus: int = 0
+    tpu_address: str = ""
 
     def __post_init__(self):
         if isinstance(self.train_files, str):
@@ -142,6 +163,38 @@ class FinetuneConfig:
         """The config as a JSON-serialisable dict."""
         return dataclasses.asdict(self)
 
+    def task_params(self) -> Dict[str, Any]:
+        """The ``task`` section of the run: run parameters plus the task's own ``task_config``."""
+        params = dict(self.task_config)
+        params.update(model=self.model_config, model_overrides=dict(self.model_overrides),
+                      train_files=list(self.train_files), eval_files=list(self.eval_files),
+                      init="pretrained" if self.pretrained_checkpoint else "scratch",
+                      init_path=self.pretrained_checkpoint or "", train_batch_size=self.train_batch_size,
+                      eval_batch_size=self.eval_batch_size, max_text_length=self.max_text_length,
+                      dropout=self.dropout)
+        return params
+
+    def trainer_config(self):
+        """The :class:`~uniter_tf.training.trainer_config.TrainerConfig` of the run (validation and
+        checkpoints every ``valid_steps``)."""
+        from uniter_tf.training.trainer_config import TrainerConfig  # pylint: disable=import-outside-toplevel
+
+        return TrainerConfig(
+                num_train_steps=self.num_train_steps, warmup_steps=self.warmup_steps,
+                learning_rate=float(self.learning_rate), beta_1=self.beta_1, beta_2=self.beta_2,
+                epsilon=self.epsilon, weight_decay=self.weight_decay, grad_norm=self.grad_norm,
+                gradient_accumulation_steps=self.gradient_accumulation_steps, precision=self.precision,
+                jit_compile=self.jit_compile, checkpoint_every=self.valid_steps,
+                keep_checkpoints=self.keep_checkpoints, log_every=self.log_every, eval_every=self.valid_steps,
+                eval_batches=self.max_eval_batches or 1, progress_bar=self.progress_bar, seed=self.seed)
+
+    def runtime_config(self):
+        """The :class:`~uniter_tf.training.trainer_config.RuntimeConfig` of the run."""
+        from uniter_tf.training.trainer_config import RuntimeConfig  # pylint: disable=import-outside-toplevel
+
+        return RuntimeConfig(output_dir=self.output_dir, strategy=self.strategy, logical_cpus=self.logical_cpus,
+                             tpu_address=self.tpu_address)
+
 
 def resolve_model_config(config: FinetuneConfig):
     """The :class:`UniterConfig` of the run, with the run's dropout rates."""
@@ -157,10 +210,11 @@ def resolve_model_config(config: FinetuneConfig):
 
 
 def build_task(config: FinetuneConfig):
-    """Constructs the task of ``config`` (the task reads e.g. VQA's ``answer_vocabulary_file`` itself)."""
-    from uniter_tf.models.task import get_task  # pylint: disable=import-outside-toplevel
+    """Constructs the task of ``config`` with its run parameters (the task reads e.g. VQA's
+    ``answer_vocabulary_file`` itself)."""
+    from uniter_tf.tasks import get_task  # pylint: disable=import-outside-toplevel
 
-    return get_task(config.task, **config.task_config)
+    return get_task(config.task, **config.task_params())
 
 
 def restore_pretrained_weights(pretraining_model, checkpoint: str) -> str:
@@ -192,77 +246,51 @@ def restore_pretrained_weights(pretraining_model, checkpoint: str) -> str:
     return path
 
 
-class FinetuneRun:
-    """One fine-tuning run: model, optimizers, data and the loop (see the module docstring).
+class FinetuneRun(Trainer):
+    """One fine-tuning run: a :class:`~uniter_tf.training.trainer.Trainer` of the config's task.
+
+    The model is built and initialised (partial restore from ``pretrained_checkpoint``, or resumed from the
+    run's latest checkpoint) on construction.
 
     Args:
-        config: the run's configuration.
-        task: the task; built from ``config`` when omitted.
+        config: the run's configuration (``self.config``).
+        task: the task; built from ``config`` when omitted (its run parameters are then set from ``config``).
+        strategy: a strategy to use instead of ``config.strategy`` (tests).
+        log: where progress messages go (default: this module's logger).
+
+    Attributes:
+        backbone: the model's backbone. itm_head: the ITM head that rides along. step: the update counter.
+        restored_from: the pretraining checkpoint restored, or None.
     """
 
-    def __init__(self, config: FinetuneConfig, task=None):
-        import numpy as np
-        import tensorflow as tf
-
-        from uniter_tf import runs
-        from uniter_tf.models.backbone import UniterBackbone
-        from uniter_tf.models.pretraining_model import UniterPretrainingModel
-        from uniter_tf.training.optimizer import AdamW
-        from uniter_tf.training.schedule import LinearWarmupLinearDecay
-
+    def __init__(self, config: FinetuneConfig, task=None, strategy=None, log=None):
         if not config.train_files:
             raise ValueError("FinetuneConfig.train_files is empty: give the task's training records")
+        if task is None:
+            task = build_task(config)
+        else:
+            params = config.task_params()
+            task.configure(**{key: params[key] for key in params if key not in config.task_config})
+        super().__init__(task, config.trainer_config(), config.runtime_config(), strategy=strategy,
+                         log=log or _LOG.info, run_record=config.to_dict())
         self.config = config
-        self.task = task if task is not None else build_task(config)
-        self.model_config = resolve_model_config(config)
-        tf.random.set_seed(config.seed)
-        np.random.seed(config.seed)
-
-        self.backbone = UniterBackbone(self.model_config)
-        # The pretraining model around the same backbone gives the checkpoint layout to restore from and
-        # the ITM head, which rides along untouched so the export can still score image-text pairs.
-        pretraining_model = UniterPretrainingModel(self.backbone)
-        self.itm_head = pretraining_model.itm_head
-        self.model = self.task.build_model(self.backbone, self.model_config.hidden_size)
-        self.model.head.build()
-        self.restored_from = None
-        if config.pretrained_checkpoint:
-            self.restored_from = restore_pretrained_weights(pretraining_model, config.pretrained_checkpoint)
-
-        self.backbone_variables = list(self.backbone.trainable_variables)
-        self.head_variables = list(self.model.head.trainable_variables)
-        base_schedule = LinearWarmupLinearDecay(config.learning_rate, config.warmup_steps, config.num_train_steps)
-        multiplier = float(self.task.head_learning_rate_multiplier)
-
-        def head_schedule(step):
-            # Official: the head group's rate = the (floored) base rate × lr_mul, at every step.
-            return multiplier * base_schedule(step)
-
-        optimizer_args = dict(beta_1=config.beta_1, beta_2=config.beta_2, epsilon=config.epsilon,
-                              weight_decay=config.weight_decay)
-        self.backbone_optimizer = AdamW(base_schedule, name="backbone_adamw", **optimizer_args)
-        self.head_optimizer = AdamW(head_schedule, name="head_adamw", **optimizer_args)
-        self.backbone_optimizer.build(self.backbone_variables)
-        self.head_optimizer.build(self.head_variables)
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        self.checkpoint = runs.task_checkpoint(self.backbone, self.model.head, self.itm_head,
-                                               backbone_optimizer=self.backbone_optimizer,
-                                               head_optimizer=self.head_optimizer, step=self.step)
-        self.checkpoint_manager = tf.train.CheckpointManager(
-                self.checkpoint, os.path.join(config.output_dir, CHECKPOINT_SUBDIR), max_to_keep=3)
-        # Batches are padded to their longest text / region count, so shapes vary: let tf.function
-        # generalise to unknown dims instead of tracing once per shape.
-        self._train_step = tf.function(self._train_step_fn, reduce_retracing=True)
-        self._eval_step = tf.function(self._eval_step_fn, reduce_retracing=True)
+        self.backbone = self.model.backbone
+        self.itm_head = task.pretraining_model(self.model).itm_head
+        self.step = self.global_step
+        head_ids = {id(variable) for variable in self.model.head.trainable_variables}
+        self.head_variables = [variable for variable in self.variables if id(variable) in head_ids]
+        self.backbone_variables = [variable for variable in self.variables if id(variable) not in head_ids]
+        self.history: List[Dict[str, Any]] = []
+        task.restored_from = None
+        self.restore_or_initialize()
+        self.restored_from = task.restored_from
 
     # ----------------------------------------------------------------------------------------------
     def datasets(self):
         """``(train, eval)`` datasets of ``(inputs, labels)`` batches; eval is None without eval files."""
         from uniter_tf.data.finetune_inputs import build_finetune_dataset
 
-        train = build_finetune_dataset(self.config.train_files, self.task, self.model_config,
-                                       self.config.train_batch_size, max_text_length=self.config.max_text_length,
-                                       training=True, seed=self.config.seed)
+        train = self.task.build_inputs(self.task.name, seed=self.config.seed, training=True)
         evaluation = None
         if self.config.eval_files:
             evaluation = build_finetune_dataset(self.config.eval_files, self.task, self.model_config,
@@ -270,134 +298,57 @@ class FinetuneRun:
                                                 max_text_length=self.config.max_text_length, training=False)
         return train, evaluation
 
-    @staticmethod
-    def _model_inputs(inputs):
-        return {key: value for key, value in inputs.items() if key != EXAMPLE_ID_KEY}
+    def _train_step(self, inputs, labels):
+        """One update on the given batch (benchmarks): ``(loss, gradient norm, metrics)``."""
+        values = self.train_on_batch((inputs, labels))
+        return values["loss"], values["grad_norm"], values
 
-    def _train_step_fn(self, inputs, labels):
-        import tensorflow as tf
-
-        variables = self.backbone_variables + self.head_variables
-        with tf.GradientTape() as tape:
-            logits = self.model(self._model_inputs(inputs), training=True)
-            targets = self.task.targets_from_features(labels)
-            loss = self.task.compute_loss(targets, logits)
-        gradients = tape.gradient(loss, variables)
-        # Variables the task does not reach (e.g. the MRM mask embedding) get no gradient.
-        gradients = [tf.zeros_like(variable) if gradient is None else tf.convert_to_tensor(gradient)
-                     for gradient, variable in zip(gradients, variables)]
-        gradient_norm = tf.linalg.global_norm(gradients)
-        if self.config.grad_norm > 0:
-            gradients, _ = tf.clip_by_global_norm(gradients, self.config.grad_norm, use_norm=gradient_norm)
-        num_backbone = len(self.backbone_variables)
-        self.backbone_optimizer.apply_gradients(gradients[:num_backbone], self.backbone_variables,
-                                                self.backbone_optimizer.current_learning_rate())
-        self.head_optimizer.apply_gradients(gradients[num_backbone:], self.head_variables,
-                                            self.head_optimizer.current_learning_rate())
-        self.step.assign_add(1)
-        metrics = {name: tf.reduce_mean(values) for name, values in self.task.compute_metrics(targets, logits).items()}
-        return loss, gradient_norm, metrics
-
-    def _eval_step_fn(self, inputs, labels):
-        logits = self.model(self._model_inputs(inputs), training=False)
-        targets = self.task.targets_from_features(labels)
-        return self.task.compute_loss(targets, logits), self.task.compute_metrics(targets, logits), logits
-
-    # ----------------------------------------------------------------------------------------------
-    def evaluate(self, dataset, predictions_path: Optional[str] = None) -> Dict[str, float]:
-        """Loss and metrics over ``dataset`` (mean over examples); optionally writes the predictions.
+    def evaluate(self, dataset=None, predictions_path: Optional[str] = None, *, files=None, max_batches=None,
+                 step: Optional[int] = None) -> Dict[str, float]:
+        """Loss and metrics (mean over examples) of ``dataset`` (default: the eval files); optionally writes
+        the predictions (``results/results_{step}.json`` when the Trainer evaluates).
 
         Args:
-            dataset: ``(inputs, labels)`` batches.
+            dataset: ``(inputs, labels)`` batches; None reads ``files`` (default: the config's eval files).
             predictions_path: JSON file for ``{example_id: predicted answer}``.
+            files: eval files when ``dataset`` is None.
+            max_batches: cap on batches (default ``max_eval_batches``).
+            step: the step the predictions are named after (when ``dataset`` is None).
         """
-        import numpy as np
+        from uniter_tf.models.task import evaluate_task_model  # pylint: disable=import-outside-toplevel
 
-        totals: Dict[str, float] = {}
-        count, loss_sum, predictions = 0, 0.0, {}
-        for batch_index, (inputs, labels) in enumerate(dataset):
-            if self.config.max_eval_batches is not None and batch_index >= self.config.max_eval_batches:
-                break
-            loss, metrics, logits = self._eval_step(inputs, labels)
-            batch_size = int(logits.shape[0])
-            count += batch_size
-            loss_sum += float(loss) * batch_size
-            for name, values in metrics.items():
-                totals[name] = totals.get(name, 0.0) + float(np.sum(values.numpy()))
-            if predictions_path is not None and hasattr(self.task, "answer_strings"):
-                ids = [value.decode("utf-8") for value in inputs[EXAMPLE_ID_KEY].numpy()]
-                predictions.update(zip(ids, self.task.answer_strings(logits.numpy())))
-        if count == 0:
-            raise ValueError(f"the eval files {self.config.eval_files} hold no usable {self.task.name} records")
-        result = {"loss": loss_sum / count, "num_examples": float(count)}
-        result.update({name: total / count for name, total in totals.items()})
-        if predictions_path is not None:
-            os.makedirs(os.path.dirname(predictions_path), exist_ok=True)
-            with open(predictions_path, "w", encoding="utf-8") as handle:
-                json.dump(predictions, handle, indent=1, sort_keys=True)
+        max_batches = max_batches or self.config.max_eval_batches
+        if dataset is not None:
+            return evaluate_task_model(self.task, self.model, dataset, max_batches=max_batches,
+                                       predictions_path=predictions_path, files=self.config.eval_files)
+        step = int(self.global_step.numpy()) if step is None else step
+        result = self.task.evaluate(self.model, files or self.config.eval_files, max_batches,
+                                    output_dir=self.output_dir if self.is_chief else None, step=step)
+        self.history.append({"step": step, "eval": dict(result)})
         return result
 
     def train(self) -> Dict[str, Any]:
         """Runs the loop to ``num_train_steps``; resumes from the run's latest checkpoint if any.
 
         Returns:
-            ``{"step", "train": last training metrics, "eval": last validation metrics or None,
-            "checkpoint": path, "seconds": wall time, ...}``.
+            The Trainer's summary plus ``{"step", "train": last training metrics, "eval": last validation
+            metrics or None, "checkpoint", "restored_from", "seconds", "history"}`` (also ``metrics.json``).
         """
-        config = self.config
-        self.write_run_config()
-        if self.checkpoint_manager.latest_checkpoint:
-            self.checkpoint.restore(self.checkpoint_manager.latest_checkpoint)
-            _LOG.info("resumed %s at step %d", self.checkpoint_manager.latest_checkpoint, int(self.step))
-        train_dataset, eval_dataset = self.datasets()
-        started = time.time()
-        train_metrics: Dict[str, float] = {}
-        eval_metrics = None
-        history = []
-        iterator = iter(train_dataset)
-        while int(self.step) < config.num_train_steps:
-            try:
-                inputs, labels = next(iterator)
-            except StopIteration:
-                raise ValueError(f"the training files {config.train_files} hold no usable {self.task.name} "
-                                 f"records (with labels, text <= {config.max_text_length} tokens)") from None
-            loss, gradient_norm, metrics = self._train_step(inputs, labels)
-            step = int(self.step)
-            train_metrics = {"loss": float(loss), "gradient_norm": float(gradient_norm)}
-            train_metrics.update({name: float(value) for name, value in metrics.items()})
-            if step % config.log_every == 0 or step == 1:
-                _LOG.info("%s step %d/%d %s", self.task.name, step, config.num_train_steps,
-                          " ".join(f"{key}={value:.4f}" for key, value in sorted(train_metrics.items())))
-            if step % config.valid_steps == 0 or step == config.num_train_steps:
-                if eval_dataset is not None:
-                    eval_metrics = self.evaluate(eval_dataset, os.path.join(
-                            config.output_dir, "results", f"results_{step}.json"))
-                    _LOG.info("%s validation at step %d: %s", self.task.name, step, eval_metrics)
-                history.append({"step": step, "train": dict(train_metrics), "eval": eval_metrics})
-                self.checkpoint_manager.save(checkpoint_number=step)
-        result = {"step": int(self.step), "train": train_metrics, "eval": eval_metrics,
-                  "checkpoint": self.checkpoint_manager.latest_checkpoint,
-                  "restored_from": self.restored_from, "seconds": time.time() - started, "history": history}
-        with open(os.path.join(config.output_dir, METRICS_FILE_NAME), "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2, sort_keys=True)
+        from uniter_tf.training.trainer import write_json  # pylint: disable=import-outside-toplevel
+
+        summary = super().train()
+        train_metrics = dict(summary.get("last_metrics") or {})
+        if "grad_norm" in train_metrics:
+            train_metrics["gradient_norm"] = train_metrics["grad_norm"]
+        result = dict(summary)
+        result.update({"step": summary["final_step"], "train": train_metrics, "eval": summary["evaluation"] or None,
+                       "restored_from": self.restored_from, "seconds": summary["seconds_this_run"],
+                       "history": self.history})
+        if self.is_chief:
+            write_json(os.path.join(self.output_dir, METRICS_FILE_NAME), result)
         return result
 
     def write_run_config(self) -> str:
         """Writes ``finetune_config.json`` (what the exporter rebuilds the task model from)."""
-        from uniter_tf import runs
-
-        os.makedirs(self.config.output_dir, exist_ok=True)
-        return runs.write_task_run_config(self.config.output_dir, self.task, self.model_config,
-                                          max_text_length=self.config.max_text_length,
-                                          training_config=self.config.to_dict())
-
-    def save_checkpoint(self) -> str:
-        """Checkpoints the current state at the current step (with the run's config file).
-
-        For a run that is exported without (more) training, e.g. the TFX ``run_fn`` asked for 0 updates.
-
-        Returns:
-            The checkpoint prefix.
-        """
-        self.write_run_config()
-        return self.checkpoint_manager.save(checkpoint_number=int(self.step))
+        self.write_run_files()
+        return os.path.join(self.output_dir, CONFIG_FILE_NAME)

@@ -161,6 +161,7 @@ class Trainer:
         self._step_functions: Dict[Any, Callable] = {}
         self._iterators: Dict[str, Any] = {}
         self.restored_step = 0
+        self._state_ready = False
 
     # ------------------------------------------------------------------------------------ state
     def restore_or_initialize(self) -> int:
@@ -169,6 +170,7 @@ class Trainer:
         Returns:
             The step the run continues from (0 for a fresh run).
         """
+        self._state_ready = True
         latest = self.manager.latest_checkpoint
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
@@ -280,13 +282,29 @@ class Trainer:
         return function
 
     def train_update(self, stream: str) -> Dict[str, float]:
-        """Runs one optimizer update of ``stream`` with all its micro-batches; returns the metrics as floats."""
-        iterator = self._iterator(stream)
+        """Runs one optimizer update of ``stream`` with all its micro-batches; returns the metrics as floats.
+
+        Raises:
+            ValueError: the stream's input pipeline ended (its files hold no usable record).
+        """
+        return self._update(stream, self._iterator(stream))
+
+    def train_on_batch(self, batch, stream: Optional[str] = None) -> Dict[str, float]:
+        """One update on a given (global) batch instead of the stream's pipeline (benchmarks, tests)."""
+        stream = stream or self.streams[0]
+        dataset = tf.data.Dataset.from_tensors(batch).repeat(self.trainer_config.gradient_accumulation_steps)
+        return self._update(stream, iter(self.strategy.experimental_distribute_dataset(dataset)))
+
+    def _update(self, stream: str, iterator) -> Dict[str, float]:
         examples = 0.0
-        for _ in range(self.trainer_config.gradient_accumulation_steps - 1):
-            _, metrics = self._step_function(stream, "accumulate")(iterator)
-            examples += float(metrics["examples"])
-        loss, metrics = self._step_function(stream, "apply")(iterator)
+        try:
+            for _ in range(self.trainer_config.gradient_accumulation_steps - 1):
+                _, metrics = self._step_function(stream, "accumulate")(iterator)
+                examples += float(metrics["examples"])
+            loss, metrics = self._step_function(stream, "apply")(iterator)
+        except (tf.errors.OutOfRangeError, StopIteration):
+            raise ValueError(f"task {self.task.name!r}: the input stream {stream!r} ended: its training files "
+                             f"{self.task.train_files} hold no usable record") from None
         values = {name: float(value) for name, value in metrics.items()}
         values["examples"] += examples
         values["loss"] = float(loss)
@@ -316,7 +334,8 @@ class Trainer:
         import keras
 
         config = self.trainer_config
-        start_step = self.restore_or_initialize()
+        # A wrapper may have restored / initialised on construction; do it once.
+        start_step = self.restored_step if self._state_ready else self.restore_or_initialize()
         tf.io.gfile.makedirs(self.output_dir)
         if self.is_chief:
             self.write_run_files()

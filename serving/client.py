@@ -217,6 +217,30 @@ class UniterClient:
         return [[(answer.decode("utf-8"), float(score)) for answer, score in zip(row_answers, row_scores)]
                 for row_answers, row_scores in zip(outputs["answers"], outputs["answer_scores"])]
 
+    def entail(self, hypotheses: Sequence[str], region_features: ArrayOrList,
+               region_boxes: Optional[ArrayOrList] = None, image_size=None,
+               region_positions: Optional[ArrayOrList] = None) -> List[Dict[str, float]]:
+        """SNLI-VE: the probability of each label (entailment, neutral, contradiction) per hypothesis.
+
+        Needs a model exported from a ``ve`` run (outputs ``labels`` / ``label_scores``, every label
+        returned: the export's ``top_k`` is at least 3). The probabilities are per-label sigmoids, as the
+        task is trained (they need not sum to 1).
+
+        Raises:
+            ValueError: an empty hypothesis (the image alone decides nothing).
+            ServingRequestError: INVALID_ARGUMENT when the served model has no ``labels`` output.
+        """
+        if isinstance(hypotheses, (str, bytes)):
+            hypotheses = [hypotheses]
+        empty = [index for index, text in enumerate(hypotheses) if not str(text).strip()]
+        if empty:
+            raise ValueError(f"hypothesis {empty[0]} is empty: SNLI-VE needs a hypothesis text per image")
+        signature, inputs = self._image_text_inputs(hypotheses, region_features, region_boxes, image_size,
+                                                    region_positions)
+        outputs = self.predict(inputs, signature, output_filter=["labels", "label_scores"])
+        return [{label.decode("utf-8"): float(score) for label, score in zip(row_labels, row_scores)}
+                for row_labels, row_scores in zip(outputs["labels"], outputs["label_scores"])]
+
     def score_examples(self, serialized_examples: Sequence[bytes]) -> Dict[str, np.ndarray]:
         """Scores serialized canonical ``tf.Example`` records (the ``serve_examples`` signature)."""
         return self.predict({"examples": np.array(list(serialized_examples), dtype=object)}, "serve_examples")

@@ -21,6 +21,9 @@ def add_arguments(parser):
     parser.add_argument("--mode", choices=("score", "answer", "embed"), default="score",
                         help="score: ITM probability; answer: VQA top-k (fine-tuned VQA exports); "
                              "embed: pooled embeddings.")
+    parser.add_argument("--task", choices=("ve",), default=None,
+                        help="ve: each --text is an SNLI-VE hypothesis about the image; prints the probability "
+                             "of entailment, neutral and contradiction (exports of `uniter finetune --task ve`).")
     parser.add_argument("--detector", default=None,
                         help="Detector for --image: a frozen .pb or SavedModel dir (default SSD-MobileNet-v2).")
     parser.add_argument("--timeout", type=float, default=60.0, help="Deadline per call in seconds (default 60).")
@@ -69,6 +72,9 @@ def run(args) -> int:
             outputs = client.score_examples(_read_examples(args.examples))
             result = [{"example_id": example_id.decode("utf-8"), "itm_score": float(score)}
                       for example_id, score in zip(outputs["example_id"], outputs["itm_score"])]
+            if "labels" in outputs:  # a VE export: every label with its probability
+                for row, labels, scores in zip(result, outputs["labels"], outputs["label_scores"]):
+                    row["probabilities"] = {label.decode("utf-8"): float(score) for label, score in zip(labels, scores)}
             if "answers" in outputs:
                 for row, answers, scores in zip(result, outputs["answers"], outputs["answer_scores"]):
                     row["answers"] = [[answer.decode("utf-8"), float(score)] for answer, score in zip(answers, scores)]
@@ -87,7 +93,11 @@ def run(args) -> int:
                                  "image_size": (regions.image_height, regions.image_width)}
             else:
                 region_inputs = _read_regions(args.regions)
-            if args.mode == "score":
+            if args.task == "ve":
+                rows = client.entail(args.text, **region_inputs)
+                result = [{"hypothesis": text, "label": max(row, key=row.get), "probabilities": row}
+                          for text, row in zip(args.text, rows)]
+            elif args.mode == "score":
                 scores = client.score(args.text, **region_inputs)
                 result = [{"text": text, "itm_score": float(score)} for text, score in zip(args.text, scores)]
             elif args.mode == "answer":

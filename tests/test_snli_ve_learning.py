@@ -1,0 +1,192 @@
+"""SNLI-VE end to end (issue 12): rendered sample data -> records -> fine-tuning -> export -> serving.
+
+One slow module: the sample data and the fine-tuning run are built once (configs/finetune_ve_tiny.json,
+from scratch), then the held-out accuracy is checked against the majority-class baseline, and the
+exported version is served on 127.0.0.1 and queried over gRPC, REST and `uniter query --task ve`; the
+served probabilities must equal the in-process Keras model's.
+"""
+
+import json
+import os
+import pathlib
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import ingest_test_data as data
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+NUM_IMAGES = 160
+#: Required margin of held-out accuracy over the majority-class baseline (1/3 on balanced labels).
+MARGIN = 0.2
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from uniter_tf.data import sample_data, sample_ve_records
+    from uniter_tf.training.finetune import FinetuneConfig, FinetuneRun
+
+    root = tmp_path_factory.mktemp("ve")
+    sample_data.generate(str(root / "sample"), sample_data.SampleDataConfig(num_images=NUM_IMAGES, seed=0))
+    values = json.loads((REPO_ROOT / "configs" / "finetune_ve_tiny.json").read_text())
+    values.update(pretrained_checkpoint=None, output_dir=str(root / "run"),
+                  train_files=[str(root / "records" / "train-*.tfrecord.gz")],
+                  eval_files=[str(root / "records" / "eval-*.tfrecord.gz")])
+    config = FinetuneConfig.from_dict(values)
+    written = sample_ve_records.write_sample_ve_records(str(root / "sample"), str(root / "records"),
+                                                       _model_config(config))
+    assert not written["dead_letters"]
+    run = FinetuneRun(config)
+    result = run.train()
+    return {"root": root, "run": run, "result": result, "counts": written["counts"]}
+
+
+def _model_config(config):
+    from uniter_tf.training.finetune import resolve_model_config
+
+    return resolve_model_config(config)
+
+
+def test_held_out_accuracy_clearly_above_the_majority_baseline(trained):
+    eval_counts = trained["counts"]["eval"]
+    majority_baseline = max(eval_counts.values()) / sum(eval_counts.values())
+    accuracy = trained["result"]["eval"]["accuracy"]
+    assert trained["result"]["eval"]["num_examples"] == sum(eval_counts.values())
+    assert accuracy >= majority_baseline + MARGIN, (
+            f"held-out accuracy {accuracy:.3f} vs majority baseline {majority_baseline:.3f} "
+            f"(required margin {MARGIN})")
+    predictions = json.loads((pathlib.Path(trained["run"].config.output_dir) / "results" /
+                              f"results_{trained['result']['step']}.json").read_text())
+    assert len(predictions) == sum(eval_counts.values())
+    assert set(predictions.values()) <= {"contradiction", "entailment", "neutral"}
+
+
+@pytest.fixture(scope="module")
+def served(trained):
+    from serving.server import ModelServer, ServerConfig
+    from uniter_tf.export.model_dir import export_model_dir
+
+    base_path = str(trained["root"] / "export")
+    export = export_model_dir(trained["run"].config.output_dir, base_path)
+    config = ServerConfig(model_name="uniter", model_base_path=base_path, port=0, rest_api_port=0,
+                          poll_interval_s=0)
+    server = ModelServer(config).start()
+    yield {"server": server, "export": export, "target": f"127.0.0.1:{server.grpc_port}",
+           "rest": f"http://127.0.0.1:{server.rest_port}"}
+    server.stop()
+
+
+def _eval_examples(trained, count=6):
+    records = data.read_tfrecords(str(trained["root"] / "records"), "eval-*.tfrecord.gz")
+    return records[:count]
+
+
+def _in_process_probabilities(trained, records):
+    """The fine-tuned Keras model's per-label sigmoids on the records' own token ids and regions."""
+    run = trained["run"]
+    model_config = run.model_config
+    rows = []
+    for record in records:
+        token_ids = np.concatenate([[model_config.cls_token_id], record["token_ids"], [model_config.sep_token_id]])
+        inputs = {"token_ids": token_ids[None].astype(np.int32), "text_mask": np.ones([1, len(token_ids)], np.int32),
+                  "region_features": record["region_features"][None].astype(np.float32),
+                  "region_positions": record["region_positions"][None].astype(np.float32),
+                  "region_mask": np.ones([1, len(record["region_features"])], np.int32)}
+        logits = run.model({name: tf.constant(value) for name, value in inputs.items()}, training=False)
+        rows.append(tf.sigmoid(logits).numpy()[0])
+    return np.stack(rows)
+
+
+def test_grpc_and_rest_match_the_in_process_model(trained, served):
+    from serving.client import UniterClient
+    from uniter_tf.models.snli_ve import VE_LABELS
+
+    records = _eval_examples(trained)
+    expected = _in_process_probabilities(trained, records)
+    texts = [record["text"].decode("utf-8") for record in records]
+    with UniterClient(served["target"]) as client:
+        features = [record["region_features"] for record in records]
+        boxes = [record["region_boxes"] for record in records]
+        sizes = [(record["image_height"], record["image_width"]) for record in records]
+        rows = client.entail(texts, features, region_boxes=boxes, image_size=sizes)
+        # The same through the positions signature: the served tokeniser gives the records' ids.
+        rows_positions = client.entail(texts, features,
+                                       region_positions=[record["region_positions"] for record in records])
+    for row, row_positions, want in zip(rows, rows_positions, expected):
+        assert sorted(row) == sorted(VE_LABELS)
+        np.testing.assert_allclose([row[label] for label in VE_LABELS], want, atol=2e-5)
+        np.testing.assert_allclose([row_positions[label] for label in VE_LABELS], want, atol=2e-5)
+
+    count = max(len(f) for f in features)
+    padded = np.zeros([len(records), count, features[0].shape[1]], np.float32)
+    padded_boxes = np.zeros([len(records), count, 4], np.float32)
+    for index, (feature, box) in enumerate(zip(features, boxes)):
+        padded[index, :len(feature)] = feature
+        padded_boxes[index, :len(box)] = box
+    body = {"signature_name": "serving_default", "inputs": {
+            "text": texts, "region_features": padded.tolist(), "region_boxes": padded_boxes.tolist(),
+            "image_size": [list(map(float, size)) for size in sizes],
+            "num_regions": [len(feature) for feature in features]}}
+    status, response = _http(served["rest"] + "/v1/models/uniter:predict", body)
+    assert status == 200, response
+    outputs = response["outputs"]
+    for labels, scores, want in zip(outputs["labels"], outputs["label_scores"], expected):
+        by_label = dict(zip(labels, scores))
+        np.testing.assert_allclose([by_label[label] for label in VE_LABELS], want, atol=2e-5)
+    # The export's metadata names the task and how its scores are made.
+    task_metadata = served["export"].metadata["task"]
+    assert task_metadata["name"] == "ve" and task_metadata["activation"] == "sigmoid", task_metadata
+    assert task_metadata["num_labels"] == task_metadata["top_k"] == 3, task_metadata
+
+
+def test_request_without_text_is_invalid_argument_naming_the_input(trained, served):
+    from serving.client import ServingRequestError, UniterClient
+
+    record = _eval_examples(trained, 1)[0]
+    inputs = {"region_features": record["region_features"][None].astype(np.float32),
+              "region_positions": record["region_positions"][None].astype(np.float32),
+              "num_regions": np.array([len(record["region_features"])], np.int32)}
+    with UniterClient(served["target"]) as client:
+        with pytest.raises(ServingRequestError) as error:
+            client.predict(inputs, "score_positions")
+        with pytest.raises(ValueError, match="hypothesis 0 is empty"):
+            client.entail(["  "], [record["region_features"]], region_positions=[record["region_positions"]])
+    assert error.value.code == "INVALID_ARGUMENT" and "'text'" in error.value.message
+    status, response = _http(served["rest"] + "/v1/models/uniter:predict", {
+            "signature_name": "score_positions", "inputs": {name: value.tolist() for name, value in inputs.items()}})
+    assert status == 400 and "'text'" in response["error"], response
+
+
+def test_uniter_query_task_ve(trained, served, tmp_path, capsys):
+    from uniter_tf import cli
+
+    record = _eval_examples(trained, 1)[0]
+    regions = tmp_path / "regions.npz"
+    np.savez(regions, region_features=record["region_features"], region_boxes=record["region_boxes"],
+             image_size=np.array([record["image_height"], record["image_width"]]))
+    expected = _in_process_probabilities(trained, [record])[0]
+    text = record["text"].decode("utf-8")
+    capsys.readouterr()
+    assert cli.main(["query", "--target", served["target"], "--regions", str(regions), "--task", "ve",
+                     "--text", text]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["hypothesis"] == text
+    probabilities = result["probabilities"]
+    np.testing.assert_allclose([probabilities[name] for name in ("contradiction", "entailment", "neutral")],
+                               expected, atol=2e-5)
+    assert result["label"] == ("contradiction", "entailment", "neutral")[int(np.argmax(expected))]
+
+
+def _http(url, body):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())

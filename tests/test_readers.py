@@ -175,7 +175,7 @@ def test_refcoco_json_refs_with_instances(tmp_path):
     pickle_path = tmp_path / "refs(unc).p"
     pickle_path.write_bytes(b"\x80\x04 never unpickled")
     _, pickle_letters = _split(readers.read_annotations("refcoco", [str(pickle_path)], [instances_path]))
-    assert pickle_letters[0].reason == dead_letter.UNREADABLE_INPUT and "JSON" in pickle_letters[0].detail
+    assert pickle_letters[0].reason == dead_letter.UNREADABLE_INPUT and "pickle" in pickle_letters[0].detail
 
 
 def test_unreadable_annotation_file_is_a_dead_letter(tmp_path):

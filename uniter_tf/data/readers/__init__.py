@@ -11,7 +11,7 @@ format             ``annotations``                         ``annotations2``
 ``vqa``            VQA v2 questions JSON                   VQA v2 annotations JSON (absent for test)
 ``nlvr2``          NLVR2 jsonl                             -
 ``snli_ve``        SNLI-VE jsonl                           -
-``refcoco``        refs as JSON (converted from the .p)    COCO ``instances.json``
+``refcoco``        refs ``.p`` (plain data only) or JSON   COCO ``instances.json``
 =================  ======================================  ==========================================
 
 Several files may be given per side; ``annotations2`` files pair with ``annotations`` files by position
@@ -27,6 +27,10 @@ from uniter_tf.data.readers.text_item import TextItem
 
 #: Annotation formats.
 FORMATS = ("coco", "flickr30k", "cc", "sbu", "vg", "vqa", "nlvr2", "snli_ve", "refcoco")
+#: The record ``task`` (:data:`uniter_tf.data.schema.TASKS`) of each format's text items. Visual Genome
+#: region phrases are captions, as in the official pretraining (its ``vg`` text database).
+FORMAT_TASKS = {"coco": "caption", "flickr30k": "caption", "cc": "caption", "sbu": "caption", "vg": "caption",
+                "vqa": "vqa", "nlvr2": "nlvr2", "snli_ve": "snli_ve", "refcoco": "refcoco"}
 _NEEDS_SECOND = {"sbu": True, "refcoco": True, "vqa": False}
 
 
@@ -74,7 +78,22 @@ def annotation_tasks(annotation_format: str, annotations: Sequence[str],
 
 def read_task(annotation_format: str, task: Tuple[str, Optional[str]], options: ReaderOptions = ReaderOptions()
               ) -> Iterator:
-    """Streams the items (and dead letters) of one read task."""
+    """Streams the items (and dead letters) of one read task; every item's ``task`` is set.
+
+    A reader may set an item's ``task`` itself; otherwise it is the format's :data:`FORMAT_TASKS` entry.
+    """
+    items = _read_format(annotation_format, task, options)  # bad formats and options fail here, not lazily
+    return _with_task(items, FORMAT_TASKS[annotation_format])
+
+
+def _with_task(items: Iterator, record_task: str) -> Iterator:
+    for item in items:
+        if isinstance(item, TextItem) and item.task is None:
+            item.task = record_task
+        yield item
+
+
+def _read_format(annotation_format: str, task: Tuple[str, Optional[str]], options: ReaderOptions) -> Iterator:
     from uniter_tf.data.readers import (coco, conceptual_captions, karpathy, nlvr2, refcoco, sbu, snli_ve,
                                         visual_genome, vqa)
 
@@ -109,4 +128,5 @@ def read_annotations(annotation_format: str, annotations: Sequence[str], annotat
         yield from read_task(annotation_format, task, options)
 
 
-__all__ = ["FORMATS", "TextItem", "ReaderOptions", "annotation_tasks", "read_task", "read_annotations"]
+__all__ = ["FORMATS", "FORMAT_TASKS", "TextItem", "ReaderOptions", "annotation_tasks", "read_task",
+           "read_annotations"]

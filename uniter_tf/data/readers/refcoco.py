@@ -1,20 +1,71 @@
 """RefCOCO / RefCOCO+ / RefCOCOg referring expressions.
 
-The public release ships the refs as a Python pickle (``refs(unc).p``, ``refs(umd).p``, ...). Unpickling
-runs arbitrary code, so this reader never does it: convert the file once, on a machine you trust, with
-
-    python -c "import pickle,json,sys; json.dump(pickle.load(open(sys.argv[1],'rb'),encoding='latin1'),open(sys.argv[2],'w'))" 'refs(unc).p' refs_unc.json
-
-and pass the JSON plus the dataset's ``instances.json`` (for the boxes and image sizes).
+The public release ships the refs as a Python pickle (``refs(unc).p``, ``refs(umd).p``, ...). A pickle
+may run arbitrary code when loaded, because loading it may call any global it names (``os.system``,
+``open``, ...). These files hold plain data only (lists, dicts, strings, numbers), so the reader loads
+them with :class:`PlainDataUnpickler`, which allows **no globals at all** (Python docs, "Restricting
+Globals"): a pickle that asks for any class or function is refused before anything it names is looked up,
+let alone called, and becomes one ``unsafe_input`` dead letter for the file. The JSON form (e.g. converted
+elsewhere) is read as well; either comes with the dataset's ``instances.json`` (boxes and image sizes).
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+import io
+import pickle
+from typing import Any, Iterator
 
 from uniter_tf.data import dead_letter
 from uniter_tf.data.readers import _io
 from uniter_tf.data.readers.text_item import TextItem
+
+
+#: File endings read as pickles.
+PICKLE_SUFFIXES = (".p", ".pkl", ".pickle")
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle asked for a global (a class or function): refused, nothing was called."""
+
+
+class PlainDataUnpickler(pickle.Unpickler):
+    """An unpickler that resolves no global and no persistent id: only plain data can come out.
+
+    Every opcode that needs a callable (``GLOBAL``, ``STACK_GLOBAL``, ``INST``, ``OBJ``, ``REDUCE`` on a
+    looked-up callable, the ``EXT`` registry) gets it from :meth:`find_class`, which always refuses, so no
+    code named by the file can run.
+    """
+
+    def find_class(self, module: str, name: str):
+        raise UnsafePickleError(f"the pickle asks for the global {module}.{name}; only plain data (lists, dicts, "
+                                f"strings, numbers) is accepted, so it was refused without loading or calling "
+                                f"anything")
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError("the pickle refers to a persistent object; only plain data is accepted")
+
+
+def load_plain_pickle(path: str) -> Any:
+    """Loads a pickle of plain data (the released ``refs(unc).p``) without allowing any global.
+
+    Python 2 ``str`` objects are decoded as latin-1 (the release was pickled by Python 2).
+
+    Raises:
+        UnsafePickleError: the pickle asks for a global or a persistent object (nothing was executed).
+        _io.UnreadableFileError: the file is missing, truncated or not a pickle.
+    """
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as error:
+        raise _io.UnreadableFileError(f"cannot read {path!r}: {error}") from None
+    try:
+        return PlainDataUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except UnsafePickleError as error:
+        raise UnsafePickleError(f"{path!r}: {error}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            MemoryError, RecursionError) as error:
+        raise _io.UnreadableFileError(f"cannot read the pickle {path!r}: {type(error).__name__}: {error}") from None
 
 
 def read_refcoco(refs_path: str, instances_path: str) -> Iterator:
@@ -28,18 +79,19 @@ def read_refcoco(refs_path: str, instances_path: str) -> Iterator:
         :class:`TextItem`; :class:`DeadLetter` for refs whose annotation is missing, for missing
         (``missing_field``) or mistyped (``bad_type``) fields, and for bad ``images[]`` entries (kind ``input``).
     """
-    if refs_path.endswith(".p") or refs_path.endswith(".pkl"):
-        yield dead_letter.DeadLetter(refs_path, dead_letter.UNREADABLE_INPUT,
-                                     "refs pickles are not read (untrusted code); convert them to JSON first, "
-                                     "see uniter_tf/data/readers/refcoco.py", refs_path, kind="input")
-        return
     try:
-        refs = _io.load_json(refs_path)
+        if refs_path.lower().endswith(PICKLE_SUFFIXES):
+            refs = load_plain_pickle(refs_path)
+        else:
+            refs = _io.load_json(refs_path)
         instances = _io.load_json(instances_path)
         if not isinstance(refs, list):
-            raise _io.UnreadableFileError(f"{refs_path!r} must hold a JSON list of refs")
+            raise _io.UnreadableFileError(f"{refs_path!r} must hold a list of refs")
         if not isinstance(instances, dict) or not isinstance(instances.get("annotations"), list):
             raise _io.UnreadableFileError(f"{instances_path!r} has no 'annotations' list")
+    except UnsafePickleError as error:
+        yield dead_letter.DeadLetter(refs_path, dead_letter.UNSAFE_INPUT, str(error), refs_path, kind="input")
+        return
     except _io.UnreadableFileError as error:
         yield dead_letter.DeadLetter(refs_path, dead_letter.UNREADABLE_INPUT, str(error), refs_path, kind="input")
         return

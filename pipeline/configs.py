@@ -7,9 +7,10 @@ Vertex compilation without edits.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Mapping, Optional
 
 #: The repository root (the directory above this package).
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,3 +103,150 @@ BEAM_PIPELINE_ARGS: List[str] = json.loads(_env("BEAM_PIPELINE_ARGS", json.dumps
 #: Where the Kubeflow V2 runner writes the pipeline JSON.
 KUBEFLOW_OUTPUT_FILE = _env("KUBEFLOW_OUTPUT_FILE", os.path.join(REPOSITORY_ROOT, "runs",
                                                                  f"{PIPELINE_NAME}_pipeline.json"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The typed settings of ``pipeline.definition.create_pipeline`` (the TFX taxi template's shape: a few config
+# objects instead of dozens of keyword arguments). The ``*_from_env`` builders give the embedded values
+# above; runners, the demo and the tests start from them and replace what they change.
+
+#: The curated data contracts of the example sets (ImportSchemaGen brings them in; ExampleValidator checks
+#: every new span against them): the default detector's width (576 + 1280 = 1856) and 91 classes, 1-16
+#: regions (ground-truth boxes keep an image's objects, 1 or more; detections follow the 4-16 box rule),
+#: 60 tokens. Written by ``components.uniter_example_gen.schema.build_schema`` and checked in (a test keeps
+#: them equal); a pipeline with another detector or box rule gives its own files in :class:`DataConfig`.
+CAPTION_SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "captions_schema.pbtxt")
+VQA_SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vqa_schema.pbtxt")
+#: ``build_schema`` arguments of the checked-in schemas.
+CURATED_SCHEMA_SETTINGS: Dict[str, Any] = {"feature_dim": 576 + 1280, "num_soft_labels": 91, "min_regions": 1,
+                                           "max_regions": 16, "max_text_tokens": 60}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the raw data is and how it becomes examples.
+
+    Attributes:
+        data_root: the raw data, laid out as ``uniter sample-data`` writes it: ``images/``, ``captions.json``
+            (COCO), ``vqa_questions.json`` and ``vqa_annotations.json`` (VQA v2), ``boxes.json``.
+        images_root: the image folder (default ``data_root/images``).
+        boxes_json: the ground-truth boxes file (default ``data_root/boxes.json``; read only with
+            ``ground_truth_boxes``).
+        ground_truth_boxes: pool the detector's features over the boxes of ``boxes_json`` (as the official
+            VCR / RefCOCO features) instead of its detections.
+        detector_path: the extraction detector (None: the default SSD-MobileNet-v2).
+        num_detector_classes: its classes incl. background (the soft-label width).
+        min_boxes: UNITER box-rule minimum of the extraction.
+        max_boxes: UNITER box-rule maximum of the extraction.
+        eval_fraction: share of images whose texts go to the eval split.
+        caption_schema_file: curated schema of the caption examples (text proto).
+        vqa_schema_file: curated schema of the VQA examples.
+    """
+
+    data_root: str
+    images_root: Optional[str] = None
+    boxes_json: Optional[str] = None
+    ground_truth_boxes: bool = False
+    detector_path: Optional[str] = None
+    num_detector_classes: int = 91
+    min_boxes: int = 4
+    max_boxes: int = 16
+    eval_fraction: float = 0.25
+    caption_schema_file: str = CAPTION_SCHEMA_FILE
+    vqa_schema_file: str = VQA_SCHEMA_FILE
+
+    def __post_init__(self):
+        if not 1 <= self.min_boxes <= self.max_boxes:
+            raise ValueError(f"DataConfig: need 1 <= min_boxes <= max_boxes, got {self.min_boxes}, {self.max_boxes}")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"DataConfig: eval_fraction must be in (0, 1), got {self.eval_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """Both Trainers: the model, the step counts and each run_fn's settings.
+
+    Attributes:
+        model_preset: :class:`uniter_tf.config.UniterConfig` preset of both trainers.
+        model_overrides: fields changed on top of the preset; the region feature width and the number of soft
+            labels are derived from the default detector when not given here.
+        pretrain_steps: pretraining updates.
+        finetune_steps: fine-tuning updates.
+        eval_steps: validation batches of each trainer.
+        batch_size: examples per training batch.
+        pretrain_config: more ``custom_config`` of the pretraining run_fn (PretrainConfig fields).
+        finetune_config: more ``custom_config`` of the fine-tuning run_fn (FinetuneConfig fields).
+        include_pretraining: False leaves out the pretraining Trainer (fine-tuning starts from a random
+            backbone).
+        enabled: False stops after the data components and the data gate (a data-only run).
+        resources: a KFP ``ResourceSpec`` (CPU, memory, accelerator) of both Trainers' containers (Kubeflow V2 /
+            Vertex; the local runner ignores it).
+    """
+
+    model_preset: str = "tiny"
+    model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    pretrain_steps: int = 20
+    finetune_steps: int = 20
+    eval_steps: int = 5
+    batch_size: int = 8
+    pretrain_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    finetune_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    include_pretraining: bool = True
+    enabled: bool = True
+    resources: Any = None
+
+    def __post_init__(self):
+        for name in ("pretrain_steps", "finetune_steps", "eval_steps", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainingConfig: {name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GateConfig:
+    """The evaluator gate's thresholds.
+
+    Attributes:
+        lower_bounds: metric → minimum (an untrained or broken model is not blessed); None: the evaluator's
+            defaults (``components.uniter_evaluator.component.DEFAULT_LOWER_BOUNDS``), ``{}``: none.
+        max_regression: metric → largest drop against the last blessed model; None: the evaluator's defaults,
+            ``{}``: none.
+    """
+
+    lower_bounds: Optional[Mapping[str, float]] = None
+    max_regression: Optional[Mapping[str, float]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerConfig:
+    """What differs between orchestrators.
+
+    Attributes:
+        runtime_parameters: make the values of ``pipeline.definition.RUNTIME_PARAMETERS`` Kubeflow runtime
+            parameters (defaults: the configured values). For the Kubeflow V2 compile.
+        fingerprint_images: bring the images in with ``ImageFolder`` (its driver puts the folder's listing
+            into the cache key). False: with ``tfx.dsl.Importer`` (Kubeflow V2 runs no custom drivers; its
+            native importer takes the URI as a runtime parameter).
+    """
+
+    runtime_parameters: bool = False
+    fingerprint_images: bool = True
+
+
+def data_config_from_env(data_root: Optional[str] = None, **changes: Any) -> DataConfig:
+    """The embedded data settings (sample data, ground-truth boxes per ``UNITER_GROUND_TRUTH_BOXES``)."""
+    return DataConfig(data_root=data_root or SAMPLE_DATA_DIR, ground_truth_boxes=GROUND_TRUTH_BOXES, **changes)
+
+
+def training_config_from_env(**changes: Any) -> TrainingConfig:
+    """The embedded recipe of both Trainers (the ``UNITER_*`` values above)."""
+    values: Dict[str, Any] = dict(
+            model_preset=MODEL_PRESET, model_overrides=dict(MODEL_OVERRIDES), pretrain_steps=PRETRAIN_TRAIN_STEPS,
+            finetune_steps=FINETUNE_TRAIN_STEPS, eval_steps=EVAL_STEPS, batch_size=BATCH_SIZE,
+            pretrain_config=dict(PRETRAIN_CONFIG), finetune_config=dict(FINETUNE_CONFIG))
+    values.update(changes)
+    return TrainingConfig(**values)
+
+
+def gate_config_from_env() -> GateConfig:
+    """The embedded gate thresholds."""
+    return GateConfig(lower_bounds=dict(EVAL_LOWER_BOUNDS), max_regression=dict(EVAL_MAX_REGRESSION))

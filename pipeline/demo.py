@@ -395,7 +395,7 @@ def score_caption_pair(grpc_target: str, caption_records: Sequence[bytes]) -> Di
 
 def serve_and_ask(configs, root: str, report: dict) -> Tuple[Optional[dict], int]:
     """Serves the pushed model, asks the held-out questions and scores a caption pair; returns (served, failures)."""
-    from pipeline import pipeline as pipeline_lib
+    from pipeline import definition as pipeline_lib
 
     server_log = os.path.join(root, "logs", "server.log")
     say(f"starting uniter serve on {configs.SERVING_MODEL_DIR} ...")
@@ -468,7 +468,7 @@ def _coco_names() -> Dict[int, str]:
 def build_report(configs, root: str, report: Optional[dict], pushed: Optional[str],
                  served: Optional[dict]) -> str:
     """Writes ``<root>/report.html``; the figures go to ``<root>/report_files/``."""
-    from pipeline import pipeline as pipeline_lib
+    from pipeline import definition as pipeline_lib
     from pipeline import report as report_lib
 
     figures = os.path.join(root, "report_files")
@@ -503,7 +503,7 @@ def _example_figures(configs, finetune_run: Optional[str], figures: str) -> Opti
     import numpy as np
     from PIL import Image
 
-    from pipeline import pipeline as pipeline_lib
+    from pipeline import definition as pipeline_lib
     from pipeline import report as report_lib
     from uniter_tf.data import schema
     from uniter_tf.visualization import RegionInputs

@@ -1,4 +1,4 @@
-"""TFX Trainer module of the fine-tuning step: ``run_fn(fn_args)`` (the Trainer's ``module_file``).
+"""TFX Trainer module of the fine-tuning step: ``run_fn(fn_args)``, referenced as ``pipeline.finetune_module.run_fn``.
 
 The Trainer passes the ``Examples`` of UniterExampleGen (``fn_args.train_files`` / ``eval_files``), the
 pretraining Trainer's model as ``fn_args.base_model`` and the run's settings in ``fn_args.custom_config``
@@ -113,6 +113,7 @@ def finetune_config_from_fn_args(fn_args) -> "Any":
 
 def run_fn(fn_args) -> None:
     """Fine-tunes the task, then exports the run directory into ``fn_args.serving_model_dir``."""
+    from pipeline.pretrain_module import check_data_contract
     from uniter_tf.export.model_dir import export_model_dir
     from uniter_tf.training.finetune import FinetuneRun
 
@@ -120,6 +121,7 @@ def run_fn(fn_args) -> None:
     logging.getLogger("uniter_tf").setLevel(logging.INFO)
     _LOG.setLevel(logging.INFO)
     config = finetune_config_from_fn_args(fn_args)
+    check_data_contract(fn_args, config.train_files)
     _LOG.info("fine-tuning %s from %s for %d steps", config.task, config.pretrained_checkpoint,
               config.num_train_steps)
     run = FinetuneRun(config)

@@ -7,9 +7,10 @@
     UNITER_PIPELINE_IMAGE=IMAGE UNITER_PIPELINE_ROOT=gs://bucket/root python pipeline/kubeflow_v2_runner.py
 
 The image and the pipeline root are required (flag or environment variable); there is no placeholder
-default. The data roots, the serving directory, the trainers' steps and the gate's thresholds are runtime
-parameters of the compiled pipeline (``pipeline.pipeline.RUNTIME_PARAMETERS``; defaults: the data under
-``<pipeline root>/data``, the model pushed to ``<pipeline root>/serving_model/uniter``, the step counts
+default. The data roots, the curated schema files, the serving directory, the trainers' steps and the gate's
+thresholds are runtime parameters of the compiled pipeline (``pipeline.definition.RUNTIME_PARAMETERS``;
+defaults: the data under ``<pipeline root>/data``, its schemas under ``<data root>/schema/`` (copy
+``pipeline/captions_schema.pbtxt`` and ``pipeline/vqa_schema.pbtxt`` there), the model pushed to ``<pipeline root>/serving_model/uniter``, the step counts
 and thresholds of pipeline/configs.py), so one JSON serves many runs and no path of the compiling machine
 is baked in.
 
@@ -27,16 +28,12 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
-_REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(globals().get("__file__") or sys.argv[0])))
-if sys.path[:1] != [_REPOSITORY_ROOT]:
-    sys.path.insert(0, _REPOSITORY_ROOT)
+from absl import logging
+from tfx import v1 as tfx
+from tfx.orchestration import data_types
 
-from absl import logging  # noqa: E402
-from tfx import v1 as tfx  # noqa: E402
-from tfx.orchestration import data_types  # noqa: E402
-
-from pipeline import configs  # noqa: E402
-from pipeline import pipeline as pipeline_lib  # noqa: E402
+from pipeline import configs
+from pipeline import definition as pipeline_lib
 
 IMAGE_ENV = "UNITER_PIPELINE_IMAGE"
 PIPELINE_ROOT_ENV = "UNITER_PIPELINE_ROOT"
@@ -116,33 +113,23 @@ def build_kubeflow_pipeline(pipeline_root: str, data_root: Optional[str] = None,
     root = pipeline_root.rstrip("/")
     data_root = data_root or os.environ.get(DATA_ROOT_ENV) or f"{root}/data"
     serving_model_dir = serving_model_dir or os.environ.get(SERVING_MODEL_DIR_ENV) or f"{root}/serving_model/uniter"
+    remote_data = data_root.rstrip("/")
     return pipeline_lib.create_pipeline(
             pipeline_name=configs.PIPELINE_NAME,
             pipeline_root=pipeline_root,
-            data_root=data_root,
-            # The remote layout is fixed relative to data_root; not os.path.join (a gs:// URL).
-            images_root=f"{data_root.rstrip('/')}/images",
-            boxes_json=f"{data_root.rstrip('/')}/boxes.json",
+            # The remote layout is fixed relative to data_root; not os.path.join (a gs:// URL). The curated
+            # schemas travel with the data (upload pipeline/*_schema.pbtxt to <data root>/schema/); no path
+            # of the compiling machine goes into the spec.
+            data=configs.data_config_from_env(
+                    data_root, images_root=f"{remote_data}/images", boxes_json=f"{remote_data}/boxes.json",
+                    caption_schema_file=f"{remote_data}/schema/{os.path.basename(configs.CAPTION_SCHEMA_FILE)}",
+                    vqa_schema_file=f"{remote_data}/schema/{os.path.basename(configs.VQA_SCHEMA_FILE)}"),
+            training=configs.training_config_from_env(resources=trainer_resources()),
             serving_model_dir=serving_model_dir,
-            beam_pipeline_args=beam_pipeline_args(),
-            model_preset=configs.MODEL_PRESET,
-            model_overrides=configs.MODEL_OVERRIDES,
-            ground_truth_boxes=configs.GROUND_TRUTH_BOXES,
-            pretrain_config=configs.PRETRAIN_CONFIG,
-            finetune_config=configs.FINETUNE_CONFIG,
-            pretrain_steps=configs.PRETRAIN_TRAIN_STEPS,
-            finetune_steps=configs.FINETUNE_TRAIN_STEPS,
-            eval_steps=configs.EVAL_STEPS,
-            batch_size=configs.BATCH_SIZE,
-            eval_lower_bounds=configs.EVAL_LOWER_BOUNDS,
-            eval_max_regression=configs.EVAL_MAX_REGRESSION,
-            # The image installs the project, so the trainers import their run_fn from it.
-            pretrain_run_fn="pipeline.pretrain_module.run_fn",
-            finetune_run_fn="pipeline.finetune_module.run_fn",
-            runtime_parameters=True,
-            trainer_resources=trainer_resources(),
+            gate=configs.gate_config_from_env(),
             # No custom drivers on Kubeflow V2, and its importer takes the URI as a runtime parameter.
-            fingerprint_images=False,
+            runner=configs.RunnerConfig(runtime_parameters=True, fingerprint_images=False),
+            beam_pipeline_args=beam_pipeline_args(),
     )
 
 

@@ -6,23 +6,20 @@
 
 Settings come from :mod:`pipeline.configs` (override with ``UNITER_*`` environment variables). The
 sample data is generated into ``UNITER_SAMPLE_DATA_DIR`` with ``uniter sample-data`` when it is absent.
+
+The file imports only from the installed ``pipeline`` package (``pip install -e .``): the TFX CLI runs it
+as a script with ``pipeline/`` first on ``sys.path``, and nothing in that folder is named like a package it
+imports (the factory is ``pipeline/definition.py``), so no ``sys.path`` edit is needed.
 """
 
 import os
-import sys
 from typing import Dict, List
 
-# The TFX CLI runs this file as a script with pipeline/ first on sys.path, where `pipeline.py` would
-# shadow the `pipeline` package: put the repository root first.
-_REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(globals().get("__file__") or sys.argv[0])))
-if sys.path[:1] != [_REPOSITORY_ROOT]:
-    sys.path.insert(0, _REPOSITORY_ROOT)
+from absl import logging
+from tfx import v1 as tfx
 
-from absl import logging  # noqa: E402
-from tfx import v1 as tfx  # noqa: E402
-
-from pipeline import configs  # noqa: E402
-from pipeline import pipeline as pipeline_lib  # noqa: E402
+from pipeline import configs
+from pipeline import definition as pipeline_lib
 
 #: Sample-data size of the embedded run (``UNITER_SAMPLE_NUM_IMAGES``).
 SAMPLE_NUM_IMAGES = configs.SAMPLE_NUM_IMAGES
@@ -79,24 +76,14 @@ def build_local_pipeline(enable_cache: bool = True, include_pretraining: bool = 
     return pipeline_lib.create_pipeline(
             pipeline_name=configs.PIPELINE_NAME,
             pipeline_root=configs.PIPELINE_ROOT,
-            data_root=configs.SAMPLE_DATA_DIR,
+            data=configs.data_config_from_env(configs.SAMPLE_DATA_DIR),
+            training=configs.training_config_from_env(include_pretraining=include_pretraining),
             serving_model_dir=configs.SERVING_MODEL_DIR,
+            gate=configs.gate_config_from_env(),
+            beam_pipeline_args=configs.BEAM_PIPELINE_ARGS,
             metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
                     configs.METADATA_PATH),
-            beam_pipeline_args=configs.BEAM_PIPELINE_ARGS,
             enable_cache=enable_cache,
-            model_preset=configs.MODEL_PRESET,
-            model_overrides=configs.MODEL_OVERRIDES,
-            ground_truth_boxes=configs.GROUND_TRUTH_BOXES,
-            pretrain_config=configs.PRETRAIN_CONFIG,
-            finetune_config=configs.FINETUNE_CONFIG,
-            pretrain_steps=configs.PRETRAIN_TRAIN_STEPS,
-            finetune_steps=configs.FINETUNE_TRAIN_STEPS,
-            eval_steps=configs.EVAL_STEPS,
-            batch_size=configs.BATCH_SIZE,
-            eval_lower_bounds=configs.EVAL_LOWER_BOUNDS,
-            eval_max_regression=configs.EVAL_MAX_REGRESSION,
-            include_pretraining=include_pretraining,
     )
 
 

@@ -1,4 +1,4 @@
-"""TFX Trainer module of the pretraining step: ``run_fn(fn_args)`` (the Trainer's ``module_file``).
+"""TFX Trainer module of the pretraining step: ``run_fn(fn_args)``, referenced as ``pipeline.pretrain_module.run_fn``.
 
 It runs the same code path as ``uniter pretrain`` (:class:`uniter_tf.training.pretrainer.Pretrainer`) on the
 ``Examples`` artifact (``fn_args.train_files`` / ``eval_files``: GZIP canonical TFRecords), with:
@@ -74,12 +74,30 @@ def _publish_checkpoint(latest: str, destination: str) -> None:
     tf.compat.v1.train.update_checkpoint_state(destination, os.path.join(destination, os.path.basename(latest)))
 
 
+def check_data_contract(fn_args, train_files) -> None:
+    """Checks the first training records against ``fn_args.schema_path`` (the curated schema the pipeline's
+    DataGate passed on) before any training; a Trainer without a schema input skips the check (logged).
+
+    Raises:
+        pipeline.data_contract.SchemaMismatchError: a record does not match (record, feature and schema named).
+    """
+    from pipeline import data_contract
+
+    schema_path = getattr(fn_args, "schema_path", None)
+    if not schema_path:
+        _LOG.warning("no schema given to the Trainer: the records are not checked against a data contract")
+        return
+    checked = data_contract.check_records(schema_path, train_files)
+    _LOG.info("data contract: %d training records match %s", checked, schema_path)
+
+
 def run_fn(fn_args) -> None:
-    """Entry point: the TFX Trainer calls ``run_fn(fn_args)`` once per execution (``module_file``)."""
+    """Entry point: the TFX Trainer calls ``run_fn(fn_args)`` once per execution (imported by module path)."""
     from uniter_tf.export.model_dir import export_model_dir
     from uniter_tf.training.pretrainer import Pretrainer
 
     config = pretrain_config_from_fn_args(fn_args)
+    check_data_contract(fn_args, config.train_files)
     _LOG.info("pretraining %s for %d updates on %s", config.model, config.num_train_steps, config.train_files)
     trainer = Pretrainer(config, log=_LOG.info)
     summary = trainer.train()

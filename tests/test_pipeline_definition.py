@@ -17,20 +17,26 @@ EXPECTED_UPSTREAM = {
         "CaptionExampleGen": {"RegionFeatureExtractor"},
         "VqaExampleGen": {"RegionFeatureExtractor"},
         "StatisticsGen": {"CaptionExampleGen"},
-        "SchemaGen": {"StatisticsGen"},
+        "SchemaGen": set(),
         "ExampleValidator": {"StatisticsGen", "SchemaGen"},
-        "PretrainTrainer": {"CaptionExampleGen", "SchemaGen"},
-        "FinetuneTrainer": {"VqaExampleGen", "PretrainTrainer"},
+        "VqaStatisticsGen": {"VqaExampleGen"},
+        "VqaSchemaGen": set(),
+        "VqaExampleValidator": {"VqaStatisticsGen", "VqaSchemaGen"},
+        "DataGate": {"ExampleValidator", "VqaExampleValidator", "SchemaGen", "VqaSchemaGen"},
+        "PretrainTrainer": {"CaptionExampleGen", "DataGate"},
+        "FinetuneTrainer": {"VqaExampleGen", "PretrainTrainer", "DataGate"},
         "UniterEvaluator": {"CaptionExampleGen", "VqaExampleGen", "FinetuneTrainer", "LatestBlessedModelResolver"},
         "Pusher": {"FinetuneTrainer", "UniterEvaluator"},
 }
 
 
-def _create(tmp_path, **kwargs):
-    from pipeline import pipeline as pipeline_lib
+def _create(tmp_path, training=None, **kwargs):
+    from pipeline import configs
+    from pipeline import definition as pipeline_lib
 
     return pipeline_lib.create_pipeline(pipeline_name="uniter-test", pipeline_root=str(tmp_path / "root"),
-                                        data_root=str(tmp_path / "data"),
+                                        data=configs.DataConfig(data_root=str(tmp_path / "data")),
+                                        training=training or configs.TrainingConfig(),
                                         serving_model_dir=str(tmp_path / "serving"), **kwargs)
 
 
@@ -41,12 +47,25 @@ def test_component_graph(tmp_path):
         assert upstream[node_id] == expected, node_id
     finetune = next(component for component in pipeline.components if component.id == "FinetuneTrainer")
     assert finetune.inputs["base_model"].producer_component_id == "PretrainTrainer"
-    assert finetune.exec_properties["module_file"].endswith(os.path.join("pipeline", "finetune_module.py"))
+    # The run_fns are imported by module path: nothing is packaged, no module file is in the cache key.
+    assert finetune.exec_properties["run_fn"] == "pipeline.finetune_module.run_fn"
+    assert not finetune.exec_properties.get("module_file")
+    assert finetune.inputs["schema"].producer_component_id == "DataGate"
+    # The schemas are imported (curated), never inferred.
+    schema_gens = {component.id: component for component in pipeline.components if component.id.endswith("SchemaGen")}
+    from pipeline import configs
+
+    assert {name: type(component).__name__ for name, component in schema_gens.items()} == {
+            "SchemaGen": "ImportSchemaGen", "VqaSchemaGen": "ImportSchemaGen"}
+    assert schema_gens["SchemaGen"].exec_properties["schema_file"] == configs.CAPTION_SCHEMA_FILE
+    assert schema_gens["VqaSchemaGen"].exec_properties["schema_file"] == configs.VQA_SCHEMA_FILE
     custom_config = json.loads(finetune.exec_properties["custom_config"])
     # Both trainers build the same backbone: the detector's feature width and classes are in it.
     assert custom_config["model_config"] == "tiny"
     assert custom_config["model_overrides"] == {"region_feature_dim": 576 + 1280, "num_soft_labels": 91}
     pretrain = next(component for component in pipeline.components if component.id == "PretrainTrainer")
+    assert pretrain.exec_properties["run_fn"] == "pipeline.pretrain_module.run_fn"
+    assert pretrain.inputs["schema"].producer_component_id == "DataGate"
     pretrain_config = json.loads(pretrain.exec_properties["custom_config"])
     assert {key: pretrain_config[key] for key in ("model_config", "model_overrides")} == {
             key: custom_config[key] for key in ("model_config", "model_overrides")}
@@ -56,7 +75,9 @@ def test_component_graph(tmp_path):
 
 
 def test_without_pretraining_finetunes_from_scratch(tmp_path):
-    pipeline = _create(tmp_path, include_pretraining=False)
+    from pipeline import configs
+
+    pipeline = _create(tmp_path, training=configs.TrainingConfig(include_pretraining=False))
     ids = {component.id for component in pipeline.components}
     assert "PretrainTrainer" not in ids and "FinetuneTrainer" in ids
     finetune = next(component for component in pipeline.components if component.id == "FinetuneTrainer")
@@ -114,7 +135,7 @@ def test_kubeflow_v2_compilation(compiled_kubeflow):
 
 def test_kubeflow_v2_runtime_parameters_resources_and_no_local_paths(compiled_kubeflow):
     from pipeline import configs
-    from pipeline import pipeline as pipeline_lib
+    from pipeline import definition as pipeline_lib
 
     compiled = json.loads(compiled_kubeflow)
     spec = compiled["pipelineSpec"]
@@ -124,6 +145,8 @@ def test_kubeflow_v2_runtime_parameters_resources_and_no_local_paths(compiled_ku
     assert defaults == compiled["runtimeConfig"]["parameterValues"]
     assert defaults["data_root"] == f"{PIPELINE_ROOT}/data"
     assert defaults["images_root"] == f"{PIPELINE_ROOT}/data/images"
+    assert defaults["caption_schema_file"] == f"{PIPELINE_ROOT}/data/schema/captions_schema.pbtxt"
+    assert defaults["vqa_schema_file"] == f"{PIPELINE_ROOT}/data/schema/vqa_schema.pbtxt"
     assert json.loads(defaults["push_destination"]) == {
             "filesystem": {"base_directory": f"{PIPELINE_ROOT}/serving_model/uniter"}}
     assert json.loads(defaults["pretrain_train_args"]) == {"num_steps": configs.PRETRAIN_TRAIN_STEPS}
@@ -138,6 +161,7 @@ def test_kubeflow_v2_runtime_parameters_resources_and_no_local_paths(compiled_ku
              if "componentInputParameter" in value}
     assert wired == {
             ("ImageImporter", "artifact_uri"): "images_root",
+            ("SchemaGen", "schema_file"): "caption_schema_file", ("VqaSchemaGen", "schema_file"): "vqa_schema_file",
             ("RegionFeatureExtractor", "boxes_json"): "boxes_json",
             ("CaptionExampleGen", "input_base"): "data_root", ("VqaExampleGen", "input_base"): "data_root",
             ("PretrainTrainer", "train_args"): "pretrain_train_args",
@@ -218,3 +242,61 @@ def test_tfx_cli_pipeline_create_reads_the_local_runner(tmp_path):
     saved = tmp_path / "tfx_home" / "uniter-cli-test" / "pipeline_args.json"
     assert saved.exists()
     assert json.loads(saved.read_text())["pipeline_root"] == str(tmp_path / "root")
+
+
+def test_create_pipeline_takes_config_objects_and_names_a_wrong_argument(tmp_path):
+    from pipeline import configs
+    from pipeline import definition as pipeline_lib
+
+    with pytest.raises(TypeError, match="training must be a pipeline.configs.TrainingConfig, got dict"):
+        pipeline_lib.create_pipeline("p", str(tmp_path), configs.DataConfig(data_root=str(tmp_path)),
+                                     {"pretrain_steps": 2}, str(tmp_path / "serving"))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'pretrain_steps'"):
+        pipeline_lib.create_pipeline("p", str(tmp_path), configs.DataConfig(data_root=str(tmp_path)),
+                                     configs.TrainingConfig(), str(tmp_path / "serving"), pretrain_steps=2)
+    with pytest.raises(ValueError, match="min_boxes <= max_boxes"):
+        configs.DataConfig(data_root=str(tmp_path), min_boxes=5, max_boxes=2)
+    with pytest.raises(ValueError, match="TrainingConfig: batch_size must be >= 1"):
+        configs.TrainingConfig(batch_size=0)
+    data_only = _create(tmp_path, training=configs.TrainingConfig(enabled=False))
+    assert {component.id for component in data_only.components} == {
+            "ImageImporter", "RegionFeatureExtractor", "CaptionExampleGen", "VqaExampleGen", "StatisticsGen",
+            "SchemaGen", "ExampleValidator", "VqaStatisticsGen", "VqaSchemaGen", "VqaExampleValidator", "DataGate"}
+
+
+def test_checked_in_curated_schemas_are_the_builder_with_the_pipeline_settings():
+    from components.uniter_example_gen import schema as schema_lib
+    from pipeline import configs
+
+    for path, kind in ((configs.CAPTION_SCHEMA_FILE, "captions"), (configs.VQA_SCHEMA_FILE, "vqa")):
+        with open(path, encoding="utf-8") as handle:
+            assert handle.read() == schema_lib.schema_text(
+                    schema_lib.build_schema(kind=kind, **configs.CURATED_SCHEMA_SETTINGS)), path
+    # The pipeline's model width is the schema's feature width.
+    from pipeline import definition as pipeline_lib
+
+    assert pipeline_lib.region_feature_dim(None, 91) == {
+            "region_feature_dim": configs.CURATED_SCHEMA_SETTINGS["feature_dim"],
+            "num_soft_labels": configs.CURATED_SCHEMA_SETTINGS["num_soft_labels"]}
+
+
+def test_runner_files_import_from_the_installed_package_without_sys_path_edits():
+    for name in ("local_runner.py", "kubeflow_v2_runner.py"):
+        with open(os.path.join(REPOSITORY_ROOT, "pipeline", name), encoding="utf-8") as handle:
+            source = handle.read()
+        assert not re.search(r"sys\.path\.(insert|append)|sys\.path\[[^]]*\]\s*=", source), name
+    # Nothing in pipeline/ may shadow the package when the TFX CLI runs a runner as a script (its folder
+    # first on sys.path): the factory is definition.py, not pipeline.py.
+    assert not os.path.exists(os.path.join(REPOSITORY_ROOT, "pipeline", "pipeline.py"))
+
+
+@pytest.mark.slow
+def test_kubeflow_runner_runs_as_a_script_from_any_directory():
+    # Run as a script the way the TFX CLI does (python FILE): the imports resolve, the compile's missing
+    # image is the error.
+    env = {key: value for key, value in os.environ.items() if key not in ("UNITER_PIPELINE_IMAGE", "PYTHONPATH")}
+    completed = subprocess.run([sys.executable, os.path.join(REPOSITORY_ROOT, "pipeline", "kubeflow_v2_runner.py"),
+                                "--pipeline-root", PIPELINE_ROOT], cwd="/", env=env, capture_output=True, text=True,
+                               timeout=240)
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert "the Kubeflow compile needs the container image" in completed.stderr

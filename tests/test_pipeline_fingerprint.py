@@ -86,6 +86,24 @@ def test_drivers_put_the_fingerprint_in_the_exec_properties_and_on_the_artifacts
         example_gen_executor.annotation_paths({"annotations": "captions.json"})
 
 
+def toy_data_config(tmp_path, data_root, detector, **changes):
+    """The data settings of the toy detector (3-5 regions of its width) with curated schemas to match."""
+    from components.uniter_example_gen import schema as schema_lib
+    from pipeline import configs
+    from uniter_tf.extraction import toy_detector
+
+    settings = dict(feature_dim=toy_detector.FEATURE_DIM, num_soft_labels=toy_detector.NUM_CLASSES, min_regions=1,
+                    max_regions=5)
+    (tmp_path / "schema").mkdir(exist_ok=True)
+    return configs.DataConfig(
+            data_root=data_root, detector_path=detector, num_detector_classes=toy_detector.NUM_CLASSES,
+            min_boxes=3, max_boxes=5,
+            caption_schema_file=schema_lib.write_schema(str(tmp_path / "schema" / "captions.pbtxt"), kind="captions",
+                                                        **settings),
+            vqa_schema_file=schema_lib.write_schema(str(tmp_path / "schema" / "vqa.pbtxt"), kind="vqa", **settings),
+            **changes)
+
+
 def _caption_edit(data_root):
     path = os.path.join(data_root, "captions.json")
     with open(path, encoding="utf-8") as handle:
@@ -103,8 +121,9 @@ def test_changed_caption_or_image_reruns_downstream_and_unchanged_inputs_are_cac
     extraction short), run four times: fresh, a caption edited, unchanged, an image changed."""
     from tfx import v1 as tfx
 
+    from pipeline import configs
     from pipeline import local_runner
-    from pipeline import pipeline as pipeline_lib
+    from pipeline import definition as pipeline_lib
     from uniter_tf.data import sample_data
     from uniter_tf.extraction import toy_detector
 
@@ -114,21 +133,25 @@ def test_changed_caption_or_image_reruns_downstream_and_unchanged_inputs_are_cac
     metadata_path = str(tmp_path / "metadata.sqlite")
     nodes = (pipeline_lib.IMAGE_IMPORTER, pipeline_lib.FEATURE_EXTRACTOR, pipeline_lib.CAPTION_EXAMPLE_GEN,
              pipeline_lib.VQA_EXAMPLE_GEN, pipeline_lib.STATISTICS_GEN, pipeline_lib.SCHEMA_GEN,
-             pipeline_lib.EXAMPLE_VALIDATOR)
-    caption_downstream = (pipeline_lib.CAPTION_EXAMPLE_GEN, pipeline_lib.STATISTICS_GEN, pipeline_lib.SCHEMA_GEN,
-                          pipeline_lib.EXAMPLE_VALIDATOR)
+             pipeline_lib.EXAMPLE_VALIDATOR, pipeline_lib.VQA_STATISTICS_GEN, pipeline_lib.VQA_SCHEMA_GEN,
+             pipeline_lib.VQA_EXAMPLE_VALIDATOR, pipeline_lib.DATA_GATE)
+    # The imported schemas depend on no data: they stay cached when the data changes.
+    caption_downstream = (pipeline_lib.CAPTION_EXAMPLE_GEN, pipeline_lib.STATISTICS_GEN,
+                          pipeline_lib.EXAMPLE_VALIDATOR, pipeline_lib.DATA_GATE)
+    schema_nodes = (pipeline_lib.SCHEMA_GEN, pipeline_lib.VQA_SCHEMA_GEN)
+
+    data = toy_data_config(tmp_path, data_root, detector)
 
     def run():
         pipeline = pipeline_lib.create_pipeline(
-                pipeline_name="uniter-fingerprint", pipeline_root=str(tmp_path / "root"), data_root=data_root,
-                serving_model_dir=str(tmp_path / "serving"), detector_path=detector,
-                model_overrides={"region_feature_dim": toy_detector.FEATURE_DIM,
-                                 "num_soft_labels": toy_detector.NUM_CLASSES},
-                num_detector_classes=toy_detector.NUM_CLASSES, min_boxes=3, max_boxes=5,
+                pipeline_name="uniter-fingerprint", pipeline_root=str(tmp_path / "root"), data=data,
+                training=configs.TrainingConfig(
+                        enabled=False, model_overrides={"region_feature_dim": toy_detector.FEATURE_DIM,
+                                                        "num_soft_labels": toy_detector.NUM_CLASSES}),
+                serving_model_dir=str(tmp_path / "serving"),
                 beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
                 metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-                        metadata_path),
-                include_training=False)
+                        metadata_path))
         assert {component.id for component in pipeline.components} == set(nodes)
         tfx.orchestration.LocalDagRunner().run(pipeline)
         states = local_runner.node_states(metadata_path, "uniter-fingerprint")
@@ -151,7 +174,7 @@ def test_changed_caption_or_image_reruns_downstream_and_unchanged_inputs_are_cac
     with open(other, "rb") as source, open(image, "wb") as target:
         target.write(source.read())
     fourth, _ = run()
-    assert fourth == dict.fromkeys(nodes, "COMPLETE")
+    assert fourth == {node: "CACHED" if node in schema_nodes else "COMPLETE" for node in nodes}
 
     from ml_metadata import metadata_store
 
@@ -177,7 +200,7 @@ def test_whole_pipeline_caption_edit_reruns_trainers_gate_and_pusher(tmp_path):
 
     from pipeline import configs
     from pipeline import local_runner
-    from pipeline import pipeline as pipeline_lib
+    from pipeline import definition as pipeline_lib
     from uniter_tf.data import sample_data
     from uniter_tf.extraction import toy_detector
 
@@ -186,18 +209,20 @@ def test_whole_pipeline_caption_edit_reruns_trainers_gate_and_pusher(tmp_path):
     detector = toy_detector.write_toy_detector(str(tmp_path / "detector"))
     metadata_path = str(tmp_path / "metadata.sqlite")
 
+    data = toy_data_config(tmp_path, data_root, detector)
+
     def run():
         pipeline = pipeline_lib.create_pipeline(
-                pipeline_name="uniter-fingerprint-all", pipeline_root=str(tmp_path / "root"), data_root=data_root,
-                serving_model_dir=str(tmp_path / "serving"), detector_path=detector,
-                model_overrides={**configs.MODEL_OVERRIDES, "region_feature_dim": toy_detector.FEATURE_DIM,
-                                 "num_soft_labels": toy_detector.NUM_CLASSES},
-                num_detector_classes=toy_detector.NUM_CLASSES, min_boxes=3, max_boxes=5,
-                pretrain_config={**configs.PRETRAIN_CONFIG, "warmup_steps": 1},
-                finetune_config={**configs.FINETUNE_CONFIG, "valid_steps": 2},
-                pretrain_steps=2, finetune_steps=2, eval_steps=1, batch_size=4,
+                pipeline_name="uniter-fingerprint-all", pipeline_root=str(tmp_path / "root"), data=data,
+                training=configs.TrainingConfig(
+                        model_overrides={**configs.MODEL_OVERRIDES, "region_feature_dim": toy_detector.FEATURE_DIM,
+                                         "num_soft_labels": toy_detector.NUM_CLASSES},
+                        pretrain_config={**configs.PRETRAIN_CONFIG, "warmup_steps": 1},
+                        finetune_config={**configs.FINETUNE_CONFIG, "valid_steps": 2},
+                        pretrain_steps=2, finetune_steps=2, eval_steps=1, batch_size=4),
+                serving_model_dir=str(tmp_path / "serving"),
                 # Nothing is blessed, so the resolver's baseline stays empty and a rerun is fully cached.
-                eval_lower_bounds={"itm_accuracy": 1.01}, eval_max_regression={},
+                gate=configs.GateConfig(lower_bounds={"itm_accuracy": 1.01}, max_regression={}),
                 beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
                 metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
                         metadata_path))
@@ -205,9 +230,10 @@ def test_whole_pipeline_caption_edit_reruns_trainers_gate_and_pusher(tmp_path):
         states = local_runner.node_states(metadata_path, "uniter-fingerprint-all")
         return {node: node_states[-1] for node, node_states in states.items()}
 
-    executed = ("CaptionExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "PretrainTrainer",
+    executed = ("CaptionExampleGen", "StatisticsGen", "ExampleValidator", "DataGate", "PretrainTrainer",
                 "FinetuneTrainer", "UniterEvaluator", "Pusher")
-    unchanged = ("ImageImporter", "RegionFeatureExtractor", "VqaExampleGen")
+    unchanged = ("ImageImporter", "RegionFeatureExtractor", "VqaExampleGen", "VqaStatisticsGen", "VqaExampleValidator",
+                 "SchemaGen", "VqaSchemaGen")
     first = run()
     assert {node: first[node] for node in executed + unchanged} == dict.fromkeys(executed + unchanged, "COMPLETE")
     _caption_edit(data_root)

@@ -16,7 +16,7 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 DATA_NODES = ("ImageImporter", "RegionFeatureExtractor", "CaptionExampleGen", "VqaExampleGen", "StatisticsGen",
-              "SchemaGen", "ExampleValidator")
+              "SchemaGen", "ExampleValidator", "VqaStatisticsGen", "VqaSchemaGen", "VqaExampleValidator", "DataGate")
 TRAINER_NODES = ("PretrainTrainer", "FinetuneTrainer")
 PIPELINE_NAME = "uniter-e2e"
 
@@ -42,22 +42,19 @@ def _run(tmp_path, serving_dir, include_pretraining=True, finetune_overrides=Non
 
     from pipeline import configs
     from pipeline import local_runner
-    from pipeline import pipeline as pipeline_lib
+    from pipeline import definition as pipeline_lib
 
     data_root = local_runner.ensure_sample_data(str(tmp_path / "data"), configs.SAMPLE_NUM_IMAGES)
     metadata_path = str(tmp_path / "metadata.sqlite")
     pipeline = pipeline_lib.create_pipeline(
-            pipeline_name=PIPELINE_NAME, pipeline_root=str(tmp_path / "root"), data_root=data_root,
-            serving_model_dir=serving_dir,
-            metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
-            beam_pipeline_args=configs.BEAM_PIPELINE_ARGS, model_preset=configs.MODEL_PRESET,
-            model_overrides=configs.MODEL_OVERRIDES, ground_truth_boxes=configs.GROUND_TRUTH_BOXES,
-            pretrain_config=configs.PRETRAIN_CONFIG,
-            finetune_config={**configs.FINETUNE_CONFIG, **(finetune_overrides or {})},
-            pretrain_steps=configs.PRETRAIN_TRAIN_STEPS, finetune_steps=configs.FINETUNE_TRAIN_STEPS,
-            eval_steps=configs.EVAL_STEPS, batch_size=configs.BATCH_SIZE,
-            eval_lower_bounds=configs.EVAL_LOWER_BOUNDS, eval_max_regression=configs.EVAL_MAX_REGRESSION,
-            include_pretraining=include_pretraining)
+            pipeline_name=PIPELINE_NAME, pipeline_root=str(tmp_path / "root"),
+            data=configs.data_config_from_env(data_root),
+            training=configs.training_config_from_env(
+                    include_pretraining=include_pretraining,
+                    finetune_config={**configs.FINETUNE_CONFIG, **(finetune_overrides or {})}),
+            serving_model_dir=serving_dir, gate=configs.gate_config_from_env(),
+            beam_pipeline_args=configs.BEAM_PIPELINE_ARGS,
+            metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path))
     tfx.orchestration.LocalDagRunner().run(pipeline)
     return local_runner.node_states(metadata_path, PIPELINE_NAME)
 

@@ -2,13 +2,13 @@
 
 ::
 
-    ImageFolder(images) ─► RegionFeatureExtractor ─┬─► UniterExampleGen (captions) ─► StatisticsGen ─► SchemaGen
-                                                │          │                         └──────────────► ExampleValidator
-                                                │          ├─► Trainer (pretrain, pretrain_module.run_fn)
-                                                │          │          │ base_model
-                                                └─► UniterExampleGen (VQA) ─► Trainer (fine-tune, finetune_module.run_fn)
-                                                                                     │
-              Resolver (LatestBlessedModelStrategy, reads MLMD) ─► baseline ─► UniterEvaluator ─► Pusher
+    ImageFolder(images) ─► RegionFeatureExtractor ─┬─► UniterExampleGen (captions) ─► StatisticsGen ──┐
+                                                   │                ImportSchemaGen (curated) ─► ExampleValidator ─┐
+                                                   └─► UniterExampleGen (VQA) ─► VqaStatisticsGen ───┐              │
+                                                                    ImportSchemaGen (curated) ─► VqaExampleValidator ─► DataGate
+    DataGate (stops the run on any anomaly; passes the schemas on) ─► Trainer (pretrain, captions)
+                                                                  └► Trainer (fine-tune, VQA, base_model = pretrain)
+    Resolver (LatestBlessedModelStrategy, reads MLMD) ─► baseline ─► UniterEvaluator ─► Pusher
 
 The caption records train pretraining and feed the gate's ITM / retrieval metrics, the VQA records train
 fine-tuning and the gate's VQA score. The data components run on Beam (``beam_pipeline_args`` select
@@ -20,8 +20,15 @@ the image folder's listing (names, sizes, mtimes) and the ground-truth boxes fil
 ExampleGens fingerprint their annotation files' content (components/input_fingerprint.py); a changed input
 re-runs its node and everything downstream.
 
-For the Kubeflow compile, ``runtime_parameters=True`` turns the data roots, the serving directory, the
-trainers' step counts and the gate's thresholds into ``RuntimeParameter`` s (:data:`RUNTIME_PARAMETERS`)
+The data contract: each example set is validated against its curated schema (``ImportSchemaGen`` of
+:attr:`DataConfig.caption_schema_file` / ``vqa_schema_file``, never a schema inferred from the data it
+checks); ``DataGate`` fails the run on any anomaly, before any Trainer, so nothing is trained, evaluated or
+pushed; the Trainers get the schema from the gate and check their first records against it
+(:mod:`pipeline.data_contract`). The Trainers import their ``run_fn`` from the installed package
+(:data:`PRETRAIN_RUN_FN`), so no user module is packaged.
+
+For the Kubeflow compile, ``RunnerConfig(runtime_parameters=True)`` turns the data roots, the schema files,
+the serving directory, the trainers' step counts and the gate's thresholds into ``RuntimeParameter`` s (:data:`RUNTIME_PARAMETERS`)
 whose defaults are the given values.
 """
 
@@ -29,20 +36,23 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Optional
 
 from tfx import v1 as tfx
 from tfx.dsl.components.base import base_beam_component
 
+from components.anomalies_gate.component import DataGate
 from components.artifacts import Images
 from components.image_folder import ImageFolder
 from components.region_feature_extractor.component import RegionFeatureExtractor
 from components.uniter_evaluator.component import UniterEvaluator
 from components.uniter_example_gen.component import UniterExampleGen
+from pipeline.configs import DataConfig, GateConfig, RunnerConfig, TrainingConfig
 
-PIPELINE_DIRECTORY = os.path.dirname(os.path.abspath(__file__))
-PRETRAIN_MODULE_FILE = os.path.join(PIPELINE_DIRECTORY, "pretrain_module.py")
-FINETUNE_MODULE_FILE = os.path.join(PIPELINE_DIRECTORY, "finetune_module.py")
+#: The Trainers' entry points, imported from the installed package (``pip install -e .`` here, the image's
+#: site-packages on Kubeflow).
+PRETRAIN_RUN_FN = "pipeline.pretrain_module.run_fn"
+FINETUNE_RUN_FN = "pipeline.finetune_module.run_fn"
 
 #: Node ids (stable: MLMD contexts and caching key on them).
 IMAGE_IMPORTER = "ImageImporter"
@@ -52,6 +62,10 @@ VQA_EXAMPLE_GEN = "VqaExampleGen"
 STATISTICS_GEN = "StatisticsGen"
 SCHEMA_GEN = "SchemaGen"
 EXAMPLE_VALIDATOR = "ExampleValidator"
+VQA_STATISTICS_GEN = "VqaStatisticsGen"
+VQA_SCHEMA_GEN = "VqaSchemaGen"
+VQA_EXAMPLE_VALIDATOR = "VqaExampleValidator"
+DATA_GATE = "DataGate"
 PRETRAIN_TRAINER = "PretrainTrainer"
 FINETUNE_TRAINER = "FinetuneTrainer"
 BLESSED_MODEL_RESOLVER = "LatestBlessedModelResolver"
@@ -65,6 +79,8 @@ RUNTIME_PARAMETERS = {
         "data_root": "folder of captions.json, vqa_questions.json, vqa_annotations.json",
         "images_root": "folder of the images (*.png)",
         "boxes_json": "ground-truth boxes file (only with ground_truth_boxes)",
+        "caption_schema_file": "curated schema (text proto) of the caption examples",
+        "vqa_schema_file": "curated schema (text proto) of the VQA examples",
         "push_destination": 'the Pusher\'s PushDestination JSON, {"filesystem": {"base_directory": DIR}}',
         "pretrain_train_args": 'pretraining TrainArgs JSON, {"num_steps": N}',
         "pretrain_eval_args": 'pretraining EvalArgs JSON, {"num_steps": N}',
@@ -82,15 +98,11 @@ def region_feature_dim(detector_path: Optional[str], num_classes: int) -> Dict[s
     classes; another detector must be described by the caller (``model_overrides``).
     """
     if detector_path is not None:
-        raise ValueError("with a custom detector, give model_overrides={'region_feature_dim': D, "
+        raise ValueError("with a custom detector, give TrainingConfig.model_overrides={'region_feature_dim': D, "
                          "'num_soft_labels': C} for its feature width and classes")
     from uniter_tf.extraction import ssd_mobilenet  # pylint: disable=import-outside-toplevel
 
     return {"region_feature_dim": int(sum(ssd_mobilenet.FEATURE_MAP_CHANNELS)), "num_soft_labels": int(num_classes)}
-
-
-def _trainer_code(module_file: str, run_fn: Optional[str]) -> Dict[str, str]:
-    return {"run_fn": run_fn} if run_fn else {"module_file": module_file}
 
 
 class _Parameters:
@@ -116,115 +128,65 @@ class _Parameters:
 def create_pipeline(
         pipeline_name: str,
         pipeline_root: str,
-        data_root: str,
+        data: DataConfig,
+        training: TrainingConfig,
         serving_model_dir: str,
         *,
-        metadata_connection_config=None,
+        gate: Optional[GateConfig] = None,
+        runner: Optional[RunnerConfig] = None,
         beam_pipeline_args: Optional[List[str]] = None,
+        metadata_connection_config=None,
         enable_cache: bool = True,
-        model_preset: str = "tiny",
-        model_overrides: Optional[Mapping[str, Any]] = None,
-        detector_path: Optional[str] = None,
-        num_detector_classes: int = 91,
-        ground_truth_boxes: bool = False,
-        min_boxes: int = 4,
-        max_boxes: int = 16,
-        eval_fraction: float = 0.25,
-        pretrain_steps: int = 20,
-        finetune_steps: int = 20,
-        eval_steps: int = 5,
-        batch_size: int = 8,
-        pretrain_config: Optional[Mapping[str, Any]] = None,
-        finetune_config: Optional[Mapping[str, Any]] = None,
-        eval_lower_bounds: Optional[Mapping[str, float]] = None,
-        eval_max_regression: Optional[Mapping[str, float]] = None,
-        pretrain_module_file: str = PRETRAIN_MODULE_FILE,
-        finetune_module_file: str = FINETUNE_MODULE_FILE,
-        pretrain_run_fn: Optional[str] = None,
-        finetune_run_fn: Optional[str] = None,
-        include_pretraining: bool = True,
-        include_training: bool = True,
-        images_root: Optional[str] = None,
-        boxes_json: Optional[str] = None,
-        runtime_parameters: bool = False,
-        trainer_resources=None,
-        fingerprint_images: bool = True,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline.
 
     Args:
         pipeline_name: the pipeline's name (MLMD context; the TFX CLI keys on it).
         pipeline_root: artifact root.
-        data_root: the raw data, laid out as ``uniter sample-data`` writes it: ``images/``,
-            ``captions.json`` (COCO), ``vqa_questions.json`` and ``vqa_annotations.json`` (VQA v2).
+        data: the raw data, the extraction and the curated schemas (:class:`pipeline.configs.DataConfig`).
+        training: both Trainers (:class:`pipeline.configs.TrainingConfig`).
         serving_model_dir: the Pusher's base directory (TF Serving layout ``<base>/<version>/``).
+        gate: the evaluator's thresholds (default: the evaluator's own defaults).
+        runner: orchestrator differences (runtime parameters, image fingerprinting); default: local.
+        beam_pipeline_args: Beam options, given to each Beam component (not to the Trainers or the gates).
         metadata_connection_config: MLMD connection (the local runner's SQLite); None for orchestrators
             that bring their own (Kubeflow / Vertex).
-        beam_pipeline_args: Beam options, given to each Beam component (not to the Trainers or the gate).
         enable_cache: skip components whose inputs and properties are unchanged (per MLMD).
-        model_preset: :class:`uniter_tf.config.UniterConfig` preset of both trainers.
-        model_overrides: fields changed on top of the preset; the region feature width and the number of
-            soft labels are derived from the detector when not given here.
-        detector_path: the extraction detector (None: the default SSD-MobileNet-v2).
-        num_detector_classes: its classes incl. background (the soft-label width).
-        ground_truth_boxes: pool the detector's features over the object boxes of ``data_root/boxes.json``
-            (as the official VCR / RefCOCO features) instead of its detections; each box keeps the class of
-            the detection that overlaps it (IoU >= 0.5), else background. For data whose objects the
-            detector does not find (the rendered sample shapes).
-        min_boxes: UNITER box rule minimum of the extraction.
-        max_boxes: UNITER box rule maximum of the extraction.
-        eval_fraction: share of images whose texts go to the eval split.
-        pretrain_steps: pretraining updates.
-        finetune_steps: fine-tuning updates.
-        eval_steps: validation batches of each trainer.
-        batch_size: examples per training batch.
-        pretrain_config: more ``custom_config`` for the pretraining run_fn.
-        finetune_config: more :class:`uniter_tf.training.finetune.FinetuneConfig` fields.
-        eval_lower_bounds: the gate's value thresholds (metric → minimum).
-        eval_max_regression: the gate's change thresholds (metric → largest drop vs. the last blessed model).
-        pretrain_module_file: the pretraining Trainer's module (TFX packages it; its content is part of
-            the cache key).
-        finetune_module_file: the fine-tuning Trainer's module.
-        pretrain_run_fn: instead of the module file, the import path of the pretraining ``run_fn``
-            (``pipeline.pretrain_module.run_fn``), for images that install the project (Kubeflow).
-        finetune_run_fn: the same for fine-tuning.
-        include_pretraining: False leaves out the pretraining Trainer; fine-tuning then starts from a
-            randomly initialised backbone (for checkouts without a pretraining module; the demo says so).
-        include_training: False stops after the data components (images to validated examples): a
-            data-only run, e.g. to check a data refresh and its caching.
-        images_root: the image folder (default ``data_root/images``).
-        boxes_json: the ground-truth boxes file (default ``data_root/boxes.json``; read with
-            ``ground_truth_boxes``).
-        runtime_parameters: make the values named in :data:`RUNTIME_PARAMETERS` Kubeflow runtime
-            parameters (defaults: the values given here). For the Kubeflow V2 compile; the local runner
-            takes plain values.
-        trainer_resources: a KFP ``ResourceSpec`` (CPU, memory, accelerator) for both Trainers' containers
-            (Kubeflow V2 / Vertex; ignored by the local runner).
-        fingerprint_images: bring the images in with :class:`ImageFolder` (its driver puts the folder's
-            listing into the cache key; the ``Images`` artifact points at the folder). False: with
-            ``tfx.dsl.Importer`` (the Kubeflow compile: Kubeflow V2 runs no custom drivers and compiles the
-            Importer to its native importer, whose URI may be a runtime parameter).
 
     Returns:
         The ``tfx.dsl.Pipeline``.
+
+    Raises:
+        TypeError: a config argument of the wrong type (e.g. the former keyword arguments).
+        ValueError: a bad model override, or a custom detector without its feature width.
     """
     from uniter_tf.config import UniterConfig  # pylint: disable=import-outside-toplevel
 
-    overrides = dict(model_overrides or {})
+    for name, value, expected in (("data", data, DataConfig), ("training", training, TrainingConfig),
+                                  ("gate", gate, (GateConfig, type(None))),
+                                  ("runner", runner, (RunnerConfig, type(None)))):
+        if not isinstance(value, expected):
+            raise TypeError(f"create_pipeline: {name} must be a pipeline.configs."
+                            f"{expected.__name__ if isinstance(expected, type) else expected[0].__name__}, "
+                            f"got {type(value).__name__}")
+    gate = gate or GateConfig()
+    runner = runner or RunnerConfig()
+    overrides = dict(training.model_overrides or {})
     if "region_feature_dim" not in overrides or "num_soft_labels" not in overrides:
-        derived = region_feature_dim(detector_path, num_detector_classes)
+        derived = region_feature_dim(data.detector_path, data.num_detector_classes)
         for key, value in derived.items():
             overrides.setdefault(key, value)
-    UniterConfig.from_preset(model_preset, **overrides)  # fail at definition time on a bad override
+    UniterConfig.from_preset(training.model_preset, **overrides)  # fail at definition time on a bad override
     # Both trainers get the same preset and overrides, so they build identical backbones.
-    model_settings: Dict[str, Any] = {"model_config": model_preset, "model_overrides": overrides}
+    model_settings: Dict[str, Any] = {"model_config": training.model_preset, "model_overrides": overrides}
 
-    parameter = _Parameters(runtime_parameters)
-    images_root = images_root or os.path.join(data_root, "images")
-    boxes_json = (boxes_json or os.path.join(data_root, "boxes.json")) if ground_truth_boxes else None
+    parameter = _Parameters(runner.runtime_parameters)
+    data_root = data.data_root
+    images_root = data.images_root or os.path.join(data_root, "images")
+    boxes_json = (data.boxes_json or os.path.join(data_root, "boxes.json")) if data.ground_truth_boxes else None
     if boxes_json is not None:
         boxes_json = parameter("boxes_json", boxes_json)
-    if fingerprint_images:
+    if runner.fingerprint_images:
         # The images and their boxes are fingerprinted (an Importer reuses its artifact for the same URI).
         image_importer = ImageFolder(source_uri=parameter("images_root", images_root), pattern="*.png",
                                      boxes_json=boxes_json).with_id(IMAGE_IMPORTER)
@@ -234,17 +196,17 @@ def create_pipeline(
                 source_uri=parameter("images_root", images_root), artifact_type=Images).with_id(IMAGE_IMPORTER)
         images = image_importer.outputs["result"]
     feature_extractor = RegionFeatureExtractor(
-            images=images, image_pattern="*.png", detector_path=detector_path,
-            num_classes=num_detector_classes, min_boxes=min_boxes, max_boxes=max_boxes,
+            images=images, image_pattern="*.png", detector_path=data.detector_path,
+            num_classes=data.num_detector_classes, min_boxes=data.min_boxes, max_boxes=data.max_boxes,
             boxes_json=boxes_json,
     ).with_id(FEATURE_EXTRACTOR)
     ingest_options = {
             "feature_dim": overrides["region_feature_dim"],
-            "eval_fraction": eval_fraction,
+            "eval_fraction": data.eval_fraction,
             # The extraction already applied the UNITER box rule; keep every stored region.
             "conf_threshold": None,
-            "min_boxes": min_boxes,
-            "max_boxes": max_boxes,
+            "min_boxes": data.min_boxes,
+            "max_boxes": data.max_boxes,
             # COCO / VQA annotations name images by number, the extracted records by file name.
             "image_key_mode": "numeric",
     }
@@ -259,50 +221,68 @@ def create_pipeline(
             input_base=input_base, features=feature_extractor.outputs["region_features"],
             ingest_options=ingest_options).with_id(VQA_EXAMPLE_GEN)
 
-    statistics_gen = tfx.components.StatisticsGen(
-            examples=caption_example_gen.outputs["examples"]).with_id(STATISTICS_GEN)
-    schema_gen = tfx.components.SchemaGen(
-            statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False).with_id(SCHEMA_GEN)
-    example_validator = tfx.components.ExampleValidator(
-            statistics=statistics_gen.outputs["statistics"],
-            schema=schema_gen.outputs["schema"]).with_id(EXAMPLE_VALIDATOR)
+    # The data contract: each example set's statistics are validated against its curated schema (imported,
+    # never inferred from the data it checks), and the gate stops the run on any anomaly.
+    contract = {}
+    for name, example_gen, schema_file, ids in (
+            ("caption", caption_example_gen, data.caption_schema_file,
+             (STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR)),
+            ("vqa", vqa_example_gen, data.vqa_schema_file,
+             (VQA_STATISTICS_GEN, VQA_SCHEMA_GEN, VQA_EXAMPLE_VALIDATOR))):
+        statistics_gen = tfx.components.StatisticsGen(
+                examples=example_gen.outputs["examples"]).with_id(ids[0])
+        schema_gen = tfx.components.ImportSchemaGen(
+                schema_file=parameter(f"{name}_schema_file", schema_file)).with_id(ids[1])
+        example_validator = tfx.components.ExampleValidator(
+                statistics=statistics_gen.outputs["statistics"],
+                schema=schema_gen.outputs["schema"]).with_id(ids[2])
+        contract[name] = (statistics_gen, schema_gen, example_validator)
+    data_gate = DataGate(
+            caption_anomalies=contract["caption"][2].outputs["anomalies"],
+            vqa_anomalies=contract["vqa"][2].outputs["anomalies"],
+            caption_schema=contract["caption"][1].outputs["schema"],
+            vqa_schema=contract["vqa"][1].outputs["schema"]).with_id(DATA_GATE)
 
-    data_components = [image_importer, feature_extractor, caption_example_gen, vqa_example_gen, statistics_gen,
-                       schema_gen, example_validator]
-    if not include_training:
+    data_components = [image_importer, feature_extractor, caption_example_gen, vqa_example_gen,
+                       *contract["caption"], *contract["vqa"], data_gate]
+    if not training.enabled:
         # Nothing downstream is even constructed: a consumer registers itself on its producers.
         return _assemble(pipeline_name, pipeline_root, data_components, enable_cache, metadata_connection_config,
                          beam_pipeline_args)
 
     pretrain_trainer = None
-    if include_pretraining:
-        pretrain_custom_config = {**model_settings, "batch_size": batch_size}
-        pretrain_custom_config.update(pretrain_config or {})
+    if training.include_pretraining:
+        pretrain_custom_config = {**model_settings, "batch_size": training.batch_size}
+        pretrain_custom_config.update(training.pretrain_config or {})
         pretrain_trainer = tfx.components.Trainer(
-                **_trainer_code(pretrain_module_file, pretrain_run_fn),
+                # By import path from the installed package: no module file is packaged (no setuptools run,
+                # and the cache key does not change when an unrelated file of pipeline/ does).
+                run_fn=PRETRAIN_RUN_FN,
                 examples=caption_example_gen.outputs["examples"],
-                schema=schema_gen.outputs["schema"],
-                train_args=parameter.steps("pretrain_train_args", pretrain_steps, tfx.proto.TrainArgs),
-                eval_args=parameter.steps("pretrain_eval_args", eval_steps, tfx.proto.EvalArgs),
+                schema=data_gate.outputs["caption_schema_out"],
+                train_args=parameter.steps("pretrain_train_args", training.pretrain_steps, tfx.proto.TrainArgs),
+                eval_args=parameter.steps("pretrain_eval_args", training.eval_steps, tfx.proto.EvalArgs),
                 custom_config=pretrain_custom_config).with_id(PRETRAIN_TRAINER)
 
+    finetune_steps = training.finetune_steps
     finetune_custom_config = {
             "task": "vqa",
             **model_settings,
-            "train_batch_size": batch_size,
-            "eval_batch_size": batch_size,
+            "train_batch_size": training.batch_size,
+            "eval_batch_size": training.batch_size,
             "learning_rate": 5e-4,
             "warmup_steps": max(1, finetune_steps // 10),
             "valid_steps": finetune_steps,
             "log_every": max(1, finetune_steps // 4),
     }
-    finetune_custom_config.update(finetune_config or {})
+    finetune_custom_config.update(training.finetune_config or {})
     finetune_trainer = tfx.components.Trainer(
-            **_trainer_code(finetune_module_file, finetune_run_fn),
+            run_fn=FINETUNE_RUN_FN,
             examples=vqa_example_gen.outputs["examples"],
+            schema=data_gate.outputs["vqa_schema_out"],
             base_model=pretrain_trainer.outputs["model"] if pretrain_trainer is not None else None,
             train_args=parameter.steps("finetune_train_args", finetune_steps, tfx.proto.TrainArgs),
-            eval_args=parameter.steps("finetune_eval_args", eval_steps, tfx.proto.EvalArgs),
+            eval_args=parameter.steps("finetune_eval_args", training.eval_steps, tfx.proto.EvalArgs),
             custom_config=finetune_custom_config).with_id(FINETUNE_TRAINER)
 
     # The last blessed model of this pipeline, looked up in ML Metadata, is the gate's baseline.
@@ -316,17 +296,17 @@ def create_pipeline(
             task_examples=vqa_example_gen.outputs["examples"],
             model=finetune_trainer.outputs["model"],
             baseline_model=blessed_model_resolver.outputs["model"],
-            lower_bounds=eval_lower_bounds,
-            max_regression=eval_max_regression,
+            lower_bounds=None if gate.lower_bounds is None else dict(gate.lower_bounds),
+            max_regression=None if gate.max_regression is None else dict(gate.max_regression),
             batch_size=32).with_id(EVALUATOR)
-    if runtime_parameters:
+    if runner.runtime_parameters:
         # UniterEvaluator takes the thresholds as mappings and stores them as JSON strings; the runtime
         # parameters replace those strings (same format, defaults unchanged).
         for key in ("lower_bounds", "max_regression"):
             evaluator.exec_properties[key] = parameter(f"eval_{key}", evaluator.exec_properties[key])
     push_destination = tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir))
-    if runtime_parameters:
+    if runner.runtime_parameters:
         push_destination = parameter("push_destination", json.dumps(
                 {"filesystem": {"base_directory": serving_model_dir}}))
     pusher = tfx.components.Pusher(
@@ -334,10 +314,10 @@ def create_pipeline(
             model_blessing=evaluator.outputs["blessing"],
             push_destination=push_destination,
     ).with_id(PUSHER)
-    if trainer_resources is not None:
+    if training.resources is not None:
         for trainer in (pretrain_trainer, finetune_trainer):
             if trainer is not None:
-                trainer.with_platform_config(trainer_resources)
+                trainer.with_platform_config(training.resources)
 
     components = data_components + [pretrain_trainer, finetune_trainer, blessed_model_resolver, evaluator, pusher]
     return _assemble(pipeline_name, pipeline_root, [component for component in components if component is not None],

@@ -1,0 +1,1 @@
+"""Gate that refuses to train on data the ExampleValidator found anomalies in."""

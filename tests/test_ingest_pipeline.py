@@ -84,6 +84,7 @@ def test_every_bad_input_is_a_dead_letter_and_every_good_record_arrives(tmp_path
     np.testing.assert_allclose(record["region_boxes"][:, 2], source["norm_bb"][:11, 2] * 640, rtol=1e-5)
     assert record["soft_labels"].shape == (11, data.NUM_CLASSES)
     assert len(records["coco_9905"][1]["token_ids"]) == 60
+    assert {record["task"] for _, record in records.values()} == {b"caption"}  # the record's task field
     # All texts of one image land in the same split.
     assert records["coco_100"][0] == records["coco_101"][0]
 
@@ -163,6 +164,7 @@ def test_nlvr2_pairs_written_only_when_both_images_are_good(tmp_path):
     by_id = {record["example_id"].decode(): record for record in records}
     assert by_id["dev-1-0-1#img1"]["image_id"] == b"dev-1-0-img1" and by_id["dev-1-0-1#img1"]["label"] == 1
     assert by_id["dev-1-0-0#img0"]["label"] == 0
+    assert {record["task"] for record in records} == {b"nlvr2"}
     # img_db has no image size: boxes stay normalised and the size is recorded as 1x1 (and counted).
     assert (by_id["dev-1-0-0#img0"]["image_height"], by_id["dev-1-0-0#img0"]["image_width"]) == (1, 1)
     assert result.counts[dead_letter.UNKNOWN_IMAGE_SIZE] == 4
@@ -209,6 +211,7 @@ def test_cli_ingests_vqa_with_soft_scores(tmp_path, capsys):
     assert records[b"vqa_90"]["answer_scores"] == pytest.approx([0.6])
     assert records[b"vqa_250"]["answer_labels"].tolist() == [0]
     assert records[b"vqa_250"]["answers"][0] == b"2"
+    assert records[b"vqa_90"]["task"] == records[b"vqa_250"]["task"] == b"vqa"
     assert (records[b"vqa_250"]["image_height"], records[b"vqa_250"]["image_width"]) == (480, 640)
 
 

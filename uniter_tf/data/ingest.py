@@ -223,7 +223,7 @@ def build_example(record, item: readers_lib.TextItem, slot: int):
             soft_labels=record.soft_labels, example_id=example_id, text=item.text,
             token_ids=list(item.token_ids or ()), answers=item.answers,
             answer_labels=item.answer_labels, answer_scores=item.answer_scores, label=item.label,
-            target_box=item.target_box)
+            target_box=item.target_box, task=item.task)
     return example, used_unit_size
 
 

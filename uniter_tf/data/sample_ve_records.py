@@ -80,7 +80,7 @@ def write_sample_ve_records(sample_dir: str, output_dir: str, model_config, *, n
                 writer.write(schema.make_example(
                         image_id=image_file, region_features=features, region_boxes=region_boxes,
                         image_height=height, image_width=width, example_id=item.example_id, text=item.text,
-                        token_ids=token_ids, label=item.label))
+                        token_ids=token_ids, label=item.label, task=schema.TASK_SNLI_VE))
                 counts[label_names[item.label]] += 1
         result[split] = list(writer.paths)
         result["counts"][split] = counts

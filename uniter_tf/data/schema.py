@@ -36,6 +36,20 @@ ANSWER_LABELS = "answer_labels"
 ANSWER_SCORES = "answer_scores"
 LABEL = "label"
 TARGET_BOX = "target_box"
+TASK = "task"
+
+#: The values of ``task``: which task family a text record belongs to. Every reader and writer of text
+#: records sets it, so consumers (the evaluator, the fine-tuning inputs) read what a record is for
+#: instead of guessing from which optional fields happen to be present. ``caption`` covers every
+#: image-text pair used as a caption (COCO, Flickr30k, CC, SBU and the Visual Genome region phrases, as
+#: in the official pretraining).
+TASK_CAPTION = "caption"
+TASK_VQA = "vqa"
+TASK_SNLI_VE = "snli_ve"
+TASK_NLVR2 = "nlvr2"
+TASK_REFCOCO = "refcoco"
+TASK_VCR = "vcr"
+TASKS = (TASK_CAPTION, TASK_VQA, TASK_SNLI_VE, TASK_NLVR2, TASK_REFCOCO, TASK_VCR)
 
 #: The per-image fields (what region-feature extraction writes; repeated in every text record).
 IMAGE_FEATURE_KEYS = (
@@ -44,7 +58,7 @@ IMAGE_FEATURE_KEYS = (
 )
 #: The per-text-item fields.
 TEXT_FEATURE_KEYS = (
-        EXAMPLE_ID, TEXT, TOKEN_IDS, ANSWERS, ANSWER_LABELS, ANSWER_SCORES, LABEL, TARGET_BOX,
+        EXAMPLE_ID, TEXT, TOKEN_IDS, ANSWERS, ANSWER_LABELS, ANSWER_SCORES, LABEL, TARGET_BOX, TASK,
 )
 ALL_FEATURE_KEYS = IMAGE_FEATURE_KEYS + TEXT_FEATURE_KEYS
 #: Fields every record must carry.
@@ -67,6 +81,13 @@ def _to_bytes(value: StrOrBytes, field: str, record: str) -> bytes:
     if isinstance(value, np.bytes_):
         return bytes(value)
     raise TypeError(f"{field} of record {record!r} must be str or bytes, got {type(value).__name__}")
+
+
+def _task_bytes(task: StrOrBytes, record: str) -> bytes:
+    value = _to_bytes(task, TASK, record)
+    if value.decode("utf-8", "replace") not in TASKS:
+        raise ValueError(f"{TASK} of record {record!r} must be one of {TASKS}, got {value!r}")
+    return value
 
 
 def _float16_bytes(array: np.ndarray, field: str, record: str) -> bytes:
@@ -103,6 +124,7 @@ def make_example(
         answer_scores: Optional[Sequence[float]] = None,
         label: Optional[int] = None,
         target_box: Optional[Sequence[float]] = None,
+        task: Optional[str] = None,
 ):
     """Builds a canonical ``tf.train.Example`` from numpy arrays.
 
@@ -124,6 +146,9 @@ def make_example(
         answer_scores: VQA soft scores.
         label: NLVR2 / SNLI-VE / ITM class (>= 0).
         target_box: RefCOCO target ``[x1, y1, x2, y2]`` in pixels.
+        task: the record's task family, one of :data:`TASKS`; every text record should carry it (records
+            written before the field existed have none, see
+            :func:`uniter_tf.evaluation.records.record_task`).
 
     Returns:
         The ``tf.train.Example``.
@@ -223,6 +248,8 @@ def make_example(
         if box.shape != (4,) or not np.all(np.isfinite(box)):
             raise ValueError(f"{TARGET_BOX} of record {record!r} must be 4 finite numbers, got {box.tolist()}")
         feature[TARGET_BOX] = float_feature(box)
+    if task is not None:
+        feature[TASK] = bytes_feature([_task_bytes(task, record)])
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
@@ -298,6 +325,7 @@ def feature_spec() -> Dict[str, Any]:
             ANSWER_SCORES: sequence(tf.float32),
             LABEL: scalar(tf.int64, NO_LABEL),
             TARGET_BOX: sequence(tf.float32),
+            TASK: scalar(tf.string, b""),
     }
 
 
@@ -315,7 +343,8 @@ def parse_and_decode(serialized, feature_dim: Optional[int] = None, num_soft_lab
         ``num_regions``, ``feature_dim``, ``num_soft_labels``, ``image_height``, ``image_width``, ``label``
         (int32 scalars); ``region_features [n, D]``, ``region_positions [n, 7]``, ``region_boxes [n, 4]``,
         ``soft_labels [n, C]`` (float32); ``answers [k]`` string, ``answer_labels [k]`` int32,
-        ``answer_scores [k]`` float32; ``target_box`` float32 ``[4]`` (``[0]`` when absent).
+        ``answer_scores [k]`` float32; ``target_box`` float32 ``[4]`` (``[0]`` when absent); ``task``
+        (string scalar, ``b""`` when the record has none).
 
     Raises:
         tf.errors.InvalidArgumentError at run time: a blob or list does not match ``num_regions``,
@@ -398,6 +427,7 @@ def parse_and_decode(serialized, feature_dim: Optional[int] = None, num_soft_lab
             ANSWER_SCORES: parsed[ANSWER_SCORES],
             LABEL: tf.cast(parsed[LABEL], tf.int32),
             TARGET_BOX: parsed[TARGET_BOX],
+            TASK: parsed[TASK],
     }
 
 
@@ -475,6 +505,11 @@ def decode_example(example) -> Dict[str, Any]:
     for key in (EXAMPLE_ID, TEXT):
         if key in feature_map:
             decoded[key] = scalar_bytes(key)
+    if TASK in feature_map:
+        task = scalar_bytes(TASK, b"")
+        if task.decode("utf-8", "replace") not in TASKS:
+            raise ValueError(f"{TASK} of record {record!r} must be one of {TASKS}, got {task!r}")
+        decoded[TASK] = task
     if TOKEN_IDS in feature_map:
         decoded[TOKEN_IDS] = np.asarray(feature_map[TOKEN_IDS].int64_list.value, np.int64)
     if ANSWERS in feature_map:
@@ -506,7 +541,8 @@ def image_fields(decoded: Mapping[str, Any]) -> Dict[str, Any]:
 __all__ = [
         "EXAMPLE_ID", "IMAGE_ID", "TEXT", "TOKEN_IDS", "NUM_REGIONS", "FEATURE_DIM", "REGION_FEATURES",
         "REGION_POSITIONS", "REGION_BOXES", "IMAGE_HEIGHT", "IMAGE_WIDTH", "NUM_SOFT_LABELS", "SOFT_LABELS",
-        "ANSWERS", "ANSWER_LABELS", "ANSWER_SCORES", "LABEL", "TARGET_BOX", "IMAGE_FEATURE_KEYS",
+        "ANSWERS", "ANSWER_LABELS", "ANSWER_SCORES", "LABEL", "TARGET_BOX", "TASK", "TASKS", "TASK_CAPTION",
+        "TASK_VQA", "TASK_SNLI_VE", "TASK_NLVR2", "TASK_REFCOCO", "TASK_VCR", "IMAGE_FEATURE_KEYS",
         "TEXT_FEATURE_KEYS", "ALL_FEATURE_KEYS", "NO_LABEL", "FLOAT16_MAX", "make_example",
         "merge_image_features", "feature_spec", "parse_and_decode", "decode_example", "image_fields",
 ]

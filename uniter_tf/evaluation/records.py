@@ -7,9 +7,10 @@ exactly :func:`uniter_tf.data.schema.merge_image_features` without building mess
 caption can be paired with any gallery image at the cost of one ``bytes`` concatenation. Region
 features (the bulk of a record) are therefore held once per image, never once per text or per pair.
 
-A record's task decides what it is evaluated for (:func:`record_task`), never whether it happens to
-have in-vocabulary answer labels: a VQA question whose human answers are all outside the answer
-vocabulary has an empty label list and still is a question (it scores 0, spec §5.1).
+A record's task decides what it is evaluated for (:func:`record_task`: the record's ``task`` field),
+never whether it happens to have in-vocabulary answer labels: a VQA question whose human answers are
+all outside the answer vocabulary has an empty label list and still is a question (it scores 0, spec
+§5.1), and a caption that carries a ``label`` is still a caption.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ CAPTION = "caption"
 VQA = "vqa"
 #: Records of other tasks (NLVR2 / SNLI-VE labels, RefCOCO boxes): not evaluated here, only counted.
 OTHER = "other"
+#: A record's ``task`` field → what it is evaluated as (the tasks not listed are :data:`OTHER`).
+_EVALUATED_TASKS = {schema.TASK_CAPTION.encode(): CAPTION, schema.TASK_VQA.encode(): VQA}
 
 #: Fields only VQA question records carry; the VQA reader writes them for every annotated question,
 #: with empty label / score lists when no human answer is in the vocabulary.
@@ -40,15 +43,44 @@ FilePatterns = Union[str, Sequence[str]]
 def record_task(example) -> str:
     """The task of a canonical record with text: :data:`VQA`, :data:`CAPTION` or :data:`OTHER`.
 
-    The canonical schema has no task field, so the task is read off the fields only that task's reader
-    writes: the VQA answer fields (present, possibly empty, in every annotated question) or the VQA
-    reader's ``vqa_`` example id (unannotated questions); a class ``label`` or a ``target_box``
-    (NLVR2, SNLI-VE, RefCOCO); otherwise the record is a caption.
+    A record with a ``task`` field (:data:`uniter_tf.data.schema.TASK`, written by every reader and
+    record writer) is what that field says: ``caption`` → :data:`CAPTION`, ``vqa`` → :data:`VQA`, any
+    other task → :data:`OTHER`, whatever optional fields it carries.
+
+    Records written before the field existed have none; their task is inferred as before, from the
+    fields only that task's reader writes: the VQA answer fields (present, possibly empty, in every
+    annotated question) or the VQA reader's ``vqa_`` example id (unannotated questions); a class
+    ``label`` or a ``target_box`` (NLVR2, SNLI-VE, RefCOCO; also Visual Genome region phrases, which
+    old records cannot tell from RefCOCO); otherwise the record is a caption.
 
     Args:
         example: a ``tf.train.Example``.
+
+    Raises:
+        ValueError: the ``task`` field holds a value outside :data:`uniter_tf.data.schema.TASKS`.
     """
     feature_map = example.features.feature
+    tasks = feature_map[schema.TASK].bytes_list.value if schema.TASK in feature_map else ()
+    if tasks:
+        task = tasks[0]
+        if task.decode("utf-8", "replace") not in schema.TASKS:
+            raise ValueError(f"record {_record_name(example)!r}: {schema.TASK} must be one of {schema.TASKS}, "
+                             f"got {task!r}")
+        return _EVALUATED_TASKS.get(task, OTHER)
+    return _inferred_task(feature_map)
+
+
+def _record_name(example) -> str:
+    feature_map = example.features.feature
+    for key in (schema.EXAMPLE_ID, schema.IMAGE_ID):
+        values = feature_map[key].bytes_list.value if key in feature_map else ()
+        if values:
+            return values[0].decode("utf-8", "replace")
+    return "?"
+
+
+def _inferred_task(feature_map) -> str:
+    """:func:`record_task` of a record without a ``task`` field (written before it existed)."""
     if any(key in feature_map for key in _VQA_FIELDS):
         return VQA
     ids = feature_map[schema.EXAMPLE_ID].bytes_list.value if schema.EXAMPLE_ID in feature_map else ()

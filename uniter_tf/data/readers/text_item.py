@@ -23,6 +23,9 @@ class TextItem:
         image_size: ``(height, width)`` of the (first) image when the annotations give it.
         token_ids: WordPiece ids without [CLS]/[SEP], filled by the ingest pipeline.
         source: where the item came from (``path:line`` or ``path``), for dead letters.
+        task: the task family, one of :data:`uniter_tf.data.schema.TASKS` (written to the record's
+            ``task`` field); :func:`uniter_tf.data.readers.read_task` fills it from the annotation format
+            (:data:`uniter_tf.data.readers.FORMAT_TASKS`) when a reader leaves it ``None``.
     """
 
     example_id: str
@@ -37,3 +40,4 @@ class TextItem:
     image_size: Optional[Tuple[int, int]] = None
     token_ids: Optional[Tuple[int, ...]] = None
     source: str = ""
+    task: Optional[str] = None

@@ -281,6 +281,46 @@ class ExperimentConfig:
         except ValueError as error:
             raise ValueError(f"{self.source}: {error}") from None
 
+    def to_finetune_config(self):
+        """The same run as a flat :class:`~uniter_tf.training.finetune.FinetuneConfig` (``FinetuneRun``'s
+        format): the common task keys and the trainer / runtime fields under their flat names, the task's
+        own keys (``answer_vocabulary_file``, ...) in ``task_config``.
+
+        Raises:
+            ValueError: a pretraining experiment, an ``init`` other than scratch / pretrained, or
+                ``checkpoint_every`` different from ``eval_every`` (the flat format ties them as
+                ``valid_steps``).
+        """
+        from uniter_tf.training.finetune import FinetuneConfig  # pylint: disable=import-outside-toplevel
+
+        if self.task_name == "pretraining":
+            raise ValueError(f"{self.source}: a pretraining experiment has no flat FinetuneConfig")
+        params = self.task_params
+        init = params.pop("init", "scratch")
+        init_path = params.pop("init_path", "")
+        if init not in ("scratch", "pretrained"):
+            raise ValueError(f"{self.source}: task.init={init!r} has no flat FinetuneConfig (only scratch and "
+                             "pretrained); train it with `uniter train`")
+        trainer = self.trainer
+        valid_steps = trainer.eval_every or trainer.num_train_steps
+        if trainer.checkpoint_every != valid_steps:
+            raise ValueError(f"{self.source}: the flat FinetuneConfig checkpoints at every evaluation; "
+                             f"trainer.checkpoint_every={trainer.checkpoint_every} differs from eval_every={valid_steps}")
+        run_keys = ("model_overrides", "train_files", "eval_files", "train_batch_size", "eval_batch_size",
+                    "max_text_length", "dropout")
+        values = {key: params.pop(key) for key in run_keys if key in params}
+        if "model" in params:
+            values["model_config"] = params.pop("model")
+        flat_trainer = {key: value for key, value in trainer.to_dict().items()
+                        if key not in ("checkpoint_every", "eval_every", "eval_batches")}
+        try:
+            return FinetuneConfig.from_dict({
+                    "task": self.task_name, "task_config": params, **values,
+                    "pretrained_checkpoint": init_path if init == "pretrained" else None, **flat_trainer,
+                    "valid_steps": valid_steps, "max_eval_batches": trainer.eval_batches, **self.runtime.to_dict()})
+        except ValueError as error:
+            raise ValueError(f"{self.source}: {error}") from None
+
     def build_task(self):
         """The task: ``uniter_tf.tasks.get_task(task.name, **task params)``.
 
@@ -303,7 +343,9 @@ class ExperimentConfig:
         """
         from uniter_tf.training.trainer import Trainer  # pylint: disable=import-outside-toplevel
 
-        return Trainer(self.build_task(), self.trainer, self.runtime, strategy=strategy, log=log)
+        # The run record (stored with the task's run files, e.g. finetune_config.json) is this experiment.
+        return Trainer(self.build_task(), self.trainer, self.runtime, strategy=strategy, log=log,
+                       run_record=self.to_dict())
 
 
 def _names(keys: Sequence[str]) -> str:

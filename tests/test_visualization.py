@@ -166,3 +166,34 @@ def test_cli_visualize_converted_model_dir(tmp_path, capsys):
                                                str(tmp_path / "direct"), caption=caption, layers=[])
     assert summary["ot_distance"] == pytest.approx(expected["ot_distance"], abs=1e-5)
     assert expected["attention_pngs"] == []
+
+
+def test_regions_and_pngs_on_a_non_local_filesystem(tmp_path, monkeypatch):
+    """Inputs and outputs go through tf.io.gfile: a ram:// npz is read and the PNGs land in ram://."""
+    import io
+    import uuid
+
+    import tensorflow as tf
+
+    # A local-disk call (os.makedirs, open, savefig) on "ram://x" would create ./ram:/x here.
+    monkeypatch.chdir(tmp_path)
+    root = f"ram://visualization-{uuid.uuid4().hex}"
+    buffer = io.BytesIO()
+    np.savez(buffer, features=np.ones((len(BOXES), 8), np.float32), boxes=BOXES, image_height=480, image_width=640)
+    tf.io.gfile.makedirs(root)
+    with tf.io.gfile.GFile(f"{root}/regions.npz", "wb") as handle:
+        handle.write(buffer.getvalue())
+    regions = visualization.load_regions_npz(f"{root}/regions.npz")
+    assert regions.num_regions == 4 and regions.labels()[1] == "r1 (50,60)-(300,400)"
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        visualization.load_regions_npz(f"{root}/missing.npz")
+
+    attention = np.random.default_rng(3).dirichlet(np.ones(5), size=(1, 2, 5))
+    paths = visualization.plot_attention_maps(attention, ["[CLS]", "a", "[SEP]", "r0", "r1"], 3, f"{root}/maps")
+    plan = visualization.plot_transport_plan(np.full((3, 2), 1 / 6), ["[CLS]", "a", "[SEP]"], ["r0", "r1"],
+                                             f"{root}/maps/plan.png")
+    for path in paths + [plan]:
+        assert path.startswith(root)
+        with tf.io.gfile.GFile(path, "rb") as handle:
+            assert handle.read(8) == PNG_MAGIC
+    assert not any(tmp_path.iterdir()), "a ram:// path was written to the local disk"

@@ -17,6 +17,7 @@ token and region vectors, as in the official ITM+WRA loss (``[CLS]``/``[SEP]`` i
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -91,9 +92,13 @@ def load_regions_npz(path: str) -> RegionInputs:
     """
     from uniter_tf.data import boxes as boxes_lib
 
-    if not os.path.isfile(path):
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
         raise FileNotFoundError(f"regions file {path!r} does not exist")
-    with np.load(path, allow_pickle=False) as archive:
+    with tf.io.gfile.GFile(path, "rb") as handle:  # any tf.io.gfile filesystem, not only the local disk
+        content = io.BytesIO(handle.read())
+    with np.load(content, allow_pickle=False) as archive:
         feature_key = _first_key(archive, ("features", "region_features"))
         if feature_key is None:
             raise ValueError(f"{path}: no 'features' (or 'region_features') array; it has {archive.files}")
@@ -202,6 +207,16 @@ def _new_figure(width: float, height: float):
     return figure
 
 
+def _save_figure(figure, path: str) -> None:
+    """Writes ``figure`` as a PNG through ``tf.io.gfile`` (the output may be on ``gs://`` or ``ram://``)."""
+    import tensorflow as tf
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    with tf.io.gfile.GFile(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+
+
 def _label_font_size(count: int) -> float:
     return float(np.clip(300.0 / max(count, 1), 4.0, 9.0))
 
@@ -279,7 +294,7 @@ def plot_attention_layer(probabilities: np.ndarray, labels: Sequence[str], text_
     # Placed above the top row (rows * panel inches tall plus a margin) so it never covers a panel title.
     figure.suptitle(f"{title}\ntext block (blue, {text_length}) | region block (red, {length - text_length})",
                     fontsize=10, y=1.0 + 0.35 / (rows * panel + 0.9))
-    figure.savefig(path, bbox_inches="tight")
+    _save_figure(figure, path)
     return path
 
 
@@ -300,13 +315,15 @@ def plot_attention_maps(attention_probs: np.ndarray, labels: Sequence[str], text
     Returns:
         The written paths.
     """
+    import tensorflow as tf
+
     attention_probs = np.asarray(attention_probs)
     num_layers = attention_probs.shape[0]
     layers = list(range(num_layers)) if layers is None else list(layers)
     for layer in layers:
         if not 0 <= layer < num_layers:
             raise ValueError(f"layer {layer} does not exist (the model has {num_layers} layers)")
-    os.makedirs(output_dir, exist_ok=True)
+    tf.io.gfile.makedirs(output_dir)
     paths = []
     for layer in layers:
         path = os.path.join(output_dir, f"{prefix}_layer{layer:02d}.png")
@@ -354,7 +371,7 @@ def plot_transport_plan(plan: np.ndarray, token_labels: Sequence[str], region_la
     if distance is not None:
         title += f" (OT distance {distance:.4f})"
     axes.set_title(title, fontsize=10)
-    figure.savefig(path, bbox_inches="tight")
+    _save_figure(figure, path)
     return path
 
 
@@ -406,7 +423,7 @@ def plot_regions_on_image(image: np.ndarray, boxes: np.ndarray, labels: Sequence
         axes.text(float(box[0]) + 2, float(box[1]) + 2, f"r{index} {label}", fontsize=7, color="white",
                   verticalalignment="top", bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"})
     axes.set_title(title, fontsize=10)
-    figure.savefig(path, bbox_inches="tight")
+    _save_figure(figure, path)
     return path
 
 
@@ -459,7 +476,7 @@ def plot_region_weights_on_image(image: np.ndarray, boxes: np.ndarray, rows: Seq
         axes.set_title(f"{name!r}: r{best} ({share:.0%})", fontsize=8)
     if title:
         figure.suptitle(title, fontsize=10)
-    figure.savefig(path, bbox_inches="tight")
+    _save_figure(figure, path)
     return path
 
 
@@ -484,6 +501,8 @@ def visualize_example(backbone, tokenizer, regions: RegionInputs, output_dir: st
     Returns:
         A summary: ``tokens``, ``num_regions``, ``ot_distance``, ``attention_pngs``, ``transport_plan_png``.
     """
+    import tensorflow as tf
+
     config = backbone.config
     if regions.features.shape[1] != config.region_feature_dim:
         raise ValueError(f"{regions.source}: region features have D={regions.features.shape[1]} but the model's "
@@ -506,7 +525,7 @@ def visualize_example(backbone, tokenizer, regions: RegionInputs, output_dir: st
     sequence_output = outputs["sequence_output"].numpy()[0]
 
     region_labels = regions.labels()
-    os.makedirs(output_dir, exist_ok=True)
+    tf.io.gfile.makedirs(output_dir)
     # Short region names on the square attention maps; boxes on the transport plan's region axis.
     attention_paths = plot_attention_maps(attention, tokens + regions.labels(with_boxes=False), text_length,
                                           output_dir, layers=layers, per_head=per_head)

@@ -211,6 +211,9 @@ def test_print_config_shows_the_resolved_experiment(tmp_path, capsys):
         printed = json.loads(capsys.readouterr().out)
         assert printed["trainer"]["seed"] == 3 and printed["runtime"]["output_dir"] == "/tmp/run"
         assert printed == ExperimentConfig.from_file(path, ["trainer.seed=3"]).to_dict()
+    # --print-config checks the task section too (the task is built, not trained).
+    assert cli.main(["train", "--config", path, "--set", "task.inputz={}", "--print-config"]) == 2
+    assert f"uniter train: error: {path}: task: unknown parameters ['inputz']" in capsys.readouterr().err
 
 
 def _check_run_directory(output_dir, config_path, steps):

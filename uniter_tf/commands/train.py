@@ -48,9 +48,11 @@ def load(path: str, overrides, expected_task=None):
 
 
 def print_config(config) -> None:
-    """Prints the resolved config as JSON (what the run writes as ``experiment.json``)."""
+    """Checks the task section (builds the task: unknown task keys are named) and prints the resolved
+    config as JSON (what the run writes as ``experiment.json``)."""
     import json
 
+    config.build_task()
     print(json.dumps(config.to_dict(), indent=2))
 
 

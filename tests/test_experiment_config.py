@@ -320,3 +320,22 @@ def test_downstream_experiment_has_the_same_flat_finetune_config(tmp_path):
         config.with_overrides(["trainer.checkpoint_every=3"]).to_finetune_config()
     with pytest.raises(ValueError, match="only a pretraining experiment"):
         config.to_pretrain_config()
+
+
+def test_experiment_file_goes_through_tf_io_gfile(tmp_path):
+    import tensorflow as tf
+
+    from uniter_tf.training.experiment import write_experiment
+
+    # ram:// is a non-local TensorFlow filesystem (as gs:// is): reading and writing both go through tf.io.gfile.
+    source = "ram://t2_experiment/configs/run.json"
+    with tf.io.gfile.GFile(source, "w") as handle:
+        handle.write(json.dumps(_minimal(runtime={"output_dir": "ram://t2_experiment/run"})))
+    config = ExperimentConfig.from_file(source, ["trainer.seed=5"])
+    assert config.source == source
+    written = write_experiment(config)
+    assert written == "ram://t2_experiment/run/" + EXPERIMENT_FILE_NAME
+    with tf.io.gfile.GFile(written, "r") as handle:
+        assert json.loads(handle.read()) == config.to_dict()
+    with pytest.raises(FileNotFoundError):
+        ExperimentConfig.from_file("ram://t2_experiment/missing.json")

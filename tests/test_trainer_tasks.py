@@ -192,3 +192,26 @@ def test_accumulation_sums_the_micro_batch_gradients(tmp_path, vqa_records):
     # The same 8 records (one shuffled stream): 2 micro-batches of 4 give the sum of two means = 2 x the mean.
     assert results["whole"]["examples"] == results["accumulated"]["examples"] == 8
     assert results["accumulated"]["grad_norm"] == pytest.approx(2 * results["whole"]["grad_norm"], rel=2e-3)
+
+
+def test_a_learning_rate_multiplier_is_the_rate_of_its_own_param_group():
+    from uniter_tf.training.optimizer import AdamW
+
+    start = np.array([[0.5, -1.0], [2.0, 0.25]], np.float32)
+    gradient = tf.constant([[0.1, -0.3], [0.2, 0.05]])
+    variables = [tf.Variable(start, name="plain"), tf.Variable(start, name="scaled")]
+    grouped = AdamW(1e-2, weight_decay=0.1, exempt=lambda variable: False)
+    grouped.build(variables, [1.0, 3.0])
+    alone = tf.Variable(start, name="alone")
+    reference = AdamW(3e-2, weight_decay=0.1, exempt=lambda variable: False)
+    reference.build([alone])
+    for _ in range(3):
+        grouped.apply_gradients([gradient, gradient], variables, tf.constant(1e-2))
+        reference.apply_gradients([gradient], [alone], tf.constant(3e-2))
+    # Adam step and decoupled decay both use the group's rate (official param groups).
+    np.testing.assert_allclose(variables[1].numpy(), alone.numpy(), rtol=1e-6)
+    assert not np.allclose(variables[0].numpy(), alone.numpy())
+    with pytest.raises(ValueError, match="2 learning-rate multipliers for 1 variables"):
+        AdamW(1e-2).build([alone], [1.0, 2.0])
+    with pytest.raises(ValueError, match="must be > 0"):
+        AdamW(1e-2).build([alone], [0.0])

@@ -158,8 +158,11 @@ class AdamW(tf.Module):
         beta_1_power = tf.pow(self.beta_1, step)
         beta_2_power = tf.pow(self.beta_2, step)
 
-        def update(variable, gradient, first_moment, second_moment, decay, rate, keep_going, powers):
+        def update(variable, gradient, first_moment, second_moment, decay, rate, keep_going, powers, multiplier):
             dtype = variable.dtype
+            if multiplier != 1.0:
+                # Here, per device: the rate may be a per-replica value in the merge_call above.
+                rate = rate * multiplier
 
             def adam_then_decay():
                 # One fused kernel for the m, v and parameter updates: TF's ApplyAdam is exactly the HF formula
@@ -183,12 +186,11 @@ class AdamW(tf.Module):
 
         updates = []
         for index, gradient, variable in zip(variable_indices, gradients, variables):
-            multiplier = self.learning_rate_multipliers[index]
-            rate = learning_rate if multiplier == 1.0 else learning_rate * multiplier
             updates.append(distribution.extended.update(
                     variable, update,
                     args=(gradient, self.first_moments[index], self.second_moments[index], self.decay_flags[index],
-                          rate, apply_update, (beta_1_power, beta_2_power)),
+                          learning_rate, apply_update, (beta_1_power, beta_2_power),
+                          self.learning_rate_multipliers[index]),
                     group=False))
         with tf.control_dependencies(tf.nest.flatten(updates)):
             distribution.extended.update(

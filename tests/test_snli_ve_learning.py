@@ -1,7 +1,7 @@
 """SNLI-VE end to end (issue 12): rendered sample data -> records -> fine-tuning -> export -> serving.
 
 One slow module: the sample data and the fine-tuning run are built once (configs/finetune_ve_tiny.json,
-from scratch), then the held-out accuracy is checked against the majority-class baseline, and the
+from scratch, as `uniter train --config` runs it), then the held-out accuracy is checked against the majority-class baseline, and the
 exported version is served on 127.0.0.1 and queried over gRPC, REST and `uniter query --task ve`; the
 served probabilities must equal the in-process Keras model's.
 """
@@ -28,28 +28,23 @@ MARGIN = 0.2
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    from uniter_tf.config import UniterConfig
     from uniter_tf.data import sample_data, sample_ve_records
-    from uniter_tf.training.finetune import FinetuneConfig, FinetuneRun
+    from uniter_tf.training.experiment import ExperimentConfig
+    from uniter_tf.training.finetune import FinetuneRun
 
     root = tmp_path_factory.mktemp("ve")
     sample_data.generate(str(root / "sample"), sample_data.SampleDataConfig(num_images=NUM_IMAGES, seed=0))
-    values = json.loads((REPO_ROOT / "configs" / "finetune_ve_tiny.json").read_text())
-    values.update(pretrained_checkpoint=None, output_dir=str(root / "run"),
-                  train_files=[str(root / "records" / "train-*.tfrecord.gz")],
-                  eval_files=[str(root / "records" / "eval-*.tfrecord.gz")])
-    config = FinetuneConfig.from_dict(values)
+    experiment = ExperimentConfig.from_file(str(REPO_ROOT / "configs" / "finetune_ve_tiny.json")).with_overrides({
+            "runtime.output_dir": str(root / "run"),
+            "task.train_files": [str(root / "records" / "train-*.tfrecord.gz")],
+            "task.eval_files": [str(root / "records" / "eval-*.tfrecord.gz")]})
     written = sample_ve_records.write_sample_ve_records(str(root / "sample"), str(root / "records"),
-                                                       _model_config(config))
+                                                       UniterConfig.resolve(experiment.task["model"]))
     assert not written["dead_letters"]
-    run = FinetuneRun(config)
+    run = FinetuneRun(experiment.to_finetune_config())
     result = run.train()
     return {"root": root, "run": run, "result": result, "counts": written["counts"]}
-
-
-def _model_config(config):
-    from uniter_tf.training.finetune import resolve_model_config
-
-    return resolve_model_config(config)
 
 
 def test_held_out_accuracy_clearly_above_the_majority_baseline(trained):

@@ -55,18 +55,51 @@ REPLICA_SCRIPT = textwrap.dedent('''
 ''')
 
 
+# Fine-tuning (VQA) through the same Trainer, fed by its real pipeline: one stream with a global batch of 8,
+# dealt as 4 + 4 to two replicas (the same 8 shuffled records as the one-replica batch).
+FINETUNE_REPLICA_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    from uniter_tf.training.strategy import configure_logical_cpus
+    configure_logical_cpus(2)
+    from uniter_tf.config import UniterConfig
+    from uniter_tf.training import finetune, synthetic_vqa
+
+    out = sys.argv[1]
+    files = synthetic_vqa.write_synthetic_vqa_records(out + "/data/train", UniterConfig.from_preset("tiny"),
+                                                      num_images=16, num_answers=4)
+    results = {}
+    for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
+                           ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+        config = finetune.FinetuneConfig(
+                task="vqa", task_config={"num_answers": 4}, model_config="tiny", train_files=files,
+                output_dir=out + "/" + name, train_batch_size=8, learning_rate=1e-3, warmup_steps=1,
+                num_train_steps=10, grad_norm=1.0, dropout=0.0, seed=11)
+        run = finetune.FinetuneRun(config, strategy=strategy)
+        before = [v.numpy().copy() for v in run.model.trainable_variables]
+        metrics = run.train_update("vqa")
+        after = [v.numpy() for v in run.model.trainable_variables]
+        results[name] = {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
+                         "replicas": strategy.num_replicas_in_sync, "examples": metrics["examples"]}
+        np.savez(out + "/" + name + ".npz", *[a - b for a, b in zip(after, before)])
+        np.savez(out + "/" + name + "_init.npz", *before)
+    print("RESULT " + json.dumps(results))
+''')
+
 def _run(args, env=None, timeout=420):
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow
-def test_one_and_two_replicas_give_the_same_update(tmp_path):
+@pytest.mark.parametrize("script", [REPLICA_SCRIPT, FINETUNE_REPLICA_SCRIPT], ids=["pretraining", "vqa"])
+def test_one_and_two_replicas_give_the_same_update(tmp_path, script):
     import numpy as np
 
-    script = tmp_path / "replicas.py"
-    script.write_text(REPLICA_SCRIPT)
+    script_path = tmp_path / "replicas.py"
+    script_path.write_text(script)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    completed = _run([sys.executable, str(script), str(tmp_path)], env=env)
+    completed = _run([sys.executable, str(script_path), str(tmp_path)], env=env, timeout=900)
     assert completed.returncode == 0, completed.stderr[-3000:]
     line = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")][-1]
     results = json.loads(line[len("RESULT "):])

@@ -246,6 +246,14 @@ def restore_pretrained_weights(pretraining_model, checkpoint: str) -> str:
     return path
 
 
+def _train_record(metrics: Mapping[str, float]) -> Dict[str, float]:
+    # The historical name of the gradient norm in metrics.json is kept beside the Trainer's.
+    record = dict(metrics)
+    if "grad_norm" in record:
+        record["gradient_norm"] = record["grad_norm"]
+    return record
+
+
 class FinetuneRun(Trainer):
     """One fine-tuning run: a :class:`~uniter_tf.training.trainer.Trainer` of the config's task.
 
@@ -324,7 +332,7 @@ class FinetuneRun(Trainer):
         step = int(self.global_step.numpy()) if step is None else step
         result = self.task.evaluate(self.model, files or self.config.eval_files, max_batches,
                                     output_dir=self.output_dir if self.is_chief else None, step=step)
-        self.history.append({"step": step, "eval": dict(result)})
+        self.history.append({"step": step, "train": _train_record(self.last_train_metrics), "eval": dict(result)})
         return result
 
     def train(self) -> Dict[str, Any]:
@@ -337,9 +345,7 @@ class FinetuneRun(Trainer):
         from uniter_tf.training.trainer import write_json  # pylint: disable=import-outside-toplevel
 
         summary = super().train()
-        train_metrics = dict(summary.get("last_metrics") or {})
-        if "grad_norm" in train_metrics:
-            train_metrics["gradient_norm"] = train_metrics["grad_norm"]
+        train_metrics = _train_record(summary.get("last_metrics") or {})
         result = dict(summary)
         result.update({"step": summary["final_step"], "train": train_metrics, "eval": summary["evaluation"] or None,
                        "restored_from": self.restored_from, "seconds": summary["seconds_this_run"],

@@ -162,6 +162,8 @@ class Trainer:
         self._iterators: Dict[str, Any] = {}
         self.restored_step = 0
         self._state_ready = False
+        #: The metrics of the latest update (loss, grad_norm, learning_rate, the task's metrics, ...).
+        self.last_train_metrics: Dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------ state
     def restore_or_initialize(self) -> int:
@@ -364,6 +366,7 @@ class Trainer:
             step = int(self.global_step.numpy())
             last_losses[stream] = values["loss"]
             last_metrics = dict(values)
+            self.last_train_metrics = last_metrics
             window_examples += values["examples"]
             total_examples += values["examples"]
             if progress is not None:

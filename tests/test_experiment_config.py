@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from uniter_tf.training.experiment import (EXPERIMENT_FILE_NAME, ExperimentConfig, apply_section_overrides,
-                                           is_experiment_dict)
+from uniter_tf.training.experiment import (EXPERIMENT_FILE_NAME, REQUIRED_NOTES, ExperimentConfig,
+                                           apply_section_overrides, is_experiment_dict)
 from uniter_tf.training.trainer_config import RuntimeConfig, TrainerConfig
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
@@ -138,7 +138,7 @@ def test_shipped_configs_start_with_command_and_expect():
     for path in SHIPPED:
         with open(path, encoding="utf-8") as handle:
             raw = json.load(handle)
-        assert list(raw)[:2] == ["_command", "_expect"], path
+        assert tuple(raw)[:2] == REQUIRED_NOTES == ("_command", "_expect"), path
         assert raw["_expect"].strip() and "uniter " in raw["_command"], path
         name = os.path.relpath(path, REPO)
         # Every shipped config is run by the command its first line gives.

@@ -317,6 +317,8 @@ def worker_export(workdir: str, jit_compile: bool) -> Dict[str, object]:
 def worker_infer(path: str, warmup: int, steps: int) -> Dict[str, object]:
     """Our exported SavedModel's ``score_tensors`` signature, ITM scores of batch 32."""
     tf = _tf_setup()
+    import tensorflow_text  # noqa: F401  (registers the WordPiece ops of the export's in-graph tokeniser)
+
     loaded = tf.saved_model.load(path)
     signature = loaded.signatures["score_tensors"]
     inputs = {key: tf.constant(value) for key, value in _itm_inputs(INFER_BATCH).items()}

@@ -12,6 +12,12 @@ Steps (all on 127.0.0.1, the server in its own process):
 5. with ``--breakdown``: in one process, the signature alone vs the server's predict path without
    gRPC vs the same through gRPC (where the gRPC overhead goes).
 
+``--overhead`` instead measures only the per-call overhead, before and after in one run: one pair per
+call, interleaved call by call, against the signature called in-process (keywords, as a user would,
+and flat, as the server does) and three server processes: the server as it is, the same server
+calling its signatures with keyword arguments (the path before the flat call), and a gRPC server
+that answers a cached response without running anything (the Python gRPC framework's floor).
+
 Usage::
 
     python bench/serving_bench.py --duration 10 --concurrency 8 --output bench/serving_results.json
@@ -77,11 +83,14 @@ def _time_interleaved(calls, count: int, warmup: int = 20):
 class ServerProcess:
     """``uniter serve`` in a subprocess on free ports."""
 
-    def __init__(self, base_path: str, batching: bool, poll_s: float = 0.5):
+    def __init__(self, base_path: str, batching: bool, poll_s: float = 0.5, variant: str = ""):
         self.grpc_port, self.rest_port = _free_port(), _free_port()
         command = [sys.executable, "-m", "uniter_tf.cli", "serve", "--model-base-path", base_path,
                    "--port", str(self.grpc_port), "--rest-api-port", str(self.rest_port),
                    "--file-system-poll-wait-seconds", str(poll_s), "--log-level", "WARNING"]
+        if variant:
+            command = [sys.executable, os.path.abspath(__file__), "--serve-variant", variant,
+                       "--model-base-path", base_path, "--port", str(self.grpc_port)]
         if batching:
             command += ["--enable-batching", "--max-batch-size", "16", "--batch-timeout-micros", "1000",
                         "--num-batch-threads", "2"]
@@ -180,6 +189,91 @@ def _breakdown(base_path: str, inputs, count: int):
         server.stop()
 
 
+def _serve_variant(variant: str, base_path: str, port: int) -> int:
+    """Runs a server variant for ``--overhead`` in this process (gRPC only) until terminated.
+
+    ``keyword``: the real server, but its signatures are called with keyword arguments (``flat_order``
+    cleared), as before the flat call. ``echo``: a gRPC server with the real server's options and
+    thread pool whose Predict returns the real answer to the first request, cached, without decoding,
+    validating or running anything: what the Python gRPC framework alone costs per call.
+    """
+    import concurrent.futures
+    import dataclasses
+    import threading
+
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from serving.model_manager import ModelManager, load_saved_model
+    from serving.server import ModelServer, ServerConfig
+
+    def keyword_loader(name, version, path):
+        servable = load_saved_model(name, version, path)
+        servable.signatures = {key: dataclasses.replace(signature, flat_order=None)
+                               for key, signature in servable.signatures.items()}
+        return servable
+
+    loader = keyword_loader if variant == "keyword" else None
+    managers = {"uniter": ModelManager("uniter", base_path, poll_interval_s=0, loader=loader)}
+    config = ServerConfig("uniter", base_path, port=port if variant != "echo" else 0, rest_api_port=None,
+                          poll_interval_s=0)
+    server = ModelServer(config, managers=managers).start()
+    if variant == "echo":
+        cached = {}
+        predictor = server.predictor
+
+        class Echo(prediction_service_pb2_grpc.PredictionServiceServicer):
+            def Predict(self, request, context):  # noqa: N802
+                if "response" not in cached:
+                    cached["response"] = predictor.predict_proto(request)
+                return cached["response"]
+
+        echo = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=config.grpc_threads),
+                           options=[("grpc.so_reuseport", 0)])
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Echo(), echo)
+        echo.add_insecure_port(f"127.0.0.1:{port}")
+        echo.start()
+    print(f"SERVING {variant}", flush=True)
+    threading.Event().wait()
+    return 0
+
+
+def _overhead(base_path: str, inputs, count: int):
+    """The per-call overhead, before / after and the framework floor, interleaved call by call."""
+    import tensorflow as tf
+
+    from serving.model_manager import load_saved_model
+
+    version = max(int(name) for name in os.listdir(base_path) if name.isdigit())
+    signature = load_saved_model("uniter", version, os.path.join(base_path, str(version))).signatures["score_tensors"]
+    function = signature.function
+
+    def in_process():
+        outputs = function(**{name: tf.constant(array) for name, array in inputs.items()})
+        return {name: tensor.numpy() for name, tensor in outputs.items()}
+
+    def in_process_flat():
+        outputs = function._call_flat([tf.constant(inputs[name]) for name in signature.flat_order],
+                                      function.captured_inputs)
+        return {name: tensor.numpy() for name, tensor in outputs.items()}
+
+    servers = {}
+    calls = {"in_process": in_process, "in_process_flat_call": in_process_flat}
+    try:
+        for label, variant in (("grpc", ""), ("grpc_keyword_call", "keyword"), ("grpc_echo_no_model", "echo")):
+            servers[label] = ServerProcess(base_path, batching=False, variant=variant)
+            calls[label] = _grpc_caller(servers[label].grpc_port, inputs)[0]
+        latencies = _time_interleaved(calls, count)
+    finally:
+        for server in servers.values():
+            server.stop()
+    results = {name: _percentiles(values) for name, values in latencies.items()}
+    base = results["in_process"]["p50_ms"]
+    for name in results:
+        results[name]["over_in_process_p50"] = round(results[name]["p50_ms"] / base, 3)
+    return results
+
+
 def _push_copy(base_path: str, source_version: int, new_version: int) -> None:
     staging = os.path.join(base_path, f".push-{new_version}")
     shutil.copytree(os.path.join(base_path, str(source_version)), staging)
@@ -197,11 +291,19 @@ def main(argv=None) -> int:
     parser.add_argument("--output", help="Also write the JSON here.")
     parser.add_argument("--breakdown", action="store_true",
                         help="Also split one gRPC call into signature / server path / transport, in one process.")
+    parser.add_argument("--overhead", action="store_true",
+                        help="Measure only the per-call overhead: in-process vs the server, the server with "
+                             "keyword calls (before) and a do-nothing gRPC server, interleaved.")
+    parser.add_argument("--serve-variant", choices=("keyword", "echo"), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow_text  # noqa: F401  (the SavedModel's WordPiece ops)
     import tensorflow as tf
+
+    if args.serve_variant:
+        return _serve_variant(args.serve_variant, args.model_base_path, args.port)
 
     from serving.loadgen import run_load
 
@@ -229,7 +331,12 @@ def main(argv=None) -> int:
             outputs = signature(**{name: tf.constant(array) for name, array in inputs.items()})
             return {name: tensor.numpy() for name, tensor in outputs.items()}
 
-        for batching in (False, True):
+        if args.overhead:
+            results["load_average_before"] = [round(value, 2) for value in os.getloadavg()]
+            results["overhead"] = _overhead(base_path, inputs, args.latency_calls)
+            results["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
+            results["grpc_p50_over_in_process_p50"] = results["overhead"]["grpc"]["over_in_process_p50"]
+        for batching in () if args.overhead else (False, True):
             label = "batched" if batching else "unbatched"
             server = ServerProcess(base_path, batching=batching)
             try:
@@ -265,8 +372,9 @@ def main(argv=None) -> int:
                 server.stop()
         if args.breakdown:
             results["breakdown_one_process"] = _breakdown(base_path, inputs, args.latency_calls)
-        results["grpc_p50_over_in_process_p50"] = round(
-                results["grpc_one_client"]["p50_ms"] / results["in_process"]["p50_ms"], 3)
+        if not args.overhead:
+            results["grpc_p50_over_in_process_p50"] = round(
+                    results["grpc_one_client"]["p50_ms"] / results["in_process"]["p50_ms"], 3)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     text = json.dumps(results, indent=2)

@@ -37,7 +37,14 @@ def run_signature(signature: Signature, inputs: Mapping[str, np.ndarray]) -> Dic
     try:
         tensors = {name: tf.constant(array, dtype=tf.string if array.dtype == np.dtype(object) else None)
                    for name, array in inputs.items()}
-        outputs = signature.function(**tensors)
+        function = signature.function
+        if signature.flat_order is not None:
+            # The inputs were validated against the signature's specs, so skip the keyword binding
+            # and spec re-check of the structured call (flat_argument_order says why).
+            outputs = function._call_flat([tensors[name] for name in signature.flat_order],
+                                          function.captured_inputs)
+        else:
+            outputs = function(**tensors)
     except tf.errors.OpError as error:
         raise from_tf_error(error) from None
     except (TypeError, ValueError) as error:  # an argument the concrete function refused

@@ -10,7 +10,7 @@ import math
 from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from serving.errors import invalid_argument
 
@@ -191,9 +191,11 @@ def from_ndarray(array: np.ndarray, proto: Optional[tensor_pb2.TensorProto] = No
     """Encodes a numpy array (numbers, bools, or bytes/str objects) as a ``TensorProto``."""
     array = np.asarray(array)
     proto = proto if proto is not None else tensor_pb2.TensorProto()
-    proto.tensor_shape.CopyFrom(
-            tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(size))
-                                                   for size in array.shape]))
+    # Clear and add in place: building a TensorShapeProto of Dim messages and copying it costs more.
+    proto.tensor_shape.Clear()
+    dims = proto.tensor_shape.dim
+    for size in array.shape:
+        dims.add(size=int(size))
     if array.dtype == object or array.dtype.kind in ("S", "U"):
         proto.dtype = types_pb2.DT_STRING
         proto.string_val.extend(item.encode("utf-8") if isinstance(item, str) else bytes(item)

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Callable, Optional
 
 import tensorflow as tf
@@ -49,7 +48,10 @@ def discard_worker_scratch(output_dir: str, strategy: Optional[tf.distribute.Str
     from uniter_tf.training.strategy import is_chief
 
     if strategy is not None and not is_chief(strategy):
-        shutil.rmtree(checkpoint_directory(output_dir, strategy), ignore_errors=True)
+        directory = checkpoint_directory(output_dir, strategy)
+        # tf.io.gfile: the run directory may be on gs:// (or any TF file system).
+        if tf.io.gfile.exists(directory):
+            tf.io.gfile.rmtree(directory)
 
 
 def restore_backbone(backbone, checkpoint_dir: str) -> str:

@@ -29,6 +29,8 @@ import logging
 import os
 from typing import Any, Dict, List, Mapping, Optional, Union
 
+import tensorflow as tf
+
 from uniter_tf.training.trainer import Trainer
 
 _LOG = logging.getLogger(__name__)
@@ -150,9 +152,9 @@ class FinetuneConfig:
     @classmethod
     def from_json(cls, path: str, **overrides: Any) -> "FinetuneConfig":
         """Reads a JSON config file (relative data paths are resolved against the working directory)."""
-        with open(path, "r", encoding="utf-8") as handle:
+        with tf.io.gfile.GFile(path, "r") as handle:
             try:
-                values = json.load(handle)
+                values = json.loads(handle.read())
             except json.JSONDecodeError as error:
                 raise ValueError(f"fine-tuning config {path!r} is not valid JSON: {error}") from None
         if not isinstance(values, dict):

@@ -227,8 +227,10 @@ def load_config(path: Optional[Union[str, os.PathLike]] = None, overrides: Seque
     """
     values: Dict[str, Any] = {}
     if path:
-        with open(path, encoding="utf-8") as handle:
-            values = json.load(handle)
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+        with tf.io.gfile.GFile(os.fspath(path), "r") as handle:
+            values = json.loads(handle.read())
         if not isinstance(values, dict):
             raise ValueError(f"{path}: a pretraining config must be a JSON object")
     return PretrainConfig.from_dict(apply_overrides(values, overrides))

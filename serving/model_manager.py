@@ -204,8 +204,8 @@ def flat_argument_order(function, input_names) -> Optional[Tuple[str, ...]]:
     """The order in which a loaded signature's concrete function takes its inputs as flat tensors.
 
     Calling a signature with keyword arguments binds them through ``inspect`` and re-checks every
-    tensor against its ``TensorSpec`` on each call: about a third of the Python time of one request
-    for a small model. The server validates every request against the same specs first
+    tensor against its ``TensorSpec`` on each call: a quarter to a third of one call's time for the
+    tiny model (docs/performance.md). The server validates every request against the same specs first
     (:func:`~serving.validation.validate_inputs`), so it may pass the tensors in flat order instead.
     That is only safe when each keyword parameter is exactly one tensor input, which is checked here.
 

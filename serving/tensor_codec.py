@@ -191,7 +191,7 @@ def from_ndarray(array: np.ndarray, proto: Optional[tensor_pb2.TensorProto] = No
     """Encodes a numpy array (numbers, bools, or bytes/str objects) as a ``TensorProto``."""
     array = np.asarray(array)
     proto = proto if proto is not None else tensor_pb2.TensorProto()
-    # Clear and add in place: building a TensorShapeProto of Dim messages and copying it costs more.
+    # Cleared and filled in place: no temporary TensorShapeProto / Dim messages to build and copy.
     proto.tensor_shape.Clear()
     dims = proto.tensor_shape.dim
     for size in array.shape:

@@ -88,6 +88,8 @@ def _move_directory(source: str, target: str) -> None:
         tf.io.gfile.makedirs(destination)
         for name in files:
             pair = (posixpath.join(directory, name), posixpath.join(destination, name))
+            if not tf.io.gfile.exists(pair[0]):
+                continue  # a phantom entry (ram:// lists "assets.extra/x" under "assets" as ".extra")
             if not relative and name == "saved_model.pb":
                 last.append(pair)
             else:
@@ -101,16 +103,27 @@ def _remove_tree(path: str) -> None:
     """Deletes the directory ``path`` and everything under it.
 
     ``tf.io.gfile.rmtree`` is used on the local disk; elsewhere the tree is emptied bottom-up first,
-    because ``ram://``'s recursive delete leaves a directory holding files in place.
+    because ``ram://``'s recursive delete leaves a directory holding files in place, and its listings
+    hold phantom entries (a sibling ``assets.extra/x`` appears in ``assets`` as ``.extra``).
     """
     import tensorflow as tf
 
     if not _is_local(path):
         for directory, _, files in tf.io.gfile.walk(path, topdown=False):
             for name in files:
-                tf.io.gfile.remove(posixpath.join(directory, name))
-            tf.io.gfile.rmtree(directory)  # now without files
-    if tf.io.gfile.exists(path):
+                if tf.io.gfile.exists(posixpath.join(directory, name)):  # ram:// lists phantom entries
+                    tf.io.gfile.remove(posixpath.join(directory, name))
+            if tf.io.gfile.exists(directory):
+                try:
+                    tf.io.gfile.rmtree(directory)  # now without files
+                except tf.errors.NotFoundError:
+                    # ram:// fails on the phantom entries it lists; its directories are plain entries, or
+                    # exist only as the prefix of others (then nothing is left to delete).
+                    try:
+                        tf.io.gfile.remove(directory)
+                    except tf.errors.NotFoundError:
+                        pass
+    elif tf.io.gfile.exists(path):
         tf.io.gfile.rmtree(path)
 
 

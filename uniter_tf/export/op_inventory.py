@@ -4,7 +4,10 @@ A ``tensorflow_model_server`` binary links one TF-Text version; a model that use
 fails to load with "Op type not registered". The check runs in a fresh interpreter that imports
 TensorFlow but not ``tensorflow_text``, so the op registry holds exactly the core ops.
 
-Run as ``python -m uniter_tf.export.op_inventory SAVED_MODEL_DIR`` (prints one op per line).
+Run as ``python -m uniter_tf.export.op_inventory SAVED_MODEL_DIR`` (prints one op per line), or with
+``-`` to check the op types given one per line on stdin. :func:`non_core_ops` reads the graph in the
+calling process (through ``tf.io.gfile``, so the export may be on ``gs://`` or ``ram://``, which a
+subprocess cannot see) and sends only the op names to the subprocess.
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ def op_types(saved_model_dir: str) -> Set[str]:
     return types
 
 
-def _unregistered_in_this_process(saved_model_dir: str) -> List[str]:
+def _unregistered_in_this_process(types) -> List[str]:
     from tensorflow.python.framework import op_def_registry
 
-    return sorted(op for op in op_types(saved_model_dir) if op_def_registry.get(op) is None)
+    return sorted(op for op in set(types) if op_def_registry.get(op) is None)
 
 
 def non_core_ops(saved_model_dir: str, timeout_s: float = 300) -> List[str]:
@@ -39,7 +42,8 @@ def non_core_ops(saved_model_dir: str, timeout_s: float = 300) -> List[str]:
     Raises:
         RuntimeError: when the subprocess fails (its stderr is in the message).
     """
-    result = subprocess.run([sys.executable, "-m", "uniter_tf.export.op_inventory", saved_model_dir],
+    names = "\n".join(sorted(op_types(saved_model_dir))) + "\n"
+    result = subprocess.run([sys.executable, "-m", "uniter_tf.export.op_inventory", "-"], input=names,
                             capture_output=True, text=True, timeout=timeout_s)
     if result.returncode != 0:
         raise RuntimeError(f"listing the ops of {saved_model_dir} failed: {result.stderr[-2000:]}")
@@ -49,12 +53,16 @@ def non_core_ops(saved_model_dir: str, timeout_s: float = 300) -> List[str]:
 def main(argv=None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     if len(arguments) != 1:
-        print("usage: python -m uniter_tf.export.op_inventory SAVED_MODEL_DIR", file=sys.stderr)
+        print("usage: python -m uniter_tf.export.op_inventory SAVED_MODEL_DIR|-", file=sys.stderr)
         return 2
     if "tensorflow_text" in sys.modules:
         print("tensorflow_text is already imported; run this in a fresh interpreter", file=sys.stderr)
         return 2
-    for op in _unregistered_in_this_process(arguments[0]):
+    if arguments[0] == "-":
+        types = [line.strip() for line in sys.stdin if line.strip()]
+    else:
+        types = op_types(arguments[0])
+    for op in _unregistered_in_this_process(types):
         print(op)
     return 0
 

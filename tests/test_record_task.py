@@ -104,3 +104,23 @@ def test_every_reader_format_has_a_task_and_ingest_writes_it(tmp_path):
     example, _ = ingest.build_example(features, item, 0)
     assert example.features.feature[schema.TASK].bytes_list.value == [b"caption"]
     assert evaluation.record_task(example) == evaluation.CAPTION
+
+
+def test_the_synthetic_writers_name_their_tasks():
+    import uuid
+
+    from uniter_tf.config import UniterConfig
+    from uniter_tf.training import synthetic_data, synthetic_vqa
+
+    config = UniterConfig.from_preset("tiny")
+    root = f"ram://record-task-{uuid.uuid4().hex}"
+    vqa_files = synthetic_vqa.write_synthetic_vqa_records(f"{root}/vqa", config, num_images=2, num_answers=3)
+    caption_files = synthetic_data.write_synthetic_records(f"{root}/captions", config, num_images=2)
+    tasks = {}
+    for path in vqa_files + list(caption_files):
+        for record in evaluation.iter_serialized_records(path):
+            example = tf.train.Example.FromString(record)
+            example_id = example.features.feature[schema.EXAMPLE_ID].bytes_list.value[0].decode()
+            tasks[example_id] = example.features.feature[schema.TASK].bytes_list.value[0]
+    assert {task for example_id, task in tasks.items() if example_id.startswith("vqa_")} == {b"vqa"}
+    assert {task for example_id, task in tasks.items() if not example_id.startswith("vqa_")} == {b"caption"}

@@ -102,7 +102,7 @@ def write_sample_pretraining_records(sample_dir: str, output_dir: str, model_con
             writers[split].write(schema.make_example(
                     image_id=file_name, region_features=features, region_boxes=region_boxes, image_height=height,
                     image_width=width, soft_labels=soft_labels, example_id=str(annotation["id"]),
-                    text=annotation["caption"], token_ids=token_ids))
+                    text=annotation["caption"], token_ids=token_ids, task=schema.TASK_CAPTION))
     finally:
         for split, writer in writers.items():
             writer.close()

@@ -84,7 +84,7 @@ def write_synthetic_records(
                         image_id=f"img{image_index:05d}", region_features=features, region_boxes=boxes,
                         image_height=100, image_width=120, soft_labels=soft_labels,
                         example_id=f"img{image_index:05d}_cap{caption_index}", text=f"concept {concept}",
-                        token_ids=token_ids)
+                        token_ids=token_ids, task=schema.TASK_CAPTION)
                 writer.write(example)
     return list(writer.paths)
 

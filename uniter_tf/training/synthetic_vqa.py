@@ -61,12 +61,14 @@ def write_synthetic_vqa_records(output_prefix: str, model_config, *, num_images:
                         **image, example_id=f"vqa_{image_index:04d}_{question_index}",
                         text=f"question {question_index} about image {image_index}", token_ids=token_ids,
                         answers=[f"answer_{concept}"],
-                        answer_labels=[concept, (concept + 1) % num_answers], answer_scores=[1.0, 0.3]))
+                        answer_labels=[concept, (concept + 1) % num_answers], answer_scores=[1.0, 0.3],
+                        task=schema.TASK_VQA))
             for caption_index in range(captions_per_image):
                 token_ids = np.concatenate([[concept_words[concept]], rng.integers(low, high, size=4)])
                 writer.write(schema.make_example(
                         **image, example_id=f"cap_{image_index:04d}_{caption_index}",
-                        text=f"caption {caption_index} of image {image_index}", token_ids=token_ids))
+                        text=f"caption {caption_index} of image {image_index}", token_ids=token_ids,
+                        task=schema.TASK_CAPTION))
     return writer.paths
 
 

@@ -239,13 +239,18 @@ class DownstreamTask(Task):
                                       batch_size, max_text_length=self.run_param("max_text_length"),
                                       training=training, seed=seed, input_context=input_context)
 
-    def compute_batch_loss(self, model, stream: str, batch, training: bool):
+    def prepare_batch(self, stream: str, batch):
+        """``(inputs, labels)`` → ``(model inputs without the example id, dense targets)``."""
         del stream
         inputs, labels = batch
-        logits = model({key: value for key, value in inputs.items() if key != EXAMPLE_ID_KEY}, training=training)
+        return ({key: value for key, value in inputs.items() if key != EXAMPLE_ID_KEY},
+                self.targets_from_features(labels))
+
+    def compute_batch_loss(self, model, stream: str, batch, training: bool):
+        del stream
+        inputs, targets = batch
         # The loss in float32 whatever the compute dtype (mixed precision).
-        logits = tf.cast(logits, tf.float32)
-        targets = self.targets_from_features(labels)
+        logits = tf.cast(model(inputs, training=training), tf.float32)
         loss = self.compute_loss(targets, logits)
         metrics = {name: tf.reduce_mean(tf.cast(values, tf.float32))
                    for name, values in self.compute_metrics(targets, logits).items()}
@@ -253,8 +258,7 @@ class DownstreamTask(Task):
 
     def batch_size(self, batch):
         inputs, _ = batch
-        return tf.shape(inputs[EXAMPLE_ID_KEY])[0] if EXAMPLE_ID_KEY in inputs else \
-            tf.shape(tf.nest.flatten(inputs)[0])[0]
+        return tf.shape(tf.nest.flatten(inputs)[0])[0]
 
     def learning_rate_multipliers(self, model):
         """The head's variables get ``head_learning_rate_multiplier`` (official ``lr_mul``), the rest 1."""

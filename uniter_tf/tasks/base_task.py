@@ -195,9 +195,19 @@ class Task(abc.ABC):
         replay it and skip the consumed batches.
         """
 
+    def prepare_batch(self, stream: str, batch):
+        """Turns a batch of :meth:`build_inputs` into what :meth:`compute_batch_loss` takes (default: as is).
+
+        Runs in the replica step but outside XLA (``jit_compile``): the place for dynamic-shape work such
+        as dense targets from ragged label lists.
+        """
+        del stream
+        return batch
+
     @abc.abstractmethod
     def compute_batch_loss(self, model, stream: str, batch, training: bool) -> Tuple[Any, Dict[str, Any]]:
-        """``(scalar loss, {name: scalar metric})`` of one per-replica batch of ``stream``."""
+        """``(scalar loss, {name: scalar metric})`` of one per-replica batch of ``stream`` (after
+        :meth:`prepare_batch`)."""
 
     def batch_size(self, batch) -> Any:
         """Examples in a per-replica batch (a scalar tensor); the default reads the first tensor."""

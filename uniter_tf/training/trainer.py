@@ -250,6 +250,11 @@ class Trainer:
             compute = tf.function(self._replica_gradients, jit_compile=True, reduce_retracing=True)
 
         def replica_step(batch):
+            # Outside XLA: e.g. dense targets from ragged label lists (dynamic shapes).
+            batch = self.task.prepare_batch(stream, batch)
+            if self.trainer_config.jit_compile:
+                # XLA has no string tensors; string features (example ids) never reach a loss.
+                batch = _without_strings(batch)
             loss, metrics, gradients = compute(stream, batch)
             if phase == "accumulate":
                 for accumulator, gradient in zip(self.accumulators, gradients):
@@ -453,6 +458,16 @@ class Trainer:
                                   max_batches or self.trainer_config.eval_batches, seed=self.trainer_config.seed + 1,
                                   output_dir=self.output_dir if self.is_chief else None,
                                   step=int(self.global_step.numpy()) if step is None else step)
+
+
+def _without_strings(batch):
+    """``batch`` (dicts / tuples / lists of tensors) without its string tensors."""
+    if isinstance(batch, Mapping):
+        return {key: _without_strings(value) for key, value in batch.items()
+                if not (isinstance(value, tf.Tensor) and value.dtype == tf.string)}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_without_strings(value) for value in batch)
+    return batch
 
 
 def write_json(path: str, values: Any) -> None:

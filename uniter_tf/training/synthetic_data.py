@@ -14,6 +14,7 @@ import os
 from typing import List
 
 import numpy as np
+import tensorflow as tf
 
 from uniter_tf.data import schema
 from uniter_tf.data import tfrecord_io
@@ -63,7 +64,7 @@ def write_synthetic_records(
     prototypes = world.normal(0.0, 1.0, size=(num_concepts, feature_dim)).astype(np.float32)
     directory = os.path.dirname(output_prefix)
     if directory:
-        os.makedirs(directory, exist_ok=True)
+        tf.io.gfile.makedirs(directory)  # gfile: the prefix may be on a non-local filesystem (ram://, gs://)
     with tfrecord_io.ShardedTFRecordWriter(output_prefix, num_shards=num_shards) as writer:
         for image_index in range(first_image, first_image + num_images):
             concept = image_index % num_concepts

@@ -165,3 +165,49 @@ def test_multi_worker_mirrored_with_two_local_workers(tmp_path):
     assert summary["final_step"] == 4 and summary["num_replicas"] == 2
     assert os.path.exists(str(tmp_path / "run" / "checkpoints" / "ckpt-4.index"))
     assert not os.path.exists(str(tmp_path / "run" / "worker_scratch" / "worker_1"))
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_multi_worker_mirrored_fine_tunes_vqa_with_two_local_workers(tmp_path):
+    """VQA fine-tuning through `uniter train` (experiment config) on 2 MultiWorkerMirrored workers."""
+    from uniter_tf.config import UniterConfig
+    from uniter_tf.training import synthetic_vqa
+
+    files = synthetic_vqa.write_synthetic_vqa_records(str(tmp_path / "data" / "train"), UniterConfig.from_preset("tiny"),
+                                                      num_images=16, num_answers=4, num_shards=2)
+    experiment = {
+            "_command": "written by the test", "_expect": "4 updates on 2 workers",
+            "task": {"name": "vqa", "model": "tiny", "model_overrides": {"ot_iterations": 5}, "train_files": files,
+                     "num_answers": 4, "train_batch_size": 4, "init": "scratch", "dropout": 0.0},
+            "trainer": {"num_train_steps": 4, "warmup_steps": 1, "learning_rate": 1e-3, "checkpoint_every": 2,
+                        "log_every": 1, "progress_bar": False},
+            "runtime": {"output_dir": str(tmp_path / "run"), "strategy": "multi_worker_mirrored"},
+    }
+    config_path = tmp_path / "experiment.json"
+    config_path.write_text(json.dumps(experiment))
+    workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+                   TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen(
+                [sys.executable, "-m", "uniter_tf.cli", "train", "--config", str(config_path)], cwd=REPO, env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = []
+    try:
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=480)
+            outputs.append((process.returncode, stdout, stderr))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for returncode, stdout, stderr in outputs:
+        assert returncode == 0, stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["final_step"] == 4 and summary["num_replicas"] == 2
+    assert os.path.exists(str(tmp_path / "run" / "checkpoints" / "ckpt-4.index"))
+    # What the exporter rebuilds the task model from, written by the chief only.
+    assert json.loads((tmp_path / "run" / "finetune_config.json").read_text())["task_name"] == "vqa"
+    assert not os.path.exists(str(tmp_path / "run" / "worker_scratch" / "worker_1"))

@@ -124,6 +124,28 @@ def _free_port():
         return handle.getsockname()[1]
 
 
+def _run_two_local_workers(uniter_args):
+    """Runs `uniter ARGS` as the two workers of a MultiWorkerMirrored cluster on 127.0.0.1; both must exit 0."""
+    workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+                   TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen([sys.executable, "-m", "uniter_tf.cli", *uniter_args], cwd=REPO, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = []
+    try:
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=480)
+            outputs.append((process.returncode, stdout, stderr))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for returncode, _, stderr in outputs:
+        assert returncode == 0, stderr[-3000:]
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_multi_worker_mirrored_with_two_local_workers(tmp_path):
@@ -142,25 +164,7 @@ def test_multi_worker_mirrored_with_two_local_workers(tmp_path):
     }
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(config))
-    workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
-    processes = []
-    for index in range(2):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-                   TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
-        processes.append(subprocess.Popen(
-                [sys.executable, "-m", "uniter_tf.cli", "pretrain", "--config", str(config_path)], cwd=REPO, env=env,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = []
-    try:
-        for process in processes:
-            stdout, stderr = process.communicate(timeout=480)
-            outputs.append((process.returncode, stdout, stderr))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-    for returncode, stdout, stderr in outputs:
-        assert returncode == 0, stderr[-3000:]
+    _run_two_local_workers(["pretrain", "--config", str(config_path)])
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["final_step"] == 4 and summary["num_replicas"] == 2
     assert os.path.exists(str(tmp_path / "run" / "checkpoints" / "ckpt-4.index"))
@@ -186,25 +190,7 @@ def test_multi_worker_mirrored_fine_tunes_vqa_with_two_local_workers(tmp_path):
     }
     config_path = tmp_path / "experiment.json"
     config_path.write_text(json.dumps(experiment))
-    workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
-    processes = []
-    for index in range(2):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-                   TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
-        processes.append(subprocess.Popen(
-                [sys.executable, "-m", "uniter_tf.cli", "train", "--config", str(config_path)], cwd=REPO, env=env,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = []
-    try:
-        for process in processes:
-            stdout, stderr = process.communicate(timeout=480)
-            outputs.append((process.returncode, stdout, stderr))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-    for returncode, stdout, stderr in outputs:
-        assert returncode == 0, stderr[-3000:]
+    _run_two_local_workers(["train", "--config", str(config_path)])
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["final_step"] == 4 and summary["num_replicas"] == 2
     assert os.path.exists(str(tmp_path / "run" / "checkpoints" / "ckpt-4.index"))

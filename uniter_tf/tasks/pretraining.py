@@ -27,6 +27,16 @@ DEFAULT_TASK_RATIOS = {"itm": 3, "mlm": 4, "mrfr": 2, "mrckl": 2}
 OWN_PARAMS = ("train_datasets", "inputs", "task_ratios", "max_masked_tokens", "max_masked_regions")
 
 
+def mix_ratios(task_ratios: Mapping[str, float], train_datasets) -> Dict[str, float]:
+    """The mixing ratio of every input stream: ``task`` keys when there are no ``train_datasets`` (one
+    dataset mixed by ``task_ratios``), ``task/dataset`` keys otherwise (see :func:`mix_task`)."""
+    if not train_datasets:
+        return {task: float(task_ratios[task]) for task in TASKS if float(task_ratios.get(task, 0)) > 0}
+    return {f"{task}/{entry['name']}": float(entry["task_ratios"][task])
+            for entry in train_datasets for task in TASKS
+            if float(entry["task_ratios"].get(task, 0)) > 0}
+
+
 def mix_task(stream: str) -> str:
     """The pretraining task of a stream: ``"itm/coco"`` → ``"itm"``, ``"itm"`` → ``"itm"``."""
     return stream.split("/", 1)[0]
@@ -147,12 +157,7 @@ class PretrainingTask(Task):
     # ---------------------------------------------------------------------------------- streams
     def stream_ratios(self) -> Dict[str, float]:
         """``task`` streams for ``train_files``, ``task/dataset`` streams for ``train_datasets``."""
-        if not self.train_datasets:
-            return {task: float(self.task_ratios[task]) for task in TASKS
-                    if float(self.task_ratios.get(task, 0)) > 0}
-        return {f"{task}/{entry['name']}": float(entry["task_ratios"][task])
-                for entry in self.train_datasets for task in TASKS
-                if float(entry["task_ratios"].get(task, 0)) > 0}
+        return mix_ratios(self.task_ratios, self.train_datasets)
 
     def active_tasks(self) -> List[str]:
         """Pretraining tasks with a positive ratio (in any dataset), in :data:`TASKS` order."""

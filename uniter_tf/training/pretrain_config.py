@@ -16,9 +16,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from uniter_tf.data.pretraining_inputs import PretrainingInputConfig, TASKS
 from uniter_tf.tasks.base_task import INIT_TYPES
-from uniter_tf.tasks.pretraining import DEFAULT_TASK_RATIOS, OWN_PARAMS, mix_task
+from uniter_tf.tasks.pretraining import DEFAULT_TASK_RATIOS, OWN_PARAMS, mix_ratios, mix_task
 from uniter_tf.tasks.pretraining import check_task_ratios as _check_task_ratios
 from uniter_tf.tasks.pretraining import checked_dataset as _checked_dataset
+from uniter_tf.training.experiment import parse_value
 from uniter_tf.training.trainer_config import PRECISIONS, RuntimeConfig, TrainerConfig
 
 #: PretrainConfig fields of the task section (the others are TrainerConfig / RuntimeConfig fields).
@@ -147,12 +148,7 @@ class PretrainConfig:
     def mix_ratios(self) -> Dict[str, float]:
         """The mixing ratio of every input stream: ``task`` keys for ``train_files``, ``task/dataset`` keys
         for ``train_datasets`` (see :func:`mix_task`)."""
-        if not self.train_datasets:
-            return {task: float(self.task_ratios[task]) for task in TASKS
-                    if float(self.task_ratios.get(task, 0)) > 0}
-        return {f"{task}/{entry['name']}": float(entry["task_ratios"][task])
-                for entry in self.train_datasets for task in TASKS
-                if float(entry["task_ratios"].get(task, 0)) > 0}
+        return mix_ratios(self.task_ratios, self.train_datasets)
 
     def files_for(self, mix_key: str) -> List[str]:
         """The training files of the stream ``mix_key`` (a key of :meth:`mix_ratios`)."""
@@ -191,13 +187,6 @@ class PretrainConfig:
         return cls(**values)
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text  # a bare string such as a path or a preset name
-
-
 def apply_overrides(values: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
     """Applies ``key=value`` overrides (dotted keys for nested objects; values parsed as JSON).
 
@@ -215,7 +204,7 @@ def apply_overrides(values: Dict[str, Any], overrides: Sequence[str]) -> Dict[st
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise ValueError(f"--set {key}: {part!r} is not an object")
-        target[parts[-1]] = _parse_value(text)
+        target[parts[-1]] = parse_value(text)
     return values
 
 

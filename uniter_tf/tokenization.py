@@ -655,3 +655,147 @@ class UniterPreprocessor(keras.layers.Layer):
         if isinstance(config.get("tokenizer"), dict):
             config["tokenizer"] = keras.saving.deserialize_keras_object(config["tokenizer"])
         return cls(**config)
+
+
+# ------------------------------------------------------------------------------------------ multi-segment
+# VCR text (spec §4.5, §5.6): several segments ``[CLS] q [SEP] a [SEP] (r [SEP])`` and references to
+# detected objects written ``[i]`` in the text.
+
+#: How many object-reference word ids follow the WordPiece vocabulary (official ``NUM_SPECIAL_TOKENS``).
+NUM_REFERENCE_IDS = 81
+#: A reference to detection ``i`` as written in segment strings: ``[i]`` (digits only, spaces allowed inside).
+_REFERENCE_IN_TEXT = r"\[\s*(\d+)\s*\]"
+_REFERENCE_WORD = r"\[\d+\]"
+#: The official token types of the VCR segments: question 0, answer 2, rationale 3 (1 is the image type).
+QUESTION_TYPE_ID, ANSWER_TYPE_ID, RATIONALE_TYPE_ID = 0, 2, 3
+
+
+def tokenize_with_references(tokenizer: UniterTokenizer, texts, num_reference_ids: int = NUM_REFERENCE_IDS
+                             ) -> tf.RaggedTensor:
+    """Strings with object references -> WordPiece ids, each ``[i]`` becoming the one word id ``vocab + i``.
+
+    The VCR annotations refer to detections by index; UNITER's VCR word table has ``num_reference_ids``
+    (81) extra rows after the WordPiece vocabulary (28996..29076 for ``bert-base-cased``). A reference is
+    written ``[i]`` anywhere in the text (``"Why is [0] above [1]?"``); it becomes the single id
+    ``tokenizer.vocab_size + i``. Every other word is tokenized exactly as :meth:`UniterTokenizer.tokenize`
+    tokenizes it (a text without references gives the same ids). In-graph: usable in ``tf.data``, a
+    ``tf.function`` and a SavedModel.
+
+    Args:
+        tokenizer: the WordPiece tokenizer.
+        texts: a ``[B]`` string tensor (or a list of strings).
+        num_reference_ids: reference ids after the vocabulary; ``[i]`` with ``i >= num_reference_ids`` fails.
+
+    Returns:
+        int32 ``RaggedTensor [B, None]``.
+
+    Raises:
+        tf.errors.InvalidArgumentError: a reference index ``>= num_reference_ids`` (the message says so).
+    """
+    texts = tf.reshape(tf.convert_to_tensor(texts, dtype=tf.string), [-1])
+    # References become whitespace-delimited words "[i]"; BERT's basic tokenization would split their
+    # brackets into punctuation pieces.
+    spaced = tf.strings.regex_replace(tokenizer._clean_text(texts), _REFERENCE_IN_TEXT, r" [\1] ")
+    words = tf.strings.split(spaced)  # [B, (W)]
+    flat_words = words.flat_values
+    is_reference = tf.strings.regex_full_match(flat_words, _REFERENCE_WORD)
+    digits = tf.where(is_reference, tf.strings.regex_replace(flat_words, r"[\[\]]", ""), "0")
+    # int64 first: an absurd index ("[99999999999]") must fail the range check, not wrap around.
+    index = tf.strings.to_number(tf.strings.substr(digits, 0, 18), out_type=tf.int64)
+    index = tf.where(tf.strings.length(digits) > 18, tf.constant(2 ** 62, tf.int64), index)
+    check = tf.debugging.assert_less(
+            index, tf.constant(num_reference_ids, tf.int64),
+            message=f"object reference [i] with i >= {num_reference_ids}: VCR has {num_reference_ids} reference ids")
+    with tf.control_dependencies([check]):
+        reference_ids = tf.cast(index, tf.int32) + tokenizer.vocab_size
+    pieces = tokenizer.tokenize(tf.where(is_reference, "", flat_words))  # [BW, (P)]
+    references = tf.ragged.boolean_mask(reference_ids[:, tf.newaxis], is_reference[:, tf.newaxis])
+    per_word = tf.concat([references, pieces], axis=1)  # a reference word tokenizes to nothing else
+    return words.with_flat_values(per_word).merge_dims(1, 2)
+
+
+def trim_segments(segments: Sequence[tf.RaggedTensor], max_text_length: int) -> List[tf.RaggedTensor]:
+    """Cuts segments so that each row's total length (``[CLS]``/``[SEP]`` not counted) is at most ``max_text_length``.
+
+    The rule (tensorflow-text's ``ShrinkLongestTrimmer``): while a row is too long, its longest segment
+    loses its last token; among equally long segments the earliest loses first. A short question therefore
+    keeps every token while a long rationale is cut. The official code never truncates: training drops
+    over-long examples (``max_txt_len`` 220, spec §7.14); this rule is for evaluation and serving, where
+    no example may be lost.
+
+    Args:
+        segments: ``[B, None]`` ragged ids, one tensor per segment.
+        max_text_length: the longest total, at least the number of segments.
+
+    Returns:
+        The trimmed segments (same order).
+    """
+    if max_text_length < len(segments):
+        raise ValueError(f"max_text_length {max_text_length} cannot hold {len(segments)} segments")
+    return tf_text.ShrinkLongestTrimmer(int(max_text_length)).trim(list(segments))
+
+
+def pack_segments(segments: Sequence[tf.RaggedTensor], segment_type_ids: Sequence[int], cls_id: int, sep_id: int,
+                  max_text_length: Optional[int] = None) -> Tuple[tf.RaggedTensor, tf.RaggedTensor]:
+    """``[CLS] s0 [SEP] s1 [SEP] … [SEP]`` with the official VCR token types (``data/vcr.py:102-159``).
+
+    Types: ``[CLS]`` and the first segment take the first segment's type; each later segment's type also
+    covers the ``[SEP]`` in front of it; the final ``[SEP]`` takes the last segment's type. For VCR Q→A
+    (types 0, 2): ``[CLS] q`` 0, ``[SEP] a [SEP]`` 2; QA→R (0, 2, 3): ``[CLS] q`` 0, ``[SEP] a`` 2,
+    ``[SEP] r [SEP]`` 3 (spec §5.6).
+
+    Args:
+        segments: int ``[B, None]`` ragged ids without special tokens, one tensor per segment.
+        segment_type_ids: the type id of each segment.
+        cls_id: id of ``[CLS]``.
+        sep_id: id of ``[SEP]``.
+        max_text_length: if given, :func:`trim_segments` first (special tokens not counted).
+
+    Returns:
+        ``(token_ids, token_type_ids)``, int32 ``RaggedTensor [B, None]`` of equal row lengths.
+    """
+    if not segments or len(segments) != len(segment_type_ids):
+        raise ValueError(f"pack_segments needs one type id per segment, got {len(segments)} segments and "
+                         f"{len(segment_type_ids)} type ids")
+    segments = [tf.cast(segment, tf.int32) for segment in segments]
+    if max_text_length is not None:
+        segments = trim_segments(segments, max_text_length)
+
+    def constant_row(like, value):
+        return tf.fill([like.nrows(), 1], tf.constant(value, tf.int32))
+
+    first = segments[0]
+    token_parts = [constant_row(first, cls_id), first]
+    type_parts = [constant_row(first, segment_type_ids[0]), tf.zeros_like(first) + int(segment_type_ids[0])]
+    for segment, type_id in zip(segments[1:], segment_type_ids[1:]):
+        token_parts += [constant_row(segment, sep_id), segment]
+        type_parts += [constant_row(segment, type_id), tf.zeros_like(segment) + int(type_id)]
+    token_parts.append(constant_row(first, sep_id))
+    type_parts.append(constant_row(first, segment_type_ids[-1]))
+    return tf.concat(token_parts, axis=1), tf.concat(type_parts, axis=1)
+
+
+def encode_segments(tokenizer: UniterTokenizer, segment_texts: Sequence, segment_type_ids: Sequence[int],
+                    max_text_length: Optional[int] = None, num_reference_ids: int = NUM_REFERENCE_IDS
+                    ) -> dict:
+    """Segment strings -> the backbone's dense ``token_ids``, ``token_type_ids`` and ``text_mask``.
+
+    What training, export and serving share for VCR: :func:`tokenize_with_references` on every segment,
+    then :func:`pack_segments`; rows are right-padded with ``[PAD]`` (type 0, mask 0, as the official
+    collate). Works on ``[B]`` string tensors inside a ``tf.function``.
+
+    Args:
+        tokenizer: the WordPiece tokenizer.
+        segment_texts: one ``[B]`` string tensor per segment.
+        segment_type_ids: one type id per segment (VCR Q→A: ``(0, 2)``, QA→R: ``(0, 2, 3)``).
+        max_text_length: the longest total of segment tokens (see :func:`trim_segments`); None: no cut.
+        num_reference_ids: object-reference ids after the vocabulary.
+
+    Returns:
+        ``{"token_ids", "token_type_ids", "text_mask"}``, int32 ``[B, L]``.
+    """
+    segments = [tokenize_with_references(tokenizer, texts, num_reference_ids) for texts in segment_texts]
+    token_ids, type_ids = pack_segments(segments, segment_type_ids, tokenizer.cls_id, tokenizer.sep_id,
+                                        max_text_length)
+    return {"token_ids": token_ids.to_tensor(tokenizer.pad_id), "token_type_ids": type_ids.to_tensor(0),
+            "text_mask": tf.ones_like(token_ids).to_tensor(0)}

@@ -19,6 +19,7 @@ UNREADABLE_INPUT = "unreadable_input"          # file or record that cannot be o
 MISSING_FIELD = "missing_field"                # a record lacks a field its format requires (or it is null)
 BAD_TYPE = "bad_type"                          # a field of the wrong type (non-string text, list id, "tall" height)
 BAD_LABEL = "bad_label"                        # a label outside the format's label set
+BAD_REFERENCE = "bad_reference"                # a text's object reference to a region the image does not have (VCR)
 UNSAFE_INPUT = "unsafe_input"                  # a value that only unpickling could decode (object array): refused
 DUPLICATE_ID = "duplicate_id"                  # a text item whose example id an earlier item already has
 # Image (feature record) problems.
@@ -35,9 +36,9 @@ IMAGE_REJECTED = "image_rejected"              # the text's image had a feature 
 
 #: Every reason, in the order summaries print them.
 ALL_REASONS = (
-        UNREADABLE_INPUT, UNSAFE_INPUT, MISSING_FIELD, BAD_TYPE, BAD_LABEL, NON_FINITE_FEATURES, WRONG_FEATURE_DIM,
-        NO_REGIONS, DUPLICATE_IMAGE_ID, DUPLICATE_ID, EMPTY_TEXT, OVERLONG_TEXT, NON_UTF8_TEXT, UNKNOWN_IMAGE,
-        IMAGE_REJECTED)
+        UNREADABLE_INPUT, UNSAFE_INPUT, MISSING_FIELD, BAD_TYPE, BAD_LABEL, BAD_REFERENCE, NON_FINITE_FEATURES,
+        WRONG_FEATURE_DIM, NO_REGIONS, DUPLICATE_IMAGE_ID, DUPLICATE_ID, EMPTY_TEXT, OVERLONG_TEXT, NON_UTF8_TEXT,
+        UNKNOWN_IMAGE, IMAGE_REJECTED)
 
 #: Reasons that concern an image (feature record) rather than a text item.
 IMAGE_REASONS = frozenset({NON_FINITE_FEATURES, WRONG_FEATURE_DIM, NO_REGIONS, DUPLICATE_IMAGE_ID})
@@ -150,7 +151,7 @@ def read_dead_letters(paths) -> "list[DeadLetter]":
 __all__ = [
         "METRICS_NAMESPACE", "DeadLetter", "ALL_REASONS", "IMAGE_REASONS", "format_summary", "safe_text",
         "read_dead_letters", "describe_value", "UNREADABLE_INPUT", "UNSAFE_INPUT", "MISSING_FIELD", "BAD_TYPE",
-        "BAD_LABEL", "DUPLICATE_ID", "DUPLICATE_IMAGE_ID", "NON_FINITE_FEATURES",
+        "BAD_LABEL", "BAD_REFERENCE", "DUPLICATE_ID", "DUPLICATE_IMAGE_ID", "NON_FINITE_FEATURES",
         "WRONG_FEATURE_DIM", "NO_REGIONS", "EMPTY_TEXT", "OVERLONG_TEXT", "NON_UTF8_TEXT",
         "UNKNOWN_IMAGE", "IMAGE_REJECTED", "TRUNCATED_TEXT", "EXCLUDED_SPLIT", "IMAGES_WITHOUT_TEXT",
         "DUPLICATE_IMAGE_IDS", "UNKNOWN_IMAGE_SIZE", "TEXT_ITEMS_READ", "IMAGE_RECORDS_READ", "EXAMPLES_WRITTEN_PREFIX",

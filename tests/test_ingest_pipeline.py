@@ -142,39 +142,6 @@ def test_hash_split_is_deterministic_and_near_the_fraction():
     assert splits != [ingest.hash_split(f"image_{index}", 0.2, salt="other") for index in range(2000)]
 
 
-def test_nlvr2_pairs_written_only_when_both_images_are_good(tmp_path):
-    from uniter_tf.data.importers import img_db
-
-    images = {f"nlvr2_dev-{pair}-0-img{side}.npz": data.image_arrays(pair * 2 + side)
-              for pair in (1, 2, 3) for side in (0, 1)}
-    del images["nlvr2_dev-3-0-img1.npz"]
-    images["nlvr2_dev-2-0-img1.npz"]["features"][:] = np.nan
-    img_db.write_img_db(str(tmp_path / "img_db"), images, selection=ingest.boxes_lib.BoxSelection())
-    annotations = data.write_jsonl(tmp_path / "dev.json", [
-            {"identifier": f"dev-{pair}-0-{index}", "sentence": f"Sentence {index} about pair {pair}.",
-             "label": "True" if index else "False"} for pair in (1, 2, 3) for index in range(2)])
-    config = ingest.IngestConfig(annotation_format="nlvr2", annotations=(annotations,),
-                                 features=str(tmp_path / "img_db"), feature_dim=data.FEATURE_DIM,
-                                 splits_from_annotations=True, strip_feature_prefix="nlvr2_")
-    result = ingest.run_ingest(config, str(tmp_path / "out"))
-    records = data.read_tfrecords(result.split_dirs[ingest.EVAL])
-    assert not data.read_tfrecords(result.split_dirs[ingest.TRAIN])
-    assert sorted(record["example_id"].decode() for record in records) == [
-            "dev-1-0-0#img0", "dev-1-0-0#img1", "dev-1-0-1#img0", "dev-1-0-1#img1"]
-    by_id = {record["example_id"].decode(): record for record in records}
-    assert by_id["dev-1-0-1#img1"]["image_id"] == b"dev-1-0-img1" and by_id["dev-1-0-1#img1"]["label"] == 1
-    assert by_id["dev-1-0-0#img0"]["label"] == 0
-    assert {record["task"] for record in records} == {b"nlvr2"}
-    # img_db has no image size: boxes stay normalised and the size is recorded as 1x1 (and counted).
-    assert (by_id["dev-1-0-0#img0"]["image_height"], by_id["dev-1-0-0#img0"]["image_width"]) == (1, 1)
-    assert result.counts[dead_letter.UNKNOWN_IMAGE_SIZE] == 4
-    letters = data.read_dead_letter_dir(result.dead_letter_dir)
-    text_letters = sorted((letter.record_id, letter.reason) for letter in letters if letter.kind == "text")
-    assert text_letters == [("dev-2-0-0", dead_letter.IMAGE_REJECTED), ("dev-2-0-1", dead_letter.IMAGE_REJECTED),
-                            ("dev-3-0-0", dead_letter.UNKNOWN_IMAGE), ("dev-3-0-1", dead_letter.UNKNOWN_IMAGE)]
-    assert [letter.reason for letter in letters if letter.kind == "image"] == [dead_letter.NON_FINITE_FEATURES]
-
-
 def test_cli_ingests_vqa_with_soft_scores(tmp_path, capsys):
     from uniter_tf import cli
     from uniter_tf.data.importers import butd_tsv

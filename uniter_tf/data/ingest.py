@@ -18,9 +18,10 @@ The pipeline (:func:`IngestExamples`, a ``ptransform_fn``):
 4. finds texts whose image never arrived (``unknown_image`` / ``image_rejected``) with a keys-only
    ``CoGroupByKey``.
 
-Multi-image items (NLVR2) become one record per image, ``example_id`` = ``{identifier}#img0`` /
-``#img1``; they are written only when every image of the item is good, which costs a first keys-only
-pass over the features.
+Two-image items (NLVR2) become one pair record (``example_id`` = the identifier): the left image in the
+one-image fields, the right image in the ``*_2`` fields (:data:`uniter_tf.data.schema.SECOND_IMAGE_FEATURE_KEYS`).
+Each image is joined on its own, then the two halves meet by example id (:class:`MergePairs`). An item is
+written only when both its images are good, which costs a first keys-only pass over the features.
 
 Every rejected input becomes a :class:`~uniter_tf.data.dead_letter.DeadLetter` (JSON lines) and
 increments the Beam counter named after its reason (namespace ``uniter_ingest``).
@@ -216,7 +217,8 @@ def build_example(record, item: readers_lib.TextItem, slot: int):
             height, width = 1, 1
             used_unit_size = True
         region_boxes = feature_record.pixel_boxes_from_normalized(record.positions, height, width)
-    example_id = item.example_id if len(item.image_ids) == 1 else f"{item.example_id}#img{slot}"
+    # Two-image items: each image's half carries the item's id; MergePairs joins the halves into one record.
+    example_id = item.example_id
     example = schema.make_example(
             image_id=item.image_ids[slot], region_features=record.features, region_boxes=region_boxes,
             region_positions=record.positions, image_height=height, image_width=width,
@@ -444,7 +446,9 @@ class JoinWithTexts(beam.DoFn):
     bundle into its own file, so memory stays flat in the dataset size.
     """
 
-    def __init__(self):
+    def __init__(self, pair_halves: bool = False):
+        # With pair_halves (NLVR2), each image's record goes to the "halves" output for MergePairs.
+        self._pair_halves = pair_halves
         self._unit_size = _counter(dead_letter.UNKNOWN_IMAGE_SIZE)
         self._written = {split: _counter(dead_letter.EXAMPLES_WRITTEN_PREFIX + split) for split in SPLITS}
 
@@ -461,8 +465,41 @@ class JoinWithTexts(beam.DoFn):
                 continue
             if used_unit_size:
                 self._unit_size.inc()
+            if self._pair_halves:
+                yield beam.pvalue.TaggedOutput("halves", (item.example_id, (slot, split, example.SerializeToString())))
+                continue
             self._written[split].inc()
             yield beam.pvalue.TaggedOutput(split, example.SerializeToString())
+
+
+class MergePairs(beam.DoFn):
+    """``(example_id, [(slot, split, half)])`` → one two-image record on its split output.
+
+    Slot 0 (the left image) keeps the one-image fields, slot 1's image becomes the ``*_2`` fields. An item
+    with a half missing had that half's problem reported as a dead letter already (JoinWithTexts), so it
+    is dropped here without a second letter.
+    """
+
+    def __init__(self):
+        self._written = {split: _counter(dead_letter.EXAMPLES_WRITTEN_PREFIX + split) for split in SPLITS}
+
+    def process(self, keyed_halves):
+        from uniter_tf.data import schema
+
+        example_id, halves = keyed_halves
+        by_slot = {slot: (split, half) for slot, split, half in halves}
+        if set(by_slot) != {0, 1}:
+            return
+        split = by_slot[0][0]
+        try:
+            merged = schema.merge_second_image_features(by_slot[0][1], by_slot[1][1])
+        except ValueError as error:
+            yield beam.pvalue.TaggedOutput("dead", dead_letter.DeadLetter(
+                    example_id, dead_letter.UNREADABLE_INPUT,
+                    f"cannot build the pair record: {dead_letter.safe_text(error)}", ""))
+            return
+        self._written[split].inc()
+        yield beam.pvalue.TaggedOutput(split, merged.SerializeToString())
 
 
 def _missing_image_letters(grouped, multi_image: bool):
@@ -539,9 +576,15 @@ def _ingest_expand(pipeline, config: IngestConfig, answer_to_label: Optional[Dic
     else:
         join_records = features.records
     joined = join_records | "JoinWithTexts" >> beam.ParDo(
-            JoinWithTexts(), beam.pvalue.AsMultiMap(text_index)).with_outputs(
-                    "seen", "dead", *SPLITS)
+            JoinWithTexts(pair_halves=multi_image), beam.pvalue.AsMultiMap(text_index)).with_outputs(
+                    "seen", "dead", "halves", *SPLITS)
     dead.append(joined.dead)
+    split_outputs = joined
+    if multi_image:
+        split_outputs = (joined.halves
+                         | "GroupPairHalves" >> beam.GroupByKey()
+                         | "MergePairs" >> beam.ParDo(MergePairs()).with_outputs("dead", *SPLITS))
+        dead.append(split_outputs.dead)
     seen = joined.seen if not multi_image else (features.records | "SeenKeys" >> beam.Map(lambda kv: kv[0]))
     missing = ({"texts": text_keys,
                 "seen": seen | "SeenPairs" >> beam.Map(lambda key: (key, None)),
@@ -558,11 +601,11 @@ def _ingest_expand(pipeline, config: IngestConfig, answer_to_label: Optional[Dic
     dead_letters = tuple(dead) | "AllDeadLetters" >> beam.Flatten()
     if output_prefixes:
         for split in SPLITS:
-            write_examples(joined[split], output_prefixes[split], config.num_shards,
+            write_examples(split_outputs[split], output_prefixes[split], config.num_shards,
                            label=f"Write{split.capitalize()}")
         outputs = {}
     else:
-        outputs = {split: joined[split] for split in SPLITS}
+        outputs = {split: split_outputs[split] for split in SPLITS}
     outputs["dead_letters"] = dead_letters
     return outputs
 

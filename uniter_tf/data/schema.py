@@ -1,8 +1,10 @@
 """The canonical ``tf.train.Example`` record of uniter-tf (docs/architecture.md, docs/data.md).
 
-One record per text item (caption, question, hypothesis, referring expression) with its image's region
-features repeated in it; region-feature extraction writes the same record without the text fields
-(one per image). This module owns the feature names, the builder (:func:`make_example`), the parse spec
+One record per text item (caption, question, hypothesis, referring expression, NLVR2 statement) with its
+image's region features repeated in it; region-feature extraction writes the same record without the text
+fields (one per image). A two-image item (NLVR2: one statement about a left and a right image) is one
+record too: the left image in the one-image fields, the right image in the ``*_2`` fields
+(:data:`SECOND_IMAGE_FEATURE_KEYS`). This module owns the feature names, the builder (:func:`make_example`), the parse spec
 (:func:`feature_spec`) and the ``tf.data`` decoder (:func:`parse_and_decode`).
 
 Storage choices (measured in docs/data.md): region features and soft labels are float16 little-endian
@@ -37,6 +39,16 @@ ANSWER_SCORES = "answer_scores"
 LABEL = "label"
 TARGET_BOX = "target_box"
 TASK = "task"
+# The second image of a two-image record (NLVR2: the right image, ``{pair}-img1``). The first image stays in
+# the one-image fields above, so one-image consumers read a pair record's left image unchanged; the second
+# image shares ``feature_dim`` and has no soft labels (no fine-tuning task reads them).
+IMAGE_ID_2 = "image_id_2"
+IMAGE_HEIGHT_2 = "image_height_2"
+IMAGE_WIDTH_2 = "image_width_2"
+NUM_REGIONS_2 = "num_regions_2"
+REGION_FEATURES_2 = "region_features_2"
+REGION_POSITIONS_2 = "region_positions_2"
+REGION_BOXES_2 = "region_boxes_2"
 
 #: The values of ``task``: which task family a text record belongs to. Every reader and writer of text
 #: records sets it, so consumers (the evaluator, the fine-tuning inputs) read what a record is for
@@ -60,7 +72,12 @@ IMAGE_FEATURE_KEYS = (
 TEXT_FEATURE_KEYS = (
         EXAMPLE_ID, TEXT, TOKEN_IDS, ANSWERS, ANSWER_LABELS, ANSWER_SCORES, LABEL, TARGET_BOX, TASK,
 )
-ALL_FEATURE_KEYS = IMAGE_FEATURE_KEYS + TEXT_FEATURE_KEYS
+#: The second image's fields of a two-image record, and the one-image field each one mirrors.
+SECOND_IMAGE_FEATURE_KEYS = {
+        IMAGE_ID_2: IMAGE_ID, IMAGE_HEIGHT_2: IMAGE_HEIGHT, IMAGE_WIDTH_2: IMAGE_WIDTH, NUM_REGIONS_2: NUM_REGIONS,
+        REGION_FEATURES_2: REGION_FEATURES, REGION_POSITIONS_2: REGION_POSITIONS, REGION_BOXES_2: REGION_BOXES,
+}
+ALL_FEATURE_KEYS = IMAGE_FEATURE_KEYS + TEXT_FEATURE_KEYS + tuple(SECOND_IMAGE_FEATURE_KEYS)
 #: Fields every record must carry.
 _REQUIRED_KEYS = (IMAGE_ID, IMAGE_HEIGHT, IMAGE_WIDTH, NUM_REGIONS, FEATURE_DIM, REGION_FEATURES)
 
@@ -125,6 +142,7 @@ def make_example(
         label: Optional[int] = None,
         target_box: Optional[Sequence[float]] = None,
         task: Optional[str] = None,
+        second_image: Optional[Mapping[str, Any]] = None,
 ):
     """Builds a canonical ``tf.train.Example`` from numpy arrays.
 
@@ -149,6 +167,10 @@ def make_example(
         task: the record's task family, one of :data:`TASKS`; every text record should carry it (records
             written before the field existed have none, see
             :func:`uniter_tf.evaluation.records.record_task`).
+        second_image: the second image of a two-image record (NLVR2's right image): a mapping with
+            ``image_id``, ``region_features`` (same ``D``), ``region_boxes``, ``image_height``,
+            ``image_width`` and optionally ``region_positions`` (as :func:`image_fields` gives); stored in
+            the ``*_2`` fields (:data:`SECOND_IMAGE_FEATURE_KEYS`).
 
     Returns:
         The ``tf.train.Example``.
@@ -250,7 +272,17 @@ def make_example(
         feature[TARGET_BOX] = float_feature(box)
     if task is not None:
         feature[TASK] = bytes_feature([_task_bytes(task, record)])
-    return tf.train.Example(features=tf.train.Features(feature=feature))
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    if second_image is not None:
+        unknown = sorted(set(second_image) - {"image_id", "region_features", "region_boxes", "region_positions",
+                                              "image_height", "image_width", "soft_labels"})
+        if unknown:
+            raise ValueError(f"second_image of record {record!r} has unknown fields {unknown}")
+        # Built (and so checked) as a one-image record, then stored under the second image's names.
+        image_example = make_example(**{key: value for key, value in second_image.items() if key != "soft_labels"},
+                                     example_id=f"{record} (second image)")
+        example = merge_second_image_features(example, image_example)
+    return example
 
 
 def merge_image_features(text_example, image_example):
@@ -289,6 +321,44 @@ def merge_image_features(text_example, image_example):
             merged_map[key].CopyFrom(image_map[key])
     return merged
 
+def merge_second_image_features(pair_example, image_example):
+    """Returns a copy of ``pair_example`` with ``image_example``'s image stored as its second image.
+
+    Args:
+        pair_example: a ``tf.train.Example`` (or bytes) holding the text and the first image.
+        image_example: a one-image ``tf.train.Example`` (or bytes), e.g. the right image of an NLVR2 pair.
+
+    Returns:
+        A new ``tf.train.Example`` with the ``*_2`` fields (:data:`SECOND_IMAGE_FEATURE_KEYS`).
+
+    Raises:
+        ValueError: ``image_example`` lacks a required image field, or its ``feature_dim`` differs from the
+            first image's (both images go through one region embedding).
+    """
+    import tensorflow as tf
+
+    def as_example(value):
+        if isinstance(value, (bytes, bytearray)):
+            return tf.train.Example.FromString(bytes(value))
+        return value
+
+    pair_example, image_example = as_example(pair_example), as_example(image_example)
+    image_map = image_example.features.feature
+    for key in _REQUIRED_KEYS:
+        if key not in image_map:
+            raise ValueError(f"second image record is missing the required field {key!r}")
+    merged = tf.train.Example()
+    merged.CopyFrom(pair_example)
+    merged_map = merged.features.feature
+    if FEATURE_DIM in merged_map and (merged_map[FEATURE_DIM].int64_list.value
+                                      != image_map[FEATURE_DIM].int64_list.value):
+        record = merged_map[EXAMPLE_ID].bytes_list.value[:1] if EXAMPLE_ID in merged_map else "?"
+        raise ValueError(f"record {record!r}: the second image has feature_dim "
+                         f"{list(image_map[FEATURE_DIM].int64_list.value)}, the first "
+                         f"{list(merged_map[FEATURE_DIM].int64_list.value)}")
+    for second_key, key in SECOND_IMAGE_FEATURE_KEYS.items():
+        merged_map[second_key].CopyFrom(image_map[key])
+    return merged
 
 
 def feature_spec() -> Dict[str, Any]:
@@ -326,10 +396,19 @@ def feature_spec() -> Dict[str, Any]:
             LABEL: scalar(tf.int64, NO_LABEL),
             TARGET_BOX: sequence(tf.float32),
             TASK: scalar(tf.string, b""),
+            # The second image of a two-image record (absent from every one-image record).
+            IMAGE_ID_2: scalar(tf.string, b""),
+            IMAGE_HEIGHT_2: scalar(tf.int64, 0),
+            IMAGE_WIDTH_2: scalar(tf.int64, 0),
+            NUM_REGIONS_2: scalar(tf.int64, 0),
+            REGION_FEATURES_2: scalar(tf.string, b""),
+            REGION_POSITIONS_2: sequence(tf.float32),
+            REGION_BOXES_2: sequence(tf.float32),
     }
 
 
-def parse_and_decode(serialized, feature_dim: Optional[int] = None, num_soft_labels: Optional[int] = None):
+def parse_and_decode(serialized, feature_dim: Optional[int] = None, num_soft_labels: Optional[int] = None,
+                     second_image: bool = False):
     """Parses one serialized canonical record into dense tensors (use in ``tf.data.Dataset.map``).
 
     Args:
@@ -337,6 +416,9 @@ def parse_and_decode(serialized, feature_dim: Optional[int] = None, num_soft_lab
         feature_dim: if given, the expected ``D``; records with another ``feature_dim`` fail and the
             output gets the static shape ``[None, D]`` (Dense layers need it).
         num_soft_labels: if given, the expected ``C`` (same treatment).
+        second_image: also decode the second image of a two-image record (NLVR2): ``image_id_2``,
+            ``image_height_2``, ``image_width_2``, ``num_regions_2`` and ``region_features_2 [n2, D]``,
+            ``region_positions_2 [n2, 7]``, ``region_boxes_2 [n2, 4]`` (``n2 = 0`` on a one-image record).
 
     Returns:
         A dict: ``example_id``, ``image_id``, ``text`` (string scalars); ``token_ids [T]`` int32;
@@ -389,6 +471,13 @@ def parse_and_decode(serialized, feature_dim: Optional[int] = None, num_soft_lab
     check_size(parsed[REGION_POSITIONS], num_regions * boxes_lib.POSITION_DIM, REGION_POSITIONS)
     check_size(parsed[REGION_BOXES], num_regions * 4, REGION_BOXES)
     check_size(parsed[SOFT_LABELS], num_regions * num_classes, SOFT_LABELS, FLOAT16_BYTES)
+    num_regions_2 = tf.cast(parsed[NUM_REGIONS_2], tf.int32)
+    if second_image:
+        checks.append(tf.debugging.Assert(num_regions_2 >= 0, [f"{NUM_REGIONS_2} < 0 in record (example_id, "
+                                                               "image_id):"] + record_ids))
+        check_size(parsed[REGION_FEATURES_2], num_regions_2 * dim, REGION_FEATURES_2, FLOAT16_BYTES)
+        check_size(parsed[REGION_POSITIONS_2], num_regions_2 * boxes_lib.POSITION_DIM, REGION_POSITIONS_2)
+        check_size(parsed[REGION_BOXES_2], num_regions_2 * 4, REGION_BOXES_2)
     checks.append(tf.debugging.Assert(
             tf.equal(tf.size(parsed[ANSWER_LABELS]), tf.size(parsed[ANSWER_SCORES])),
             ["answer_labels and answer_scores differ in length in record (example_id, image_id):"] + record_ids))
@@ -404,11 +493,26 @@ def parse_and_decode(serialized, feature_dim: Optional[int] = None, num_soft_lab
         region_positions = tf.reshape(parsed[REGION_POSITIONS], [num_regions, boxes_lib.POSITION_DIM])
         region_boxes = tf.reshape(parsed[REGION_BOXES], [num_regions, 4])
         soft_labels = tf.reshape(tf.cast(soft_flat, tf.float32), tf.stack([num_regions, num_classes]))
+        second = {}
+        if second_image:
+            features_flat_2 = tf.io.decode_raw(parsed[REGION_FEATURES_2], tf.float16, little_endian=True)
+            second = {
+                    IMAGE_ID_2: parsed[IMAGE_ID_2],
+                    IMAGE_HEIGHT_2: tf.cast(parsed[IMAGE_HEIGHT_2], tf.int32),
+                    IMAGE_WIDTH_2: tf.cast(parsed[IMAGE_WIDTH_2], tf.int32),
+                    NUM_REGIONS_2: num_regions_2,
+                    REGION_FEATURES_2: tf.reshape(tf.cast(features_flat_2, tf.float32), tf.stack([num_regions_2, dim])),
+                    REGION_POSITIONS_2: tf.reshape(parsed[REGION_POSITIONS_2], [num_regions_2, boxes_lib.POSITION_DIM]),
+                    REGION_BOXES_2: tf.reshape(parsed[REGION_BOXES_2], [num_regions_2, 4]),
+            }
     if feature_dim is not None:
         region_features = tf.ensure_shape(region_features, [None, feature_dim])
     if num_soft_labels is not None:
         soft_labels = tf.ensure_shape(soft_labels, [None, num_soft_labels])
+    if second and feature_dim is not None:
+        second[REGION_FEATURES_2] = tf.ensure_shape(second[REGION_FEATURES_2], [None, feature_dim])
     return {
+            **second,
             EXAMPLE_ID: parsed[EXAMPLE_ID],
             IMAGE_ID: parsed[IMAGE_ID],
             TEXT: parsed[TEXT],
@@ -522,6 +626,21 @@ def decode_example(example) -> Dict[str, Any]:
         decoded[LABEL] = scalar_int(LABEL)
     if TARGET_BOX in feature_map:
         decoded[TARGET_BOX] = np.asarray(feature_map[TARGET_BOX].float_list.value, np.float32)
+    if IMAGE_ID_2 in feature_map:
+        num_regions_2 = scalar_int(NUM_REGIONS_2)
+        features_2 = np.frombuffer(scalar_bytes(REGION_FEATURES_2), dtype="<f2")
+        if features_2.size != num_regions_2 * dim:
+            raise ValueError(f"{REGION_FEATURES_2} of record {record!r} has {features_2.size} values, expected "
+                             f"{num_regions_2} x {dim}")
+        decoded.update({IMAGE_ID_2: scalar_bytes(IMAGE_ID_2), IMAGE_HEIGHT_2: scalar_int(IMAGE_HEIGHT_2),
+                        IMAGE_WIDTH_2: scalar_int(IMAGE_WIDTH_2), NUM_REGIONS_2: num_regions_2,
+                        REGION_FEATURES_2: features_2.astype(np.float32).reshape(num_regions_2, dim)})
+        for key, columns in ((REGION_POSITIONS_2, boxes_lib.POSITION_DIM), (REGION_BOXES_2, 4)):
+            values = np.asarray(feature_map[key].float_list.value if key in feature_map else [], np.float32)
+            if values.size != num_regions_2 * columns:
+                raise ValueError(f"{key} of record {record!r} has {values.size} values, expected "
+                                 f"{num_regions_2} x {columns}")
+            decoded[key] = values.reshape(num_regions_2, columns)
     return decoded
 
 
@@ -544,5 +663,7 @@ __all__ = [
         "ANSWERS", "ANSWER_LABELS", "ANSWER_SCORES", "LABEL", "TARGET_BOX", "TASK", "TASKS", "TASK_CAPTION",
         "TASK_VQA", "TASK_SNLI_VE", "TASK_NLVR2", "TASK_REFCOCO", "TASK_VCR", "IMAGE_FEATURE_KEYS",
         "TEXT_FEATURE_KEYS", "ALL_FEATURE_KEYS", "NO_LABEL", "FLOAT16_MAX", "make_example",
-        "merge_image_features", "feature_spec", "parse_and_decode", "decode_example", "image_fields",
+        "merge_image_features", "merge_second_image_features", "IMAGE_ID_2", "IMAGE_HEIGHT_2", "IMAGE_WIDTH_2",
+        "NUM_REGIONS_2", "REGION_FEATURES_2", "REGION_POSITIONS_2", "REGION_BOXES_2", "SECOND_IMAGE_FEATURE_KEYS",
+        "feature_spec", "parse_and_decode", "decode_example", "image_fields",
 ]

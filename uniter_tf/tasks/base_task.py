@@ -36,7 +36,9 @@ TASK_REGISTRY: Dict[str, type] = {}
 
 # Modules whose import registers tasks; imported by get_task so callers need one import only. A module
 # that does not exist (yet) in this checkout is skipped.
-_TASK_MODULES = ("uniter_tf.tasks.pretraining", "uniter_tf.models.vqa", "uniter_tf.models.snli_ve")
+_TASK_MODULES = ("uniter_tf.tasks.pretraining", "uniter_tf.models.vqa", "uniter_tf.models.snli_ve",
+                 "uniter_tf.models.retrieval_task", "uniter_tf.models.refcoco_task", "uniter_tf.models.nlvr2_task",
+                 "uniter_tf.models.vcr_task")
 
 #: Keys every task accepts (the ``task`` section of an experiment config).
 COMMON_PARAMS = ("model", "model_overrides", "train_files", "eval_files", "init", "init_path")

@@ -97,3 +97,31 @@ def test_cli_and_config_validation(tmp_path, capsys):
     assert "num_images" in capsys.readouterr().err
     with pytest.raises(ValueError, match="max_objects"):
         sample_data.SampleDataConfig(max_objects=9)
+
+
+def test_presence_questions_bind_colour_to_shape_and_leave_the_rest_unchanged(tmp_path):
+    plain = sample_data.SampleDataConfig(num_images=6, seed=5)
+    sample_data.generate(str(tmp_path / "plain"), plain)
+    sample_data.generate(str(tmp_path / "presence"), sample_data.SampleDataConfig(num_images=6, seed=5,
+                                                                                   presence_questions=True))
+    assert _digest(tmp_path / "plain" / "images") == _digest(tmp_path / "presence" / "images")
+    assert (tmp_path / "plain" / "boxes.json").read_bytes() == (tmp_path / "presence" / "boxes.json").read_bytes()
+    boxes = {entry["image_id"]: set(entry["labels"])
+             for entry in json.loads((tmp_path / "presence" / "boxes.json").read_text()).values()}
+    questions = json.loads((tmp_path / "presence" / "vqa_questions.json").read_text())["questions"]
+    answers = {a["question_id"]: a for a in json.loads((tmp_path / "presence" / "vqa_annotations.json").read_text())[
+            "annotations"]}
+    plain_questions = json.loads((tmp_path / "plain" / "vqa_questions.json").read_text())["questions"]
+    # The plain questions come first, unchanged; the presence questions follow per image.
+    assert [q for q in questions if q["question"].startswith("Is there a")] != []
+    assert [q for q in questions if not q["question"].startswith("Is there a")] == plain_questions
+    counts = {"yes": 0, "no": 0}
+    for question in questions:
+        if not question["question"].startswith("Is there a "):
+            continue
+        label = question["question"][len("Is there a "):-1]
+        answer = answers[question["question_id"]]
+        assert answer["multiple_choice_answer"] == ("yes" if label in boxes[question["image_id"]] else "no")
+        assert answer["question_type"] == "is there a" and answer["answer_type"] == "yes/no"
+        counts[answer["multiple_choice_answer"]] += 1
+    assert counts["yes"] == counts["no"] == sum(len(labels) for labels in boxes.values())

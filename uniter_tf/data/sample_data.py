@@ -86,6 +86,11 @@ class SampleDataConfig:
         max_objects: most shapes per image (each with a distinct colour/shape pair).
         min_object_size: smallest shape side in pixels (large enough for the detector's 19x19 map).
         max_object_size: largest shape side in pixels.
+        presence_questions: also ask, per object, "Is there a <colour> <shape>?" about it (yes) and about
+            the same shape in a colour no shape of that kind has (no). Answering needs colour and shape
+            bound to one region, and the answers are balanced, so the question text alone scores 0.5. Off
+            by default (the files of the other settings stay byte-identical); the demo turns it on
+            (pipeline/configs.py, docs/pipeline.md "The demo's recipe").
     """
 
     num_images: int = 32
@@ -95,6 +100,7 @@ class SampleDataConfig:
     max_objects: int = 4
     min_object_size: int = 48
     max_object_size: int = 110
+    presence_questions: bool = False
 
     def __post_init__(self):
         if self.num_images < 1:
@@ -209,6 +215,24 @@ def make_questions(objects: List[SceneObject], rng: np.random.Generator) -> List
     return questions
 
 
+def make_presence_questions(objects: List[SceneObject], rng: np.random.Generator) -> List[Dict[str, str]]:
+    """Yes/no questions binding a colour to a shape: per object one about it (yes) and one about its shape in
+    a colour that no shape of that kind has in the scene (no)."""
+    questions = []
+    for obj in objects:
+        questions.append({"question": f"Is there a {obj.color} {obj.shape}?", "answer": "yes",
+                          "question_type": "is there a", "answer_type": "yes/no"})
+        taken = {other.color for other in objects if other.shape == obj.shape}
+        # Prefer a colour that is in the picture (on another shape), so colour presence alone does not answer.
+        present = [other.color for other in objects if other.color not in taken]
+        absent = [color for color in COLORS if color not in taken]
+        color = str(rng.choice(present)) if present and rng.random() < 0.5 else str(rng.choice(absent))
+        questions.append({"question": f"Is there a {color} {obj.shape}?", "answer": "no",
+                          "question_type": "is there a", "answer_type": "yes/no"})
+    order = rng.permutation(len(questions))
+    return [questions[index] for index in order]
+
+
 def make_hypotheses(objects: List[SceneObject], rng: np.random.Generator) -> List[Dict[str, str]]:
     """SNLI-VE hypotheses about a scene, :data:`VE_HYPOTHESES_PER_LABEL` per label.
 
@@ -254,7 +278,11 @@ def generate(output_dir: str, config: SampleDataConfig = SampleDataConfig()) -> 
         coco_images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         for caption in make_captions(objects, config, rng):
             coco_captions.append({"image_id": image_id, "id": len(coco_captions), "caption": caption})
-        for question_index, question in enumerate(make_questions(objects, rng)):
+        questions = make_questions(objects, rng)
+        if config.presence_questions:
+            # Their own generator per image, so the other files stay as they are without these questions.
+            questions += make_presence_questions(objects, np.random.default_rng([config.seed, image_id, 11]))
+        for question_index, question in enumerate(questions):
             question_id = image_id * 100 + question_index
             vqa_questions.append({"image_id": image_id, "question": question["question"], "question_id": question_id})
             vqa_annotations.append({
@@ -272,6 +300,8 @@ def generate(output_dir: str, config: SampleDataConfig = SampleDataConfig()) -> 
         boxes[file_name] = {"image_id": image_id, "boxes": [list(obj.box) for obj in objects],
                             "labels": [obj.label for obj in objects]}
     info = {"description": "uniter-tf rendered sample data", "version": "1.0", "seed": config.seed}
+    if config.presence_questions:
+        info["presence_questions"] = True  # only then, so the other files stay byte-identical
     _write_json(os.path.join(output_dir, "captions.json"),
                 {"info": info, "licenses": [], "images": coco_images, "annotations": coco_captions})
     _write_json(os.path.join(output_dir, "vqa_questions.json"),
@@ -296,4 +326,5 @@ def _write_json(path: str, content) -> None:
 
 
 __all__ = ["COLORS", "SHAPES", "VE_EVAL_EVERY", "SceneObject", "SampleDataConfig", "render_scene", "make_captions",
-           "make_questions", "make_hypotheses", "generate"]
+           "make_questions", "make_presence_questions",
+           "make_hypotheses", "generate"]

@@ -20,6 +20,8 @@ from uniter_tf.models.task import DownstreamTask, ExportOutputs, register_task
 ANSWER_LABELS_KEY = "answer_labels"
 ANSWER_SCORES_KEY = "answer_scores"
 VQA_TARGET_KEY = "vqa_target"
+#: The stream name of ITM rehearsal (:class:`VqaTask` with ``itm_rehearsal_ratio`` > 0).
+ITM_REHEARSAL_STREAM = "itm"
 #: Size of the official answer vocabulary (``utils/ans2label.json``).
 OFFICIAL_NUM_ANSWERS = 3129
 
@@ -218,10 +220,25 @@ def vqa_score(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
 class VqaTask(DownstreamTask):
     """Visual question answering (spec §5.1).
 
+    Optional **ITM rehearsal** (off by default): with ``itm_rehearsal_ratio`` r > 0 the Trainer mixes a second
+    stream, ``"itm"``, of caption/image pairs from ``itm_rehearsal_files`` (canonical caption records, half
+    of the pairs given another image, as in pretraining) trained with the pretraining ITM loss (CE +
+    optimal transport) on the pretrained ITM head, r ITM updates per VQA update. The ITM head is then
+    trained with the backbone instead of riding along untouched, so the exported ITM scores stay valid
+    while the backbone moves fast for VQA (docs/pipeline.md, "The demo's recipe").
+
     Args:
         num_answers: size of the answer vocabulary.
         answer_vocabulary: optional answer strings, index = label; used to name predictions.
         head_learning_rate_multiplier: the head's LR multiplier (official ``lr_mul`` = 10).
+        itm_rehearsal_ratio: ITM updates per VQA update (0: no rehearsal).
+        itm_rehearsal_files: caption records (file patterns) of the ITM stream; required when the ratio > 0.
+        itm_rehearsal_inputs: :class:`~uniter_tf.data.pretraining_inputs.PretrainingInputConfig` fields of
+            the ITM stream (``batch_size`` defaults to the task's ``train_batch_size``, ``max_text_length``
+            to its ``max_text_length``).
+
+    Raises:
+        ValueError: a negative ratio, a ratio without files, or an invalid input option (named).
     """
 
     name = "vqa"
@@ -230,13 +247,79 @@ class VqaTask(DownstreamTask):
 
     def __init__(self, num_answers: int = OFFICIAL_NUM_ANSWERS,
                  answer_vocabulary: Optional[Sequence[str]] = None,
-                 head_learning_rate_multiplier: float = 10.0):
+                 head_learning_rate_multiplier: float = 10.0,
+                 itm_rehearsal_ratio: float = 0.0,
+                 itm_rehearsal_files: Union[str, Sequence[str]] = (),
+                 itm_rehearsal_inputs: Optional[Mapping[str, Any]] = None):
         if answer_vocabulary is not None and len(answer_vocabulary) != num_answers:
             raise ValueError(f"answer_vocabulary has {len(answer_vocabulary)} entries but num_answers is "
                              f"{num_answers}")
         self.num_answers = int(num_answers)
         self.answer_vocabulary = list(answer_vocabulary) if answer_vocabulary is not None else None
         self.head_learning_rate_multiplier = float(head_learning_rate_multiplier)
+        if isinstance(itm_rehearsal_ratio, bool) or not isinstance(itm_rehearsal_ratio, (int, float)) \
+                or itm_rehearsal_ratio < 0:
+            raise ValueError(f"task 'vqa': itm_rehearsal_ratio must be a number >= 0, got {itm_rehearsal_ratio!r}")
+        self.itm_rehearsal_ratio = float(itm_rehearsal_ratio)
+        files = [itm_rehearsal_files] if isinstance(itm_rehearsal_files, str) else list(itm_rehearsal_files or [])
+        if self.itm_rehearsal_ratio > 0 and not files:
+            raise ValueError("task 'vqa': itm_rehearsal_ratio > 0 needs itm_rehearsal_files (caption records)")
+        self.itm_rehearsal_files = files
+        self.itm_rehearsal_inputs = dict(itm_rehearsal_inputs or {})
+        if self.itm_rehearsal_ratio > 0:
+            self._rehearsal_input_config(batch_size=1, max_text_length=60)  # fail now on a bad option
+
+    # ------------------------------------------------------------------------------ rehearsal
+    def _rehearsal_input_config(self, batch_size: int, max_text_length: int):
+        from uniter_tf.data.pretraining_inputs import PretrainingInputConfig  # pylint: disable=import-outside-toplevel
+
+        options = {"batch_size": batch_size, "max_text_length": max_text_length, **self.itm_rehearsal_inputs}
+        try:
+            return PretrainingInputConfig.from_dict(options)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"task 'vqa': invalid itm_rehearsal_inputs {self.itm_rehearsal_inputs}: {error}") from None
+
+    def stream_ratios(self) -> Dict[str, float]:
+        """``{"vqa": 1}``, plus ``{"itm": itm_rehearsal_ratio}`` with rehearsal."""
+        ratios = {self.name: 1.0}
+        if self.itm_rehearsal_ratio > 0:
+            ratios[ITM_REHEARSAL_STREAM] = self.itm_rehearsal_ratio
+        return ratios
+
+    def build_model(self, backbone=None, hidden_size: Optional[int] = None, *, dtype=None):
+        """:meth:`DownstreamTask.build_model`; with rehearsal the ITM head becomes a tracked sub-layer of
+        the Task-form model, so the Trainer trains its variables (at the base learning rate)."""
+        model = super().build_model(backbone, hidden_size, dtype=dtype)
+        if self.itm_rehearsal_ratio > 0 and not isinstance(backbone, keras.layers.Layer):
+            model.itm_rehearsal_head = self.pretraining_model(model).itm_head
+        return model
+
+    def build_inputs(self, stream: str, input_context=None, seed: int = 42, training: bool = True):
+        """The VQA stream (:meth:`DownstreamTask.build_inputs`) or the ITM rehearsal stream of caption pairs."""
+        if stream != ITM_REHEARSAL_STREAM:
+            return super().build_inputs(stream, input_context, seed, training)
+        from uniter_tf.data import pretraining_inputs  # pylint: disable=import-outside-toplevel
+
+        global_batch = self.run_param("train_batch_size")
+        batch_size = input_context.get_per_replica_batch_size(global_batch) if input_context else global_batch
+        options = self._rehearsal_input_config(batch_size, self.run_param("max_text_length"))
+        return pretraining_inputs.build_task_dataset("itm", self.itm_rehearsal_files, self.model_config(), options,
+                                                     seed=seed + 1, input_context=input_context)
+
+    def prepare_batch(self, stream: str, batch):
+        if stream == ITM_REHEARSAL_STREAM:
+            return batch
+        return super().prepare_batch(stream, batch)
+
+    def compute_batch_loss(self, model, stream: str, batch, training: bool):
+        if stream == ITM_REHEARSAL_STREAM:
+            return self.pretraining_model(model).compute_task_loss("itm", batch, training=training)
+        return super().compute_batch_loss(model, stream, batch, training)
+
+    def batch_size(self, batch):
+        if isinstance(batch, Mapping):  # an ITM rehearsal batch (a dict; VQA batches are (inputs, labels))
+            return tf.shape(batch["token_ids"])[0]
+        return super().batch_size(batch)
 
     def build_head(self, hidden_size: int) -> VqaHead:
         return VqaHead(hidden_size=hidden_size, num_answers=self.num_answers, name="vqa_output")
@@ -285,8 +368,12 @@ class VqaTask(DownstreamTask):
         return cls(**arguments)
 
     def get_config(self):
-        return {"num_answers": self.num_answers, "answer_vocabulary": self.answer_vocabulary,
-                "head_learning_rate_multiplier": self.head_learning_rate_multiplier}
+        config = {"num_answers": self.num_answers, "answer_vocabulary": self.answer_vocabulary,
+                  "head_learning_rate_multiplier": self.head_learning_rate_multiplier}
+        if self.itm_rehearsal_ratio > 0:
+            config.update(itm_rehearsal_ratio=self.itm_rehearsal_ratio, itm_rehearsal_files=self.itm_rehearsal_files,
+                          itm_rehearsal_inputs=self.itm_rehearsal_inputs)
+        return config
 
 
 def read_answer_vocabulary(path: str) -> list:

@@ -22,25 +22,41 @@ def add_arguments(parser):
                         help="The first this-many captions are the retrieval queries, their images the gallery "
                              "(default 1000).")
     parser.add_argument("--output", default=None, help="Also write the metrics to this JSON file.")
+    parser.add_argument("--task", default=None, choices=("retrieval",),
+                        help="retrieval: every caption of --files against every image of them (no "
+                             "--max-gallery-texts cut), txt/img R@1/5/10 and r_mean; with --output the float16 "
+                             "score matrix goes beside it (OUTPUT_STEM_scores.npy, OUTPUT_STEM_ids.json).")
 
 
 def run(args) -> int:
-    import json
-
     from uniter_tf import evaluation
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_gallery_texts < 1:
         raise ValueError(f"--max-gallery-texts must be >= 1, got {args.max_gallery_texts}")
+    if getattr(args, "task", None) == "retrieval":
+        import os
+
+        from uniter_tf.retrieval import gallery
+
+        prefix = os.path.splitext(args.output)[0] if args.output else None
+        metrics = gallery.evaluate_saved_model(args.run, args.files, batch_size=args.batch_size, output_prefix=prefix)
+        return _print_metrics(metrics, args.output)
     # A missing model, unmatched files or a malformed record raise ValueError: one line, exit 2.
     metrics = evaluation.evaluate_files(args.run, args.files, batch_size=args.batch_size,
                                         max_gallery_texts=args.max_gallery_texts, train_files=args.train_files)
+    return _print_metrics(metrics, args.output)
+
+
+def _print_metrics(metrics, output) -> int:
+    import json
+
     text = json.dumps(metrics, indent=2, sort_keys=True)
-    if args.output:
+    if output:
         import tensorflow as tf
 
-        with tf.io.gfile.GFile(args.output, "w") as handle:
+        with tf.io.gfile.GFile(output, "w") as handle:
             handle.write(text + "\n")
     print(text)
     return 0

@@ -84,6 +84,33 @@ def evaluate_gallery(scorer: Scorer, records: EvalRecords, *, output_key: str = 
     return result
 
 
+def evaluate_saved_model(run: str, files, *, batch_size: int = 64, max_texts: Optional[int] = None,
+                         output_prefix: Optional[str] = None) -> Dict[str, float]:
+    """Full-gallery recall of an exported model (what ``uniter evaluate --task retrieval`` runs).
+
+    The score is the rank logit when the export's task head is a one-column retrieval head
+    (``task_logits [B, 1]``), else the ITM match logit (``itm_logits[:, 1]``: zero-shot, as the official
+    ``inf_itm.py`` on a pretrained checkpoint). ``score_is_rank_logit`` in the result says which (1 / 0).
+
+    Raises:
+        ValueError: no model at ``run``, no file matches, a malformed record or fewer than 2 images.
+    """
+    from uniter_tf.evaluation.scorers import resolve_saved_model, saved_model_scorer
+
+    model_dir = resolve_saved_model(run)  # a wrong --run fails before any record is read
+    records = EvalRecords.from_files(files)
+    if not records.captions:
+        raise ValueError(f"the eval files {files} hold no caption record to retrieve with")
+    scorer = saved_model_scorer(model_dir)
+    probe = scorer([records.serialized_pair(records.captions[0], records.caption_image_ids[0])])
+    rank_head = VQA_LOGITS in probe and np.asarray(probe[VQA_LOGITS]).shape[-1] == 1
+    output_key, column = (VQA_LOGITS, 0) if rank_head else (ITM_LOGITS, 1)
+    result = evaluate_gallery(scorer, records, output_key=output_key, column=column, batch_size=batch_size,
+                              max_texts=max_texts, output_prefix=output_prefix)
+    result["score_is_rank_logit"] = 1.0 if rank_head else 0.0
+    return result
+
+
 def write_gallery_outputs(prefix: str, scores: np.ndarray, text_ids: Sequence[str], image_ids: Sequence[str],
                           text_to_image: np.ndarray, result: Dict[str, float]) -> None:
     """Writes the score matrix (float16 .npy), the ids and the metrics beside each other."""
@@ -137,5 +164,5 @@ def official_itm_eval(score_matrix: np.ndarray, text_to_image: Sequence[int]) ->
     return result
 
 
-__all__ = ["evaluate_gallery", "gallery_score_matrix", "official_itm_eval", "write_gallery_outputs",
+__all__ = ["evaluate_gallery", "evaluate_saved_model", "gallery_score_matrix", "official_itm_eval", "write_gallery_outputs",
            "ITM_LOGITS", "VQA_LOGITS", "SCORES_SUFFIX", "IDS_SUFFIX"]

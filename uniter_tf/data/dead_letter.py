@@ -20,6 +20,7 @@ MISSING_FIELD = "missing_field"                # a record lacks a field its form
 BAD_TYPE = "bad_type"                          # a field of the wrong type (non-string text, list id, "tall" height)
 BAD_LABEL = "bad_label"                        # a label outside the format's label set
 BAD_REFERENCE = "bad_reference"                # a text's object reference to a region the image does not have (VCR)
+BOX_OUTSIDE_IMAGE = "box_outside_image"        # a target box (RefCOCO) that is empty or leaves its image
 UNSAFE_INPUT = "unsafe_input"                  # a value that only unpickling could decode (object array): refused
 DUPLICATE_ID = "duplicate_id"                  # a text item whose example id an earlier item already has
 # Image (feature record) problems.
@@ -36,7 +37,8 @@ IMAGE_REJECTED = "image_rejected"              # the text's image had a feature 
 
 #: Every reason, in the order summaries print them.
 ALL_REASONS = (
-        UNREADABLE_INPUT, UNSAFE_INPUT, MISSING_FIELD, BAD_TYPE, BAD_LABEL, BAD_REFERENCE, NON_FINITE_FEATURES,
+        UNREADABLE_INPUT, UNSAFE_INPUT, MISSING_FIELD, BAD_TYPE, BAD_LABEL, BAD_REFERENCE, BOX_OUTSIDE_IMAGE,
+        NON_FINITE_FEATURES,
         WRONG_FEATURE_DIM, NO_REGIONS, DUPLICATE_IMAGE_ID, DUPLICATE_ID, EMPTY_TEXT, OVERLONG_TEXT, NON_UTF8_TEXT,
         UNKNOWN_IMAGE, IMAGE_REJECTED)
 
@@ -151,7 +153,7 @@ def read_dead_letters(paths) -> "list[DeadLetter]":
 __all__ = [
         "METRICS_NAMESPACE", "DeadLetter", "ALL_REASONS", "IMAGE_REASONS", "format_summary", "safe_text",
         "read_dead_letters", "describe_value", "UNREADABLE_INPUT", "UNSAFE_INPUT", "MISSING_FIELD", "BAD_TYPE",
-        "BAD_LABEL", "BAD_REFERENCE", "DUPLICATE_ID", "DUPLICATE_IMAGE_ID", "NON_FINITE_FEATURES",
+        "BAD_LABEL", "BAD_REFERENCE", "BOX_OUTSIDE_IMAGE", "DUPLICATE_ID", "DUPLICATE_IMAGE_ID", "NON_FINITE_FEATURES",
         "WRONG_FEATURE_DIM", "NO_REGIONS", "EMPTY_TEXT", "OVERLONG_TEXT", "NON_UTF8_TEXT",
         "UNKNOWN_IMAGE", "IMAGE_REJECTED", "TRUNCATED_TEXT", "EXCLUDED_SPLIT", "IMAGES_WITHOUT_TEXT",
         "DUPLICATE_IMAGE_IDS", "UNKNOWN_IMAGE_SIZE", "TEXT_ITEMS_READ", "IMAGE_RECORDS_READ", "EXAMPLES_WRITTEN_PREFIX",

@@ -68,6 +68,24 @@ def load_plain_pickle(path: str) -> Any:
         raise _io.UnreadableFileError(f"cannot read the pickle {path!r}: {type(error).__name__}: {error}") from None
 
 
+#: Pixels a COCO box may stick out of its image (annotation round-off) before it counts as outside.
+BOX_TOLERANCE = 1.0
+
+
+def _box_outside_image(bbox, size, ann_id):
+    """A ``box_outside_image`` problem for an empty ``[x, y, w, h]`` box or one that leaves its image."""
+    x, y, width, height = (float(value) for value in bbox)
+    if not (width > 0 and height > 0):
+        return (dead_letter.BOX_OUTSIDE_IMAGE, f"annotation {ann_id} has an empty bbox {list(bbox)} (w, h <= 0)")
+    if size is not None:
+        image_height, image_width = size
+        if (x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + width > image_width + BOX_TOLERANCE
+                or y + height > image_height + BOX_TOLERANCE):
+            return (dead_letter.BOX_OUTSIDE_IMAGE, f"annotation {ann_id} bbox {list(bbox)} (x, y, w, h) leaves its "
+                                                   f"{image_width}x{image_height} image")
+    return None
+
+
 def read_refcoco(refs_path: str, instances_path: str) -> Iterator:
     """Streams the sentences of RefCOCO-style refs with their target boxes.
 
@@ -77,7 +95,9 @@ def read_refcoco(refs_path: str, instances_path: str) -> Iterator:
 
     Yields:
         :class:`TextItem`; :class:`DeadLetter` for refs whose annotation is missing, for missing
-        (``missing_field``) or mistyped (``bad_type``) fields, and for bad ``images[]`` entries (kind ``input``).
+        (``missing_field``) or mistyped (``bad_type``) fields, for an empty box or one outside its image
+        (``box_outside_image``, when ``images[]`` gives the size), and for bad ``images[]`` entries (kind
+        ``input``).
     """
     try:
         if refs_path.lower().endswith(PICKLE_SUFFIXES):
@@ -125,6 +145,8 @@ def read_refcoco(refs_path: str, instances_path: str) -> Iterator:
         else:
             box_problem = next(filter(None, (_io.number_problem(value, "bbox[]") for value in bbox)), None)
         name, size = images.get(ref["image_id"], (str(ref["image_id"]), None))
+        if box_problem is None:
+            box_problem = _box_outside_image(bbox, size, ref["ann_id"])
         for sentence_index, sentence in enumerate(ref["sentences"]):
             source = f"{ref_source}.sentences[{sentence_index}]"
             sent_id = sentence.get("sent_id") if isinstance(sentence, dict) else None

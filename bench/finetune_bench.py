@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from uniter_tf.config import UniterConfig
-    from uniter_tf.training import finetune, synthetic_vqa
+    from uniter_tf.testing import synthetic_vqa
+    from uniter_tf.training import finetune
 
     workdir = tempfile.mkdtemp(prefix="finetune-bench-")
     model_config = UniterConfig.from_preset(args.preset)

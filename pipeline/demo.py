@@ -481,7 +481,7 @@ def build_report(configs, root: str, report: Optional[dict], pushed: Optional[st
                                   os.path.join(figures, "pretraining_curves.png")))
     finetune_run = _newest_artifact_dir(configs.PIPELINE_ROOT, pipeline_lib.FINETUNE_TRAINER, "model_run")
     if finetune_run:
-        curve = report_lib.plot_finetune_curves(os.path.join(finetune_run, "metrics.json"),
+        curve = report_lib.plot_finetune_curves(os.path.join(finetune_run, "metrics.jsonl"),
                                                 os.path.join(figures, "finetune_curves.png"))
         if curve:
             curves.append(curve)

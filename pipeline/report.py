@@ -30,18 +30,37 @@ def _image_tag(path: Optional[str], alt: str, width: str = "100%") -> str:
             f"src='data:image/png;base64,{data}'>")
 
 
+def _history_from_metrics_log(lines) -> list:
+    """``[{"step", "train", "eval"}]`` from a Trainer's ``metrics.jsonl``: each held-out evaluation with the
+    training record of the same step (or the latest before it)."""
+    train, history = {}, []
+    for line in lines:
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if record.get("task") == "eval":
+            history.append({"step": record["step"], "train": dict(train), "eval": record})
+        else:
+            train = record
+    return history
+
+
 def plot_finetune_curves(metrics_path: str, output_path: str) -> Optional[str]:
-    """Fine-tuning curves from a run's ``metrics.json`` (``history``: training loss and held-out VQA score).
+    """Fine-tuning curves from a run's ``metrics.jsonl`` (the Trainer's log: training loss and held-out VQA
+    score at each evaluation), or the older ``metrics.json`` (``history``).
 
     Returns:
-        ``output_path``, or None when the run recorded no history.
+        ``output_path``, or None when the run recorded no evaluation.
     """
     from uniter_tf.visualization import _new_figure  # the Agg canvas helper (no pyplot state)
 
     if not os.path.exists(metrics_path):
         return None
     with open(metrics_path, encoding="utf-8") as handle:
-        history = json.load(handle).get("history") or []
+        if metrics_path.endswith(".jsonl"):
+            history = _history_from_metrics_log(handle)
+        else:
+            history = json.load(handle).get("history") or []
     if not history:
         return None
     steps = [entry["step"] for entry in history]

@@ -63,7 +63,8 @@ def test_train_export_and_evaluate_with_every_output_in_ram(tmp_path, monkeypatc
     from uniter_tf.cli import main
     from uniter_tf.config import UniterConfig
     from uniter_tf.export.model_dir import export_model_dir
-    from uniter_tf.training import finetune, synthetic_vqa
+    from uniter_tf.testing import synthetic_vqa
+    from uniter_tf.training import finetune
 
     monkeypatch.chdir(tmp_path)
     root = _ram_root("cloud-run")

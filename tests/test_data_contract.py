@@ -123,7 +123,7 @@ def test_pretraining_run_fn_stops_before_training_on_records_that_break_its_sche
 
     from pipeline.pretrain_module import run_fn
     from uniter_tf.config import UniterConfig
-    from uniter_tf.training.synthetic_data import write_synthetic_records
+    from uniter_tf.testing.synthetic_data import write_synthetic_records
 
     examples = tmp_path / "Examples"
     config = UniterConfig.from_preset("tiny")

@@ -97,6 +97,21 @@ def test_finetune_curves_from_the_run_history(tmp_path):
     assert _is_png(report_lib.plot_finetune_curves(str(metrics), str(tmp_path / "c.png")))
 
 
+def test_finetune_curves_from_the_trainer_metrics_log(tmp_path):
+    # The fine-tuning run_fn runs the one Trainer: its metrics.jsonl has training windows and "eval" records.
+    lines = [{"step": 5, "task": "vqa", "loss": 3.0}, {"step": 10, "task": "vqa", "loss": 2.0},
+             {"step": 10, "task": "eval", "loss": 2.5, "vqa_score": 0.3}, {"step": 20, "task": "vqa", "loss": 1.0},
+             {"step": 20, "task": "eval", "loss": 1.5, "vqa_score": 0.6}]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    history = report_lib._history_from_metrics_log(metrics.read_text().splitlines())
+    assert [(entry["step"], entry["train"]["loss"], entry["eval"]["vqa_score"]) for entry in history] == [
+            (10, 2.0, 0.3), (20, 1.0, 0.6)]
+    assert _is_png(report_lib.plot_finetune_curves(str(metrics), str(tmp_path / "c.png")))
+    metrics.write_text(json.dumps(lines[0]) + "\n")
+    assert report_lib.plot_finetune_curves(str(metrics), str(tmp_path / "d.png")) is None
+
+
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(tmp_path):
     """The page, opened from disk in a real browser, shows its inline figure (not a broken image)."""

@@ -47,7 +47,7 @@ def test_scores_a_real_export_on_records(tmp_path, capsys, log_dir):
     from uniter_tf.config import UniterConfig
     from uniter_tf.data import schema
     from uniter_tf.export.tiny import tiny_export
-    from uniter_tf.training import synthetic_vqa
+    from uniter_tf.testing import synthetic_vqa
 
     model = tiny_export(str(tmp_path / "export"))
     config = UniterConfig.from_preset("tiny")

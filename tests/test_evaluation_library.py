@@ -14,7 +14,7 @@ import tensorflow as tf
 from uniter_tf import evaluation
 from uniter_tf.config import UniterConfig
 from uniter_tf.data import schema
-from uniter_tf.training import synthetic_vqa
+from uniter_tf.testing import synthetic_vqa
 
 NUM_ANSWERS = 4
 

@@ -8,7 +8,7 @@ tf = pytest.importorskip("tensorflow")
 from components.uniter_evaluator import evaluation  # noqa: E402
 from uniter_tf.config import UniterConfig  # noqa: E402
 from uniter_tf.data import schema  # noqa: E402
-from uniter_tf.training import synthetic_vqa  # noqa: E402
+from uniter_tf.testing import synthetic_vqa  # noqa: E402
 
 NUM_ANSWERS = 4
 

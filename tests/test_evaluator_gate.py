@@ -21,7 +21,8 @@ from components.uniter_evaluator import executor as evaluator_executor  # noqa: 
 from components.uniter_evaluator import spec as spec_lib  # noqa: E402
 from uniter_tf.config import UniterConfig  # noqa: E402
 from uniter_tf.export.model_dir import export_model_dir  # noqa: E402
-from uniter_tf.training import finetune, synthetic_vqa  # noqa: E402
+from uniter_tf.testing import synthetic_vqa  # noqa: E402
+from uniter_tf.training import finetune  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

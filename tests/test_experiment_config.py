@@ -235,7 +235,7 @@ def _check_run_directory(output_dir, config_path, steps):
 def test_uniter_train_runs_a_pretraining_experiment(tmp_path, capsys):
     from uniter_tf import cli
     from uniter_tf.config import UniterConfig
-    from uniter_tf.training.synthetic_data import write_synthetic_records
+    from uniter_tf.testing.synthetic_data import write_synthetic_records
 
     train = write_synthetic_records(str(tmp_path / "data" / "train"), UniterConfig.from_preset("tiny"), num_images=8)
     evaluation = write_synthetic_records(str(tmp_path / "data" / "eval"), UniterConfig.from_preset("tiny"),
@@ -268,7 +268,7 @@ def test_uniter_train_runs_a_pretraining_experiment(tmp_path, capsys):
 def test_uniter_train_runs_a_vqa_experiment_and_finetune_alias_exports(tmp_path, capsys):
     from uniter_tf import cli
     from uniter_tf.config import UniterConfig
-    from uniter_tf.training import synthetic_vqa
+    from uniter_tf.testing import synthetic_vqa
 
     tiny = UniterConfig.from_preset("tiny")
     train = synthetic_vqa.write_synthetic_vqa_records(str(tmp_path / "vqa" / "train"), tiny, num_images=8,

@@ -237,7 +237,7 @@ def test_a_pretrainer_run_names_its_model_so_export_needs_no_config(tmp_path):
     without --config, with the trained weights."""
     from uniter_tf.training.pretrain_config import PretrainConfig
     from uniter_tf.training.pretrainer import Pretrainer
-    from uniter_tf.training.synthetic_data import write_synthetic_records
+    from uniter_tf.testing.synthetic_data import write_synthetic_records
 
     write_synthetic_records(str(tmp_path / "train"), UniterConfig.from_preset("tiny"), num_images=4)
     config = PretrainConfig(

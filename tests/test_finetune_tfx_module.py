@@ -33,7 +33,7 @@ def test_run_fn_exports_the_run_directory_untrained_and_trained(tmp_path):
     from uniter_tf import runs
     from uniter_tf.config import UniterConfig
     from uniter_tf.export.exporter import example_inputs
-    from uniter_tf.training.synthetic_vqa import write_synthetic_vqa_records
+    from uniter_tf.testing.synthetic_vqa import write_synthetic_vqa_records
 
     config = UniterConfig.from_preset("tiny")
     examples = tmp_path / "Examples"

@@ -102,3 +102,21 @@ def test_export_names_no_task():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in task_names:
                 found.append(f"{path.name}:{node.lineno} {node.value!r}")
     assert not found, f"task names in uniter_tf/export: {found}"
+
+
+def test_production_packages_do_not_import_the_test_helpers():
+    """Synthetic record writers and reference models live in uniter_tf/testing (issue 10); nothing the library,
+    the pipeline or the components run imports them (benchmarks and tests may)."""
+    repository = PACKAGE_ROOT.parent
+    found = []
+    for path in sorted([*PACKAGE_ROOT.rglob("*.py"), *(repository / "pipeline").rglob("*.py"),
+                        *(repository / "components").rglob("*.py")]):
+        relative = path.relative_to(repository).with_suffix("")
+        if relative.parts[:2] == ("uniter_tf", "testing"):
+            continue
+        for imported, line in imported_modules(path.read_text(encoding="utf-8"), ".".join(relative.parts)):
+            if imported == "uniter_tf.testing" or imported.startswith("uniter_tf.testing."):
+                found.append(f"  {path.relative_to(repository)}:{line} imports {imported}")
+    assert not found, "production code imports uniter_tf.testing:\n" + "\n".join(found)
+    for moved in ("synthetic_data", "synthetic_vqa", "sample_records"):
+        assert not (PACKAGE_ROOT / "training" / f"{moved}.py").exists(), moved

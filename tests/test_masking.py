@@ -7,7 +7,7 @@ import tensorflow as tf
 from uniter_tf.config import UniterConfig
 from uniter_tf.data import masking
 from uniter_tf.data import pretraining_inputs as inputs
-from uniter_tf.training.synthetic_data import write_synthetic_records
+from uniter_tf.testing.synthetic_data import write_synthetic_records
 
 MASK_ID, LOW, HIGH = 103, 106, 28996
 

@@ -34,7 +34,7 @@ def test_short_pretraining_on_sample_data_beats_chance_on_held_out_images(tmp_pa
     from uniter_tf.config import UniterConfig
     from uniter_tf.training.experiment import ExperimentConfig
     from uniter_tf.training.pretrainer import Pretrainer
-    from uniter_tf.training.sample_records import write_sample_pretraining_records
+    from uniter_tf.data.sample_records import write_sample_pretraining_records
 
     assert cli.main(["sample-data", "--output", str(tmp_path / "sample"), "--num-images", "240", "--seed", "1"]) == 0
     # Every 4th image (60 images, 180 captions) is held out: evaluation never sees a training image.
@@ -54,7 +54,9 @@ def test_short_pretraining_on_sample_data_beats_chance_on_held_out_images(tmp_pa
     print("held-out evaluation:", evaluation, "majority-token MLM baseline:", majority)
     # Chance: ITM 0.5 (balanced negatives, a different image each). MLM: 1/28996 for a uniform guess;
     # the stronger text-prior baseline (always the commonest token, "a") is ~0.11 on these captions.
-    assert evaluation["itm_accuracy"] > ITM_ACCURACY_THRESHOLD
+    # The accuracy on the ITM stream's sampled negatives (what the threshold was measured on); itm_accuracy
+    # is the evaluation library's (each caption against its own and the next image).
+    assert evaluation["itm_sampled_accuracy"] > ITM_ACCURACY_THRESHOLD
     assert evaluation["mlm_accuracy"] > MLM_ACCURACY_THRESHOLD
     assert evaluation["mlm_accuracy"] > 3 * majority
     assert evaluation["ot_positive_mean"] < OT_RATIO_THRESHOLD * evaluation["ot_negative_mean"]

@@ -31,7 +31,7 @@ def _latest_recorded_step(run_dir):
 @pytest.mark.e2e
 def test_kill_dash_nine_then_resume_reaches_the_final_step(tmp_path):
     from uniter_tf.config import UniterConfig
-    from uniter_tf.training.synthetic_data import write_synthetic_records
+    from uniter_tf.testing.synthetic_data import write_synthetic_records
 
     write_synthetic_records(str(tmp_path / "data" / "train"), UniterConfig.from_preset("tiny"), num_images=24)
     run_dir = tmp_path / "run"
@@ -112,7 +112,7 @@ def test_finetuning_survives_kill_dash_nine_and_resumes_to_the_uninterrupted_wei
     import tensorflow as tf
 
     from uniter_tf.config import UniterConfig
-    from uniter_tf.training import synthetic_vqa
+    from uniter_tf.testing import synthetic_vqa
 
     files = synthetic_vqa.write_synthetic_vqa_records(str(tmp_path / "data" / "train"), UniterConfig.from_preset("tiny"),
                                                       num_images=16, num_answers=4)

@@ -17,7 +17,7 @@ def test_run_fn_trains_exports_and_publishes_a_checkpoint(tmp_path):
     from uniter_tf.config import UniterConfig
     from uniter_tf.models.backbone import UniterBackbone
     from uniter_tf.training.checkpointing import restore_backbone
-    from uniter_tf.training.synthetic_data import write_synthetic_records
+    from uniter_tf.testing.synthetic_data import write_synthetic_records
 
     examples = tmp_path / "Examples"
     write_synthetic_records(str(examples / "Split-train" / "data_tfrecord"), UniterConfig.from_preset("tiny"),

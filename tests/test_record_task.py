@@ -110,7 +110,7 @@ def test_the_synthetic_writers_name_their_tasks():
     import uuid
 
     from uniter_tf.config import UniterConfig
-    from uniter_tf.training import synthetic_data, synthetic_vqa
+    from uniter_tf.testing import synthetic_data, synthetic_vqa
 
     config = UniterConfig.from_preset("tiny")
     root = f"ram://record-task-{uuid.uuid4().hex}"

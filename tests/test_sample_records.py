@@ -1,4 +1,4 @@
-"""Tests of the detector-free sample-data → pretraining-records converter (uniter_tf/training/sample_records.py)."""
+"""Tests of the detector-free sample-data → pretraining-records converter (uniter_tf/data/sample_records.py)."""
 
 import json
 
@@ -8,7 +8,7 @@ from helpers.ingest_test_data import read_tfrecords
 
 from uniter_tf.config import UniterConfig
 from uniter_tf.data import sample_data, schema, tfrecord_io
-from uniter_tf.training import sample_records
+from uniter_tf.data import sample_records
 
 
 @pytest.fixture(scope="module")

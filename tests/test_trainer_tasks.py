@@ -133,7 +133,7 @@ def test_trainer_and_runtime_sections_name_bad_keys_and_fields():
 @pytest.fixture(scope="module")
 def vqa_records(tmp_path_factory):
     from uniter_tf.config import UniterConfig
-    from uniter_tf.training import synthetic_vqa
+    from uniter_tf.testing import synthetic_vqa
 
     directory = tmp_path_factory.mktemp("records")
     return synthetic_vqa.write_synthetic_vqa_records(str(directory / "train"), UniterConfig.from_preset("tiny"),

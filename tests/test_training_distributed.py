@@ -23,7 +23,7 @@ REPLICA_SCRIPT = textwrap.dedent('''
     from uniter_tf.data import pretraining_inputs as inputs
     from uniter_tf.training.pretrain_config import PretrainConfig
     from uniter_tf.training.pretrainer import Pretrainer
-    from uniter_tf.training.synthetic_data import write_synthetic_records
+    from uniter_tf.testing.synthetic_data import write_synthetic_records
 
     out = sys.argv[1]
     model_config = UniterConfig.from_preset("tiny")
@@ -64,7 +64,8 @@ FINETUNE_REPLICA_SCRIPT = textwrap.dedent('''
     from uniter_tf.training.strategy import configure_logical_cpus
     configure_logical_cpus(2)
     from uniter_tf.config import UniterConfig
-    from uniter_tf.training import finetune, synthetic_vqa
+    from uniter_tf.testing import synthetic_vqa
+    from uniter_tf.training import finetune
 
     out = sys.argv[1]
     files = synthetic_vqa.write_synthetic_vqa_records(out + "/data/train", UniterConfig.from_preset("tiny"),
@@ -150,7 +151,7 @@ def _run_two_local_workers(uniter_args):
 @pytest.mark.e2e
 def test_multi_worker_mirrored_with_two_local_workers(tmp_path):
     from uniter_tf.config import UniterConfig
-    from uniter_tf.training.synthetic_data import write_synthetic_records
+    from uniter_tf.testing.synthetic_data import write_synthetic_records
 
     write_synthetic_records(str(tmp_path / "data" / "train"), UniterConfig.from_preset("tiny"), num_images=16,
                             num_shards=2)
@@ -176,7 +177,7 @@ def test_multi_worker_mirrored_with_two_local_workers(tmp_path):
 def test_multi_worker_mirrored_fine_tunes_vqa_with_two_local_workers(tmp_path):
     """VQA fine-tuning through `uniter train` (experiment config) on 2 MultiWorkerMirrored workers."""
     from uniter_tf.config import UniterConfig
-    from uniter_tf.training import synthetic_vqa
+    from uniter_tf.testing import synthetic_vqa
 
     files = synthetic_vqa.write_synthetic_vqa_records(str(tmp_path / "data" / "train"), UniterConfig.from_preset("tiny"),
                                                       num_images=16, num_answers=4, num_shards=2)

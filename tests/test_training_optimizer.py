@@ -173,7 +173,7 @@ def test_shipped_configs_load(name):
 def test_float16_trainer_skips_an_overflowing_update_and_halves_the_scale(tmp_path):
     from uniter_tf.config import UniterConfig
     from uniter_tf.training.pretrainer import Pretrainer
-    from uniter_tf.training.synthetic_data import write_synthetic_records
+    from uniter_tf.testing.synthetic_data import write_synthetic_records
 
     write_synthetic_records(str(tmp_path / "train"), UniterConfig.from_preset("tiny"), num_images=8)
     config = PretrainConfig(

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from uniter_tf.config import UniterConfig  # noqa: E402
-from uniter_tf.training import finetune, synthetic_vqa  # noqa: E402
+from uniter_tf.testing import synthetic_vqa  # noqa: E402
+from uniter_tf.training import finetune  # noqa: E402
 
 NUM_ANSWERS = 4
 

@@ -1,7 +1,7 @@
 """Canonical SNLI-VE records from the rendered sample data, with ground-truth-box pixel features.
 
 The detector-free path from ``uniter sample-data`` to ``uniter finetune --task ve`` (as
-:mod:`uniter_tf.training.sample_records` is for pretraining): the hypotheses are read from the sample's
+:mod:`uniter_tf.data.sample_records` is for pretraining): the hypotheses are read from the sample's
 ``snli_ve_train.jsonl`` / ``snli_ve_dev.jsonl`` with the official SNLI-VE reader
 (:func:`uniter_tf.data.readers.snli_ve.read_snli_ve`, so the labels are mapped exactly as ``uniter ingest
 --format snli_ve`` maps them), each image's regions are its ground-truth boxes with the box-pixel features
@@ -47,7 +47,7 @@ def write_sample_ve_records(sample_dir: str, output_dir: str, model_config, *, n
 
     from uniter_tf.data.readers.snli_ve import SNLI_VE_LABELS, read_snli_ve
     from uniter_tf.tokenization import UniterTokenizer
-    from uniter_tf.training.sample_records import _box_feature  # the pretraining sample's region features
+    from uniter_tf.data.sample_records import _box_feature  # the pretraining sample's region features
 
     label_names = {index: name for name, index in SNLI_VE_LABELS.items()}
     with open(os.path.join(sample_dir, "boxes.json"), encoding="utf-8") as handle:

@@ -311,8 +311,20 @@ class DownstreamTask(Task):
                                    training_config=training_config)
 
     def evaluate(self, model, files=None, max_batches=None, *, seed: int = 43, output_dir=None, step=None):
-        """Loss and metrics (means over examples) on ``files``; with ``output_dir`` and a task that names
-        its answers (``answer_strings``) also ``results/results_{step}.json`` ``{example_id: prediction}``."""
+        """Held-out loss and metrics on ``files``: the task's loss (mean over examples) and the evaluation
+        library's figures (:func:`library_metrics`: ``vqa_score``, ``itm_accuracy``, recalls, counts), the
+        same routine ``uniter evaluate`` and the TFX evaluator run, so a training log's figure is the
+        evaluator's on the same records. With ``output_dir`` and a task that names its answers
+        (``answer_strings``) also ``results/results_{step}.json`` ``{example_id: prediction}``.
+
+        Args:
+            model: the task model (built by :meth:`build_model`).
+            files: eval file patterns (default: the task's eval files).
+            max_batches: read the first this-many batches (of ``eval_batch_size`` records); None: the whole split.
+            seed: unused (one ordered pass).
+            output_dir: the run directory for the predictions.
+            step: the step the predictions file is named after.
+        """
         import os  # pylint: disable=import-outside-toplevel
 
         from uniter_tf.data.finetune_inputs import build_finetune_dataset  # pylint: disable=import-outside-toplevel
@@ -324,8 +336,34 @@ class DownstreamTask(Task):
         predictions_path = None
         if output_dir is not None and step is not None:
             predictions_path = os.path.join(output_dir, "results", f"results_{step}.json")
-        return evaluate_task_model(self, model, dataset, max_batches=max_batches, predictions_path=predictions_path,
-                                   files=files)
+        result = evaluate_task_model(self, model, dataset, max_batches=max_batches, predictions_path=predictions_path,
+                                     files=files)
+        max_records = None if max_batches is None else max_batches * self.run_param("eval_batch_size")
+        # The library's figures win over the task's per-batch means of the same name: they are the evaluator's.
+        result.update(self.library_metrics(model, files, max_records=max_records))
+        return result
+
+    def library_metrics(self, model, files, max_records: Optional[int] = None) -> Dict[str, float]:
+        """The evaluation library's metrics (:func:`uniter_tf.evaluation.evaluate`) of the in-memory model on
+        the first ``max_records`` records of ``files`` (None: all), scored with its ITM head and task head.
+
+        Returns:
+            Those of the metrics the split supports (e.g. ``vqa_score`` for VQA questions, ``itm_accuracy``
+            and recalls for captions of 2 or more images) and the record counts, as floats.
+        """
+        import itertools  # pylint: disable=import-outside-toplevel
+
+        from uniter_tf import evaluation  # pylint: disable=import-outside-toplevel
+
+        scorer = evaluation.keras_scorer(model.backbone, self.pretraining_model(model).itm_head, self.model_config(),
+                                         task_head=model.head, max_text_length=self.run_param("max_text_length"))
+        try:
+            records = evaluation.EvalRecords(itertools.islice(evaluation.iter_serialized_records(files), max_records))
+        except ValueError as error:
+            if "holds no caption or question records" in str(error):
+                return {}  # records of a task the library does not score (e.g. SNLI-VE): the task's metrics only
+            raise
+        return evaluation.evaluate(scorer, records, self.run_param("eval_batch_size"), has_vqa_head=True)
 
     def export_outputs(self) -> ExportOutputs:
         """The task's served outputs; by default its logits under softmax, without labels.

@@ -221,15 +221,45 @@ class PretrainingTask(Task):
 
     def evaluate(self, model, files: Optional[List[str]] = None, max_batches: Optional[int] = None, *,
                  seed: int = 43, output_dir: Optional[str] = None, step: Optional[int] = None) -> Dict[str, float]:
-        """:func:`evaluate_pretraining` of every active task."""
+        """:func:`evaluate_pretraining` of every active task, then the evaluation library's figures.
+
+        ``itm_accuracy`` (and the retrieval recalls) are the library's (:func:`uniter_tf.evaluation.evaluate`:
+        every caption with its own image and with the next image), what ``uniter evaluate`` and the TFX
+        evaluator report on the same records; the accuracy on the ITM stream's sampled negatives stays as
+        ``itm_sampled_accuracy``.
+
+        Args:
+            model: the pretraining model.
+            files: eval file patterns (default: the task's eval files).
+            max_batches: batches per stream, and ``max_batches × batch_size`` records for the library; None:
+                the whole split.
+            seed: the masking / negative-sampling seed of the streams.
+            output_dir: unused.
+            step: unused.
+        """
+        import itertools  # pylint: disable=import-outside-toplevel
+
+        from uniter_tf import evaluation  # pylint: disable=import-outside-toplevel
+
         del output_dir, step
-        return evaluate_pretraining(model, files or self.eval_files, self.active_tasks(), self.input_config,
-                                    seed=seed, max_batches=max_batches or 20)
+        files = files or self.eval_files
+        results = evaluate_pretraining(model, files, self.active_tasks(), self.input_config, seed=seed,
+                                       max_batches=max_batches)
+        if "itm_accuracy" in results:
+            results["itm_sampled_accuracy"] = results.pop("itm_accuracy")
+        max_records = None if max_batches is None else max_batches * self.input_config.batch_size
+        scorer = evaluation.keras_scorer(model.backbone, model.itm_head, model.config,
+                                         max_text_length=self.input_config.max_text_length)
+        records = evaluation.EvalRecords(itertools.islice(evaluation.iter_serialized_records(files), max_records))
+        results.update(evaluation.evaluate(scorer, records, self.input_config.batch_size, has_vqa_head=False))
+        return results
 
 
 def evaluate_pretraining(model, files, tasks, input_config, *, seed: int = 43,
-                         max_batches: int = 20) -> Dict[str, float]:
+                         max_batches: Optional[int] = 20) -> Dict[str, float]:
     """Evaluates a pretraining model on held-out canonical records, pooled over items (official metrics).
+
+    Each task's stream reads ``max_batches`` batches (None: one pass over the files).
 
     Returns:
         ``mlm_accuracy`` (over masked tokens), ``itm_accuracy``, ``ot_positive_mean`` /
@@ -242,7 +272,9 @@ def evaluate_pretraining(model, files, tasks, input_config, *, seed: int = 43,
     results: Dict[str, float] = {}
     for task in tasks:
         dataset = pretraining_inputs.build_task_dataset(task, files, model.config, eval_options, seed=seed,
-                                                        num_epochs=1).take(max_batches)
+                                                        num_epochs=1)
+        if max_batches is not None:
+            dataset = dataset.take(max_batches)
         # One trace per task: the signature keeps the bucketed dims unknown.
         forward = tf.function(lambda batch, task=task: model(batch, task=task, training=False),
                               input_signature=[dataset.element_spec])

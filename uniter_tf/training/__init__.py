@@ -8,6 +8,11 @@
 * :mod:`uniter_tf.training.checkpointing`: checkpoints, ``restore_backbone`` and initialisation.
 * :mod:`uniter_tf.training.task_sampler`: deterministic task mixing.
 * :mod:`uniter_tf.training.finetune`: ``FinetuneRun``, the Trainer of a ``FinetuneConfig`` (downstream tasks).
+* :mod:`uniter_tf.training.experiment`: ``ExperimentConfig`` (task / trainer / runtime) and ``run_experiment``,
+  what ``uniter train`` and both TFX ``run_fn``\ s run.
+
+Record writers live elsewhere: synthetic test data in :mod:`uniter_tf.testing`, the sample-data converter
+in :mod:`uniter_tf.data.sample_records`.
 
 Submodules import TensorFlow themselves; importing this package is cheap.
 """

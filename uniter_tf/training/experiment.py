@@ -388,6 +388,26 @@ def write_experiment(config: ExperimentConfig, output_dir: Optional[str] = None)
     return path
 
 
+def prepare_experiment(config: ExperimentConfig, *, strategy=None, log: Callable[[str], None] = print):
+    """The first half of :func:`run_experiment`: builds the trainer and writes ``experiment.json`` (chief only).
+
+    For callers that need the :class:`~uniter_tf.training.trainer.Trainer` itself (the TFX ``run_fn`` reads
+    ``is_chief`` and the latest checkpoint, or checkpoints an untrained model); call ``trainer.train()`` next.
+
+    Args:
+        config: the experiment.
+        strategy: optional ``tf.distribute.Strategy`` replacing ``runtime.strategy``.
+        log: where progress lines go.
+
+    Returns:
+        The run's Trainer, not yet trained.
+    """
+    trainer = config.build_trainer(strategy=strategy, log=log)
+    if getattr(trainer, "is_chief", True):
+        write_experiment(config)
+    return trainer
+
+
 def run_experiment(config: ExperimentConfig, *, strategy=None, log: Callable[[str], None] = print):
     """Runs a whole experiment: builds the trainer, writes ``experiment.json``, trains.
 
@@ -403,11 +423,9 @@ def run_experiment(config: ExperimentConfig, *, strategy=None, log: Callable[[st
     Returns:
         What :meth:`Trainer.train` returns (the run's summary).
     """
-    trainer = config.build_trainer(strategy=strategy, log=log)
-    if getattr(trainer, "is_chief", True):
-        write_experiment(config)
-    return trainer.train()
+    return prepare_experiment(config, strategy=strategy, log=log).train()
 
 
 __all__ = ["ExperimentConfig", "SECTIONS", "EXPERIMENT_FILE_NAME", "REQUIRED_NOTES", "is_experiment_dict",
-           "read_config_file", "parse_value", "apply_section_overrides", "load_experiment", "write_experiment", "run_experiment"]
+           "read_config_file", "parse_value", "apply_section_overrides", "load_experiment", "write_experiment",
+           "prepare_experiment", "run_experiment"]

@@ -453,9 +453,18 @@ class Trainer:
     # ------------------------------------------------------------------------------ evaluation
     def evaluate(self, files: Optional[List[str]] = None, max_batches: Optional[int] = None,
                  step: Optional[int] = None) -> Dict[str, float]:
-        """Held-out metrics of the task (no dropout): :meth:`Task.evaluate` on ``files`` (default: its eval files)."""
+        """Held-out metrics of the task (no dropout): :meth:`Task.evaluate` on ``files`` (default: its eval files).
+
+        Tasks compute the figures the evaluator reports through the evaluation library
+        (:mod:`uniter_tf.evaluation`), so a training log's ``vqa_score`` / ``itm_accuracy`` is the evaluator's.
+
+        Args:
+            files: eval file patterns (default: the task's).
+            max_batches: batches to read (default ``trainer.eval_batches``; None there: the whole split).
+            step: the step the task names its outputs after (default: the current one).
+        """
         return self.task.evaluate(self.model, files or self.task.eval_files,
-                                  max_batches or self.trainer_config.eval_batches, seed=self.trainer_config.seed + 1,
+                                  max_batches or self.trainer_config.eval_batch_limit, seed=self.trainer_config.seed + 1,
                                   output_dir=self.output_dir if self.is_chief else None,
                                   step=int(self.global_step.numpy()) if step is None else step)
 

@@ -10,7 +10,7 @@ construction with messages that name the field, and ``from_dict`` rejects unknow
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
@@ -57,7 +57,8 @@ class TrainerConfig:
         keep_checkpoints: checkpoints kept by the CheckpointManager.
         log_every: updates between TensorBoard / ``metrics.jsonl`` records.
         eval_every: updates between evaluations on the task's eval files (0: only at the end).
-        eval_batches: batches (per stream) of each evaluation.
+        eval_batches: batches (per stream) of each evaluation, read from the start of the eval files; ``0``
+            (or ``null``): the whole split, as ``uniter evaluate`` and the TFX evaluator read it.
         progress_bar: show a Keras progress bar.
         seed: run seed (stream draws, masks, shuffles, initialisation, dropout).
     """
@@ -77,11 +78,13 @@ class TrainerConfig:
     keep_checkpoints: int = 3
     log_every: int = 10
     eval_every: int = 0
-    eval_batches: int = 20
+    eval_batches: Optional[int] = 20
     progress_bar: bool = True
     seed: int = 42
 
     def __post_init__(self):
+        if self.eval_batches is None:
+            self.eval_batches = 0  # null in a config file: the whole split
         for name in ("num_train_steps", "warmup_steps", "gradient_accumulation_steps", "checkpoint_every",
                      "keep_checkpoints", "log_every", "eval_every", "eval_batches", "seed"):
             if not _is_int(getattr(self, name)):
@@ -108,12 +111,18 @@ class TrainerConfig:
             raise ValueError(f"trainer.weight_decay must be >= 0, got {self.weight_decay}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"trainer.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name in ("gradient_accumulation_steps", "checkpoint_every", "keep_checkpoints", "log_every",
-                     "eval_batches"):
+        for name in ("gradient_accumulation_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0:
             raise ValueError(f"trainer.eval_every must be >= 0 (0: only at the end), got {self.eval_every}")
+        if self.eval_batches < 0:
+            raise ValueError(f"trainer.eval_batches must be >= 0 (0 or null: the whole split), got {self.eval_batches}")
+
+    @property
+    def eval_batch_limit(self) -> Optional[int]:
+        """``eval_batches`` as a cap for :meth:`uniter_tf.tasks.Task.evaluate`: None for the whole split."""
+        return self.eval_batches or None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainerConfig":

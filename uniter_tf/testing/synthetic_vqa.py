@@ -73,7 +73,7 @@ def write_synthetic_vqa_records(output_prefix: str, model_config, *, num_images:
 
 
 def main(argv=None) -> int:
-    """``python -m uniter_tf.training.synthetic_vqa OUTPUT_DIR``: train/eval shards and ``ans2label.json``."""
+    """``python -m uniter_tf.testing.synthetic_vqa OUTPUT_DIR``: train/eval shards and ``ans2label.json``."""
     import argparse
     import json
     import os

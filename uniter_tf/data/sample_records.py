@@ -7,7 +7,7 @@ local config: each ground-truth box of ``boxes.json`` becomes one region whose f
 background). Captions are WordPiece-tokenised with the vendored ``bert-base-cased`` vocabulary. Images are
 split into train/eval by ``image_id % eval_every == 0``.
 
-Run: ``python -m uniter_tf.training.sample_records SAMPLE_DIR OUTPUT_DIR [--model tiny] [--eval-every 5]``.
+Run: ``python -m uniter_tf.data.sample_records SAMPLE_DIR OUTPUT_DIR [--model tiny] [--eval-every 5]``.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def write_sample_pretraining_records(sample_dir: str, output_dir: str, model_con
 
 
 def main(argv=None) -> int:
-    """``python -m uniter_tf.training.sample_records SAMPLE_DIR OUTPUT_DIR``."""
+    """``python -m uniter_tf.data.sample_records SAMPLE_DIR OUTPUT_DIR``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sample_dir")
     parser.add_argument("output_dir")

@@ -178,3 +178,26 @@ def test_initialize_from_pretraining_copies_the_itm_head_and_its_match_row(monke
     before = model.head.rank_output.kernel.numpy().copy()
     task.initialize(model, init="scratch", log=lambda message: None)  # no pretrained ITM head: untouched
     np.testing.assert_array_equal(model.head.rank_output.kernel.numpy(), before)
+
+
+def test_official_retrieval_recipes_carry_the_spec_numbers():
+    from uniter_tf.training.experiment import ExperimentConfig
+
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent / "configs"
+    standard = ExperimentConfig.from_file(str(root / "finetune_itm_flickr_base.json"))
+    # spec §5.7 train-itm-flickr-base-8gpu: 40 captions, accum 4, lr 5e-5, 20000 / 2000, clip 2.0, N = 1.
+    assert (standard.task["mode"], standard.task["negative_size"], standard.task["margin"]) == ("standard", 1, 0.2)
+    assert standard.task["train_batch_size"] == 40 and standard.trainer.gradient_accumulation_steps == 4
+    assert (standard.trainer.learning_rate, standard.trainer.num_train_steps, standard.trainer.warmup_steps) == (
+            5e-5, 20000, 2000)
+    assert (standard.trainer.grad_norm, standard.trainer.eval_every, standard.trainer.seed) == (2.0, 2000, 42)
+    hard = ExperimentConfig.from_file(str(root / "finetune_itm_flickr_base_hn.json"))
+    # train-itm-flickr-base-16gpu-hn: 399 -> 31, 8 queries, 5000 / 500, lr 5e-5.
+    assert (hard.task["mode"], hard.task["negative_size"], hard.task["hard_negative_size"]) == (
+            "hard_negative", 399, 31)
+    assert hard.task["train_batch_size"] == 8 and hard.trainer.gradient_accumulation_steps == 1
+    assert (hard.trainer.learning_rate, hard.trainer.num_train_steps, hard.trainer.warmup_steps) == (5e-5, 5000, 500)
+    for config in (standard, hard):
+        assert config.trainer.precision == "mixed_float16" and config.task["dropout"] == 0.1
+        assert (config.trainer.beta_1, config.trainer.beta_2, config.trainer.weight_decay) == (0.9, 0.98, 0.01)
+        assert config.build_task().get_config()["margin"] == 0.2

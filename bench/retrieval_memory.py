@@ -16,6 +16,14 @@ metrics (checked).
 
 Run: ``.venv/bin/python bench/retrieval_memory.py`` (``--feature-dim 2048`` runs the new approach with
 UNITER's real feature size as well; the old one would need ~30 GB there and is skipped).
+
+``--full-gallery`` measures the retrieval task's full-gallery evaluation instead
+(:func:`uniter_tf.retrieval.gallery.evaluate_gallery`: every caption against every image, the
+``[n_text, n_image]`` matrix written as float16 .npy), e.g. ``--full-gallery --images 1000
+--captions-per-image 5`` for the 5,000 x 1,000 gallery of docs/retrieval.md. ``--null-scorer`` replaces the
+model by a scorer that only counts the serialized pairs it receives (the pairs are still built, batch by
+batch): the figure is then the evaluation's own memory, without a model's, and 5 million pairs take
+minutes instead of hours on 2 cores.
 """
 
 from __future__ import annotations
@@ -75,6 +83,52 @@ def _old_module(revision: str):
     module = types.ModuleType("old_uniter_evaluation")
     exec(compile(source, f"{revision}:components/uniter_evaluator/evaluation.py", "exec"), module.__dict__)  # noqa: S102
     return module
+
+
+def gallery_child(records_path: str, feature_dim: int, batch_size: int, null_scorer: bool) -> dict:
+    """Runs the full-gallery evaluation in this process and returns its figures."""
+    from uniter_tf import evaluation
+    from uniter_tf.retrieval import gallery
+
+    if null_scorer:
+        def scorer(serialized):
+            return {"task_logits": np.zeros((len(serialized), 1), np.float32)}
+    else:
+        import keras
+
+        from uniter_tf.config import UniterConfig
+        from uniter_tf.models.backbone import UniterBackbone
+        from uniter_tf.models.itm_rank import ItmRankHead
+        from uniter_tf.models.pretraining_heads import ItmHead
+
+        keras.utils.set_random_seed(7)
+        config = UniterConfig.from_preset("tiny", region_feature_dim=feature_dim)
+        itm_head, rank_head = ItmHead(config.hidden_size), ItmRankHead(config.hidden_size)
+        itm_head.build()
+        rank_head.build()
+        scorer = evaluation.keras_scorer(UniterBackbone(config), itm_head, config, task_head=rank_head)
+    pair_calls = [0]
+
+    def counted(serialized):
+        pair_calls[0] += len(serialized)
+        return scorer(serialized)
+
+    records = evaluation.EvalRecords.from_files(records_path)
+    counted([records.serialized_pair(records.captions[0], records.caption_image_ids[0])])  # trace first
+    rss_before = _status_kib("VmRSS")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gallery_") as output:
+        metrics = gallery.evaluate_gallery(counted, records, batch_size=batch_size,
+                                           output_prefix=os.path.join(output, "retrieval"))
+        matrix_bytes = os.path.getsize(os.path.join(output, "retrieval" + gallery.SCORES_SUFFIX))
+    seconds = time.perf_counter() - started
+    return {"approach": "full_gallery" + ("_null_scorer" if null_scorer else "_tiny_model"),
+            "feature_dim": feature_dim, "pairs_scored": pair_calls[0] - 1, "seconds": round(seconds, 1),
+            "score_matrix_npy_mib": round(matrix_bytes / 2 ** 20, 1),
+            "rss_before_evaluate_mib": round(rss_before / 1024, 1),
+            "peak_rss_mib": round(_status_kib("VmHWM") / 1024, 1),
+            "peak_rise_mib": round((_status_kib("VmHWM") - rss_before) / 1024, 1),
+            "metrics": {key: metrics[key] for key in sorted(metrics)}}
 
 
 def child(approach: str, records_path: str, feature_dim: int, batch_size: int, revision: str) -> dict:
@@ -142,10 +196,17 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--old-revision", default=OLD_REVISION)
     parser.add_argument("--skip-old", action="store_true")
-    parser.add_argument("--child", choices=("old", "new"), help=argparse.SUPPRESS)
+    parser.add_argument("--full-gallery", action="store_true",
+                        help="Measure the retrieval task's full-gallery evaluation (see the module docstring).")
+    parser.add_argument("--null-scorer", action="store_true",
+                        help="With --full-gallery: no model, only the pairs are built and counted.")
+    parser.add_argument("--child", choices=("old", "new", "gallery"), help=argparse.SUPPRESS)
     parser.add_argument("--records", help=argparse.SUPPRESS)
     parser.add_argument("--child-feature-dim", type=int, default=64, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child == "gallery":
+        print(json.dumps(gallery_child(args.records, args.child_feature_dim, args.batch_size, args.null_scorer)))
+        return 0
     if args.child:
         print(json.dumps(child(args.child, args.records, args.child_feature_dim, args.batch_size,
                                args.old_revision)))
@@ -154,6 +215,8 @@ def main(argv=None) -> int:
     from uniter_tf.config import UniterConfig
 
     tiny_dim = UniterConfig.from_preset("tiny").region_feature_dim
+    if args.full_gallery:
+        return full_gallery_main(args, args.feature_dim or tiny_dim)
     runs = [("new", tiny_dim)] + ([] if args.skip_old else [("old", tiny_dim)])
     if args.feature_dim and args.feature_dim != tiny_dim:
         runs.append(("new", args.feature_dim))
@@ -184,6 +247,26 @@ def main(argv=None) -> int:
     print(json.dumps({"machine": lscpu_model(), "cpus": os.cpu_count(),
                       "gallery": f"{args.images * args.captions_per_image} captions x {args.images} images",
                       "load_average": os.getloadavg(), "results": results}, indent=1))
+    return 0
+
+
+def full_gallery_main(args, feature_dim: int) -> int:
+    """Writes the gallery, runs :func:`gallery_child` in a fresh process and prints its figures."""
+    with tempfile.TemporaryDirectory(prefix="retrieval_memory_") as workdir:
+        path = os.path.join(workdir, f"gallery_{feature_dim}.tfrecord.gz")
+        write_gallery(path, args.images, args.captions_per_image, feature_dim)
+        command = [sys.executable, os.path.abspath(__file__), "--child", "gallery", "--records", path,
+                   "--child-feature-dim", str(feature_dim), "--batch-size", str(args.batch_size)]
+        if args.null_scorer:
+            command.append("--null-scorer")
+        finished = subprocess.run(command, capture_output=True, text=True, check=False)
+        if finished.returncode != 0:
+            print(finished.stderr[-3000:], file=sys.stderr)
+            return 1
+        result = json.loads(finished.stdout.strip().splitlines()[-1])
+    print(json.dumps({"machine": lscpu_model(), "cpus": os.cpu_count(),
+                      "gallery": f"{args.images * args.captions_per_image} captions x {args.images} images",
+                      "regions_per_image": NUM_REGIONS, "load_average": os.getloadavg(), "result": result}, indent=1))
     return 0
 
 

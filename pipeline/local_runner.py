@@ -25,22 +25,27 @@ from pipeline import definition as pipeline_lib
 SAMPLE_NUM_IMAGES = configs.SAMPLE_NUM_IMAGES
 
 
-def ensure_sample_data(data_root: str, num_images: int = SAMPLE_NUM_IMAGES, seed: int = 0) -> str:
-    """Generates the deterministic sample data into ``data_root`` unless it is already there (same size)."""
+def ensure_sample_data(data_root: str, num_images: int = SAMPLE_NUM_IMAGES, seed: int = 0,
+                       presence_questions: bool = configs.SAMPLE_PRESENCE_QUESTIONS) -> str:
+    """Generates the deterministic sample data into ``data_root`` unless it is already there (same size and
+    question set)."""
     import json  # pylint: disable=import-outside-toplevel
 
     captions_path = os.path.join(data_root, "captions.json")
     if os.path.exists(os.path.join(data_root, "vqa_annotations.json")) and os.path.exists(captions_path):
         with open(captions_path, encoding="utf-8") as handle:
-            if len(json.load(handle).get("images", [])) == num_images:
-                return data_root
+            existing = json.load(handle)
+        if (len(existing.get("images", [])) == num_images
+                and bool(existing.get("info", {}).get("presence_questions")) == bool(presence_questions)):
+            return data_root
     import shutil  # pylint: disable=import-outside-toplevel
 
     from uniter_tf.data import sample_data  # pylint: disable=import-outside-toplevel
 
     # Another size was asked for: images of the old set must not stay behind in images/.
     shutil.rmtree(os.path.join(data_root, "images"), ignore_errors=True)
-    counts = sample_data.generate(data_root, sample_data.SampleDataConfig(num_images=num_images, seed=seed))
+    counts = sample_data.generate(data_root, sample_data.SampleDataConfig(num_images=num_images, seed=seed,
+                                                                          presence_questions=presence_questions))
     logging.info("generated sample data in %s: %s", data_root, counts)
     return data_root
 

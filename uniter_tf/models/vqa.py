@@ -297,7 +297,7 @@ class VqaTask(DownstreamTask):
     def build_inputs(self, stream: str, input_context=None, seed: int = 42, training: bool = True):
         """The VQA stream (:meth:`DownstreamTask.build_inputs`) or the ITM rehearsal stream of caption pairs."""
         if stream != ITM_REHEARSAL_STREAM:
-            return super().build_inputs(stream, input_context, seed, training)
+            return DownstreamTask.build_inputs(self, stream, input_context, seed, training)
         from uniter_tf.data import pretraining_inputs  # pylint: disable=import-outside-toplevel
 
         global_batch = self.run_param("train_batch_size")
@@ -306,20 +306,22 @@ class VqaTask(DownstreamTask):
         return pretraining_inputs.build_task_dataset("itm", self.itm_rehearsal_files, self.model_config(), options,
                                                      seed=seed + 1, input_context=input_context)
 
+    # The base class is named rather than reached by ``super()``: these run under AutoGraph (the Trainer's
+    # tf.function), whose conversion of a zero-argument ``super()`` once resolved to the wrong method here.
     def prepare_batch(self, stream: str, batch):
         if stream == ITM_REHEARSAL_STREAM:
             return batch
-        return super().prepare_batch(stream, batch)
+        return DownstreamTask.prepare_batch(self, stream, batch)
 
     def compute_batch_loss(self, model, stream: str, batch, training: bool):
         if stream == ITM_REHEARSAL_STREAM:
             return self.pretraining_model(model).compute_task_loss("itm", batch, training=training)
-        return super().compute_batch_loss(model, stream, batch, training)
+        return DownstreamTask.compute_batch_loss(self, model, stream, batch, training)
 
     def batch_size(self, batch):
         if isinstance(batch, Mapping):  # an ITM rehearsal batch (a dict; VQA batches are (inputs, labels))
             return tf.shape(batch["token_ids"])[0]
-        return super().batch_size(batch)
+        return DownstreamTask.batch_size(self, batch)
 
     def build_head(self, hidden_size: int) -> VqaHead:
         return VqaHead(hidden_size=hidden_size, num_answers=self.num_answers, name="vqa_output")

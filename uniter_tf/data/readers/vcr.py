@@ -166,7 +166,8 @@ def _metadata(path: str) -> Tuple[np.ndarray, int, int]:
 
 def _item(record, split: Optional[str], source: str, images_dir: str, with_class_names: bool) -> VcrItem:
     if not isinstance(record, dict):
-        raise _BadItem(dead_letter.BAD_TYPE, f"a VCR record must be an object, got {dead_letter.describe_value(record)}")
+        raise _BadItem(dead_letter.BAD_TYPE,
+                       f"a VCR record must be an object, got {dead_letter.describe_value(record)}")
     for field in ("question", "answer_choices", "rationale_choices", "objects", "img_fn", "metadata_fn"):
         if record.get(field) is None:
             raise _BadItem(dead_letter.MISSING_FIELD, f"{field!r} is missing or null")

@@ -13,7 +13,7 @@ def test_run_fn_trains_exports_and_publishes_a_checkpoint(tmp_path):
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (the SavedModel tokenises in-graph)
 
-    from pipeline.pretrain_module import pretrain_config_from_fn_args, run_fn
+    from pipeline.pretrain_module import experiment_from_fn_args, run_fn
     from uniter_tf.config import UniterConfig
     from uniter_tf.models.backbone import UniterBackbone
     from uniter_tf.training.checkpointing import restore_backbone
@@ -32,9 +32,9 @@ def test_run_fn_trains_exports_and_publishes_a_checkpoint(tmp_path):
                            "model_overrides": {"ot_iterations": 5},
                            "inputs": {"shuffle_buffer": 16, "text_bucket_boundaries": [64],
                                       "region_bucket_boundaries": [16]}})
-    config = pretrain_config_from_fn_args(fn_args)
-    assert config.train_files == [os.path.join(str(examples / "Split-train"), "*")]
-    assert config.input_config().batch_size == 4 and config.num_train_steps == 4
+    config = experiment_from_fn_args(fn_args)  # what `uniter train` runs
+    assert config.task["train_files"] == [os.path.join(str(examples / "Split-train"), "*")]
+    assert config.task["inputs"]["batch_size"] == 4 and config.trainer.num_train_steps == 4
 
     run_fn(fn_args)
 

@@ -15,7 +15,7 @@ HELP = ("Fine-tune a downstream task (vqa) from a pretraining checkpoint; writes
 
 # The tasks of uniter_tf.models.task.TASK_REGISTRY, listed here so that `--help` needs no TensorFlow
 # import (tests/test_cli_errors.py checks the two agree).
-TASKS = ("ve", "vqa")
+TASKS = ("retrieval", "ve", "vqa")
 
 
 def add_arguments(parser):
@@ -54,7 +54,9 @@ def _run_experiment(args) -> int:
     from uniter_tf.commands import train as train_command
 
     experiment = train_command.load(args.config, _experiment_overrides(args), expected_task=args.task)
-    summary = train_command.run_quietly(experiment)
+    summary, is_chief = train_command.run_quietly(experiment)
+    if not is_chief:  # MultiWorkerMirrored: the chief exports and reports
+        return 0
     summary = dict(summary) if isinstance(summary, dict) else {}
     summary["export_dir"] = None
     if args.export:
@@ -68,13 +70,14 @@ def _run_experiment(args) -> int:
 
 def run(args) -> int:
     import json
-    import os
 
     from uniter_tf.console import UserError
     from uniter_tf.training.experiment import is_experiment_dict, read_config_file
 
-    # Checked before TensorFlow is imported (seconds), so that a typo in the path fails at once.
-    if not os.path.isfile(args.config):
+    from uniter_tf.commands.train import config_file_exists
+
+    # A local path is checked before TensorFlow is imported (seconds), so that a typo fails at once.
+    if not config_file_exists(args.config):
         raise UserError(f"--config {args.config}: no such file")
     if is_experiment_dict(read_config_file(args.config)):
         return _run_experiment(args)

@@ -25,12 +25,13 @@ def add_arguments(parser):
 
 def run(args) -> int:
     import json
-    import os
 
     from uniter_tf.console import UserError
 
-    # Checked before the TensorFlow import below (seconds), so that a typo in the path fails at once.
-    if args.config and not os.path.isfile(args.config):
+    from uniter_tf.commands.train import config_file_exists
+
+    # A local path is checked before the TensorFlow import below (seconds), so that a typo fails at once.
+    if args.config and not config_file_exists(args.config):
         raise UserError(f"--config {args.config}: no such file")
     if args.config:
         from uniter_tf.commands import train as train_command

@@ -56,19 +56,37 @@ def print_config(config) -> None:
     print(json.dumps(config.to_dict(), indent=2))
 
 
-def run_quietly(config):
-    """Runs the experiment (writes ``experiment.json``, trains) and returns the Trainer's summary."""
-    from uniter_tf.training.experiment import run_experiment
+def config_file_exists(path: str) -> bool:
+    """Whether ``path`` is a file: local paths without importing TensorFlow (a typo fails at once), URLs
+    (``gs://``, ``ram://``, ...) through ``tf.io.gfile``."""
+    import os
 
-    return run_experiment(config)
+    if "://" not in path:
+        return os.path.isfile(path)
+    import tensorflow as tf
+
+    return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+
+
+def run_quietly(config):
+    """Runs the experiment (writes ``experiment.json``, trains).
+
+    Returns:
+        ``(summary, is_chief)``: the Trainer's summary, and whether this process is the chief (under
+        MultiWorkerMirrored every worker runs the command; only the chief reports).
+    """
+    from uniter_tf.training.experiment import prepare_experiment
+
+    trainer = prepare_experiment(config)
+    return trainer.train(), bool(getattr(trainer, "is_chief", True))
 
 
 def train(config):
-    """Runs the experiment and prints its summary (one JSON object); returns the summary."""
+    """Runs the experiment and prints its summary (one JSON object) on the chief only; returns the summary."""
     import json
 
-    summary = run_quietly(config)
-    if isinstance(summary, dict):
+    summary, is_chief = run_quietly(config)
+    if is_chief and isinstance(summary, dict):
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return summary
 

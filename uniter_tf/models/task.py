@@ -150,19 +150,21 @@ class DownstreamTask(Task):
         if isinstance(backbone, keras.layers.Layer):
             if hidden_size is None:
                 raise ValueError("build_model(backbone, hidden_size): hidden_size is required with a backbone")
-            return TaskModel(backbone=backbone, head=self.build_head(hidden_size), task_name=self.name,
-                             name=f"uniter_{self.name}")
+            # The model and its head follow the given backbone's dtype policy (never the global one).
+            policy = backbone.dtype_policy.name
+            return TaskModel(backbone=backbone, head=_head_with_dtype(self.build_head(hidden_size), policy),
+                             task_name=self.name, name=f"uniter_{self.name}", dtype=policy)
         from uniter_tf.models.backbone import UniterBackbone  # pylint: disable=import-outside-toplevel
         from uniter_tf.models.pretraining_model import UniterPretrainingModel  # pylint: disable=import-outside-toplevel
 
         model_config = backbone if backbone is not None else self.model_config()
         backbone_layer = UniterBackbone(model_config, dtype=dtype) if dtype else UniterBackbone(model_config)
         pretraining_model = UniterPretrainingModel(backbone_layer)
-        head = self.build_head(model_config.hidden_size)
-        if dtype and head.dtype_policy.name != dtype:
-            # Heads are built by build_head(hidden_size), which predates dtype policies; rebuild from config.
-            head = head.__class__.from_config({**head.get_config(), "dtype": dtype})
-        model = TaskModel(backbone=backbone_layer, head=head, task_name=self.name, name=f"uniter_{self.name}")
+        policy = backbone_layer.dtype_policy.name
+        head = _head_with_dtype(self.build_head(model_config.hidden_size), policy)
+        # The model's own policy too: a Keras model built without one takes the global policy.
+        model = TaskModel(backbone=backbone_layer, head=head, task_name=self.name, name=f"uniter_{self.name}",
+                          dtype=policy)
         model.head.build()
         # Untracked on purpose (object.__setattr__ bypasses Keras tracking): the ITM head is not trained
         # and must not appear in model.trainable_variables; the checkpoint names it itself.
@@ -380,6 +382,14 @@ class DownstreamTask(Task):
     def get_config(self) -> Dict[str, object]:
         """Constructor arguments of the task (stored next to checkpoints and exports)."""
         return {}
+
+
+def _head_with_dtype(head, policy: str):
+    """``head`` with the dtype policy ``policy``: heads come from ``build_head(hidden_size)``, which takes no
+    policy, so a head built with another one is rebuilt from its config with ``dtype=policy``."""
+    if head.dtype_policy.name == policy:
+        return head
+    return head.__class__.from_config({**head.get_config(), "dtype": policy})
 
 
 def evaluate_task_model(task: DownstreamTask, model, dataset, *, max_batches: Optional[int] = None,

@@ -213,7 +213,10 @@ class Trainer:
         gradients = [None if gradient is None else tf.cast(tf.convert_to_tensor(gradient), tf.float32)
                      for gradient in gradients]
         metrics = {name: tf.cast(value, tf.float32) for name, value in dict(metrics).items()}
-        metrics["examples"] = tf.cast(self.task.batch_size(batch), tf.float32)
+        # Not converted by autograph: it reads static structure only, and autograph breaks a zero-argument
+        # super() inside an `if` of a task's override (VqaTask.batch_size resolved to another method).
+        batch_size = tf.autograph.experimental.do_not_convert(self.task.batch_size)
+        metrics["examples"] = tf.cast(batch_size(batch), tf.float32)
         return tf.cast(loss, tf.float32), metrics, gradients
 
     def _apply(self, group: str, gradients):

@@ -306,8 +306,6 @@ class VqaTask(DownstreamTask):
         return pretraining_inputs.build_task_dataset("itm", self.itm_rehearsal_files, self.model_config(), options,
                                                      seed=seed + 1, input_context=input_context)
 
-    # The base class is named rather than reached by ``super()``: these run under AutoGraph (the Trainer's
-    # tf.function), whose conversion of a zero-argument ``super()`` once resolved to the wrong method here.
     def prepare_batch(self, stream: str, batch):
         if stream == ITM_REHEARSAL_STREAM:
             return batch

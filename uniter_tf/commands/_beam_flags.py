@@ -4,6 +4,10 @@ Flags the command does not define go to Beam's ``PipelineOptions`` (``--runner=D
 --project=P ...``). Beam itself only logs "Discarding unparseable args" for a flag it does not know and
 runs on, so a typo such as ``--max-boxs 5`` would silently do nothing; :func:`check_beam_flags` parses the
 flags with every option class Beam has registered and rejects what none of them knows.
+
+``--runner=DaskRunner`` selects :class:`uniter_tf.beam_dask.DaskRunner` (Beam has no short name for its Dask
+runner, and Beam's own one mixes the tagged outputs of our dead-letter ParDos; see that module), and any
+Dask flag (``--dask_client_address``, ``--dask_npartitions`` ...) registers Beam's ``DaskOptions`` first.
 """
 
 from __future__ import annotations
@@ -35,16 +39,49 @@ def _option_classes():
     return list({str(cls): cls for cls in PipelineOptions.__subclasses__()}.values())
 
 
+#: ``--runner`` values that select the project's Dask runner (Beam itself knows only the full class path).
+_DASK_RUNNER_NAMES = ("DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner")
+
+
+def _use_project_dask_runner(flags: List[str]) -> List[str]:
+    """``flags`` with a Dask ``--runner`` rewritten to :data:`uniter_tf.beam_dask.RUNNER_PATH`.
+
+    Imports the runner module (which registers Beam's ``DaskOptions``) when a Dask runner or a ``--dask_``
+    flag is given; without the ``dask``/``distributed`` packages that is a :class:`UserError`.
+    """
+    out, dask_wanted = [], False
+    for index, flag in enumerate(flags):
+        if flag.startswith("--dask_"):
+            dask_wanted = True
+        if flag.startswith("--runner="):
+            name = flag.split("=", 1)[1]
+            if name in _DASK_RUNNER_NAMES:
+                dask_wanted = True
+                flag = "--runner=uniter_tf.beam_dask.DaskRunner"
+        elif index > 0 and flags[index - 1] == "--runner" and flag in _DASK_RUNNER_NAMES:
+            dask_wanted = True
+            flag = "uniter_tf.beam_dask.DaskRunner"
+        out.append(flag)
+    if dask_wanted:
+        try:
+            import uniter_tf.beam_dask  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+        except ImportError as error:
+            raise UserError(f"the Dask runner needs the dask and distributed packages ({error}); they are "
+                            "pinned in requirements.lock (make install)") from error
+    return out
+
+
 def check_beam_flags(flags: Sequence[str]) -> List[str]:
     """Returns ``flags`` for Beam's PipelineOptions, or raises if some are unknown or malformed.
 
-    A ``--`` separator (the older spelling, ``uniter ingest ... -- --runner=...``) is dropped.
+    A ``--`` separator (the older spelling, ``uniter ingest ... -- --runner=...``) is dropped, and
+    ``--runner=DaskRunner`` becomes ``--runner=uniter_tf.beam_dask.DaskRunner``.
 
     Args:
         flags: the arguments the command's own parser did not recognise.
 
     Returns:
-        The flags, without the ``--`` separator.
+        The flags, without the ``--`` separator, the Dask runner name made a class path.
 
     Raises:
         UnknownBeamFlags: arguments no Beam option class knows (typos, stray values).
@@ -55,6 +92,7 @@ def check_beam_flags(flags: Sequence[str]) -> List[str]:
         flags.remove("--")
     if not flags:
         return flags
+    flags = _use_project_dask_runner(flags)
     from apache_beam.options import pipeline_options  # pylint: disable=import-outside-toplevel
 
     class _CheckingParser(pipeline_options._BeamArgumentParser):  # pylint: disable=protected-access

@@ -238,3 +238,55 @@ def test_dataset_drops_long_questions_in_training_and_truncates_them_in_evaluati
     assert lengths.max() == 12 + 4  # the long question's QA→R row cut to 12 segment tokens
     targets = labels[vcr_task.ROW_TARGETS].numpy().reshape(2, 20)
     assert targets[0].tolist() == [0, 1, 0, 0] + [0] * 4 + [0, 0, 1, 0] + [0] * 8  # row 4 + 4·1 + 2
+
+
+def test_initialise_from_a_second_stage_layout_checkpoint_copies_every_backbone_tensor():
+    """An official VCR-layout state dict (word table +81, 4 types: the parity fixture's, as the released
+    uniter-base-vcr_2nd_stage) loads as it is when the run's model has those sizes (model_overrides)."""
+    import os
+
+    from uniter_tf.checkpoints.official import LINEAR, backbone_variable_map
+    from uniter_tf.checkpoints.parity import fixture_config
+
+    fixture = os.path.join(os.path.dirname(__file__), "fixtures", "parity_downstream", "vcr")
+    base = fixture_config(json.load(open(os.path.join(fixture, "config.json"))))
+    grown = base.replace(vocab_size=base.vocab_size + 81, type_vocab_size=4)
+    task = get_task("vcr", model=grown.to_dict(), init="official",
+                    init_path=os.path.join(fixture, "state_dict.npz"))
+    model = task.build_model(task.model_config())
+    task.initialize(model, log=lambda message: None)
+    state_dict = np.load(os.path.join(fixture, "state_dict.npz"))
+    mapping = backbone_variable_map(model.backbone)
+    assert mapping["uniter.embeddings.word_embeddings.weight"][0].shape[0] == 181
+    for key, (variable, transform) in mapping.items():
+        expected = state_dict[key].T if transform == LINEAR else state_dict[key]
+        np.testing.assert_array_equal(variable.numpy(), expected, err_msg=key)
+
+
+def test_initialise_from_a_standard_checkpoint_grows_the_tables_as_official(tmp_path):
+    """A first-stage layout (the fixture's tensors before the init calls): rows copied, types [T0, T1, T0, T0]."""
+    import os
+
+    from uniter_tf.checkpoints.official import LINEAR, backbone_variable_map
+    from uniter_tf.checkpoints.parity import fixture_config
+
+    fixture = os.path.join(os.path.dirname(__file__), "fixtures", "parity_downstream", "vcr")
+    base = fixture_config(json.load(open(os.path.join(fixture, "config.json"))))
+    state_dict = dict(np.load(os.path.join(fixture, "state_dict.npz")))
+    state_dict.update(np.load(os.path.join(fixture, "pre_init.npz")))
+    np.savez(tmp_path / "standard.npz", **state_dict)
+    task = get_task("vcr", model=base.to_dict(), init="official", init_path=str(tmp_path / "standard.npz"))
+    assert (task.model_config().vocab_size, task.model_config().type_vocab_size) == (181, 4)
+    model = task.build_model(task.model_config())
+    task.initialize(model, log=lambda message: None)
+    for key, (variable, transform) in backbone_variable_map(model.backbone).items():
+        value = variable.numpy()
+        if key.endswith("word_embeddings.weight"):
+            np.testing.assert_array_equal(value[:100], state_dict[key])
+            assert value.shape == (181, 64) and 0.01 < value[100:].std() < 0.03  # fresh N(0, 0.02) rows
+        elif key.endswith("token_type_embeddings.weight"):
+            np.testing.assert_array_equal(value, state_dict[key][[0, 1, 0, 0]])
+        else:
+            np.testing.assert_array_equal(value, state_dict[key].T if transform == LINEAR else state_dict[key])
+    with pytest.raises(ValueError, match="3 token types"):
+        get_task("vcr", model=base.replace(type_vocab_size=3).to_dict()).model_config()

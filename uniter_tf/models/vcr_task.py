@@ -382,14 +382,18 @@ class VcrTask(DownstreamTask):
         self.head_learning_rate_multiplier = float(head_learning_rate_multiplier)
 
     def model_config(self):
-        """The run's config grown to the VCR tables (word +81, 4 types) unless it already has them."""
-        config = super().model_config()
-        from uniter_tf.tokenization import BERT_BASE_CASED_VOCAB_SIZE  # pylint: disable=import-outside-toplevel
+        """The run's config grown to the VCR tables (word +81, 4 types).
 
-        if config.vocab_size == BERT_BASE_CASED_VOCAB_SIZE:
-            config = config.replace(vocab_size=config.vocab_size + VCR_NUM_SPECIAL_TOKENS)
+        A config with the standard 2 type rows (``uniter-base``, ``tiny``, ...) is grown; one that already
+        has 4 (a second-stage layout given through ``model_overrides``) is kept as it is.
+        """
+        config = super().model_config()
         if config.type_vocab_size == 2:
-            config = config.replace(type_vocab_size=len(VCR_TYPE_ROWS))
+            config = config.replace(vocab_size=config.vocab_size + VCR_NUM_SPECIAL_TOKENS,
+                                    type_vocab_size=len(VCR_TYPE_ROWS))
+        elif config.type_vocab_size != len(VCR_TYPE_ROWS):
+            raise ValueError(f"task 'vcr': the model has {config.type_vocab_size} token types; VCR needs a "
+                             f"standard (2) or a VCR (4) type table")
         return config
 
     def build_head(self, hidden_size: int) -> keras.layers.Layer:

@@ -241,6 +241,37 @@ class UniterClient:
         return [{label.decode("utf-8"): float(score) for label, score in zip(row_labels, row_scores)}
                 for row_labels, row_scores in zip(outputs["labels"], outputs["label_scores"])]
 
+    def refer(self, expressions: Sequence[str], region_features: ArrayOrList, region_boxes: ArrayOrList,
+              image_size) -> List[Dict[str, object]]:
+        """RefCOCO: which region each expression refers to, with every region's score and the box in pixels.
+
+        Needs a model exported from a ``refcoco`` run (outputs ``region_scores`` / ``chosen_region`` /
+        ``chosen_box``). Args as :meth:`score` with pixel boxes (the chosen box is one of them).
+
+        Returns:
+            Per expression ``{"expression", "region_scores": [n floats, softmax over the image's regions],
+            "chosen_region": index, "chosen_box": [x1, y1, x2, y2]}``.
+
+        Raises:
+            ValueError: an empty expression.
+            ServingRequestError: INVALID_ARGUMENT for an image with zero regions, or a model without the outputs.
+        """
+        if isinstance(expressions, (str, bytes)):
+            expressions = [expressions]
+        empty = [index for index, text in enumerate(expressions) if not str(text).strip()]
+        if empty:
+            raise ValueError(f"expression {empty[0]} is empty: RefCOCO needs an expression per image")
+        signature, inputs = self._image_text_inputs(expressions, region_features, region_boxes, image_size, None)
+        outputs = self.predict(inputs, signature, output_filter=["region_scores", "chosen_region", "chosen_box"])
+        rows = []
+        for index, text in enumerate(expressions):
+            count = int(inputs["num_regions"][index])
+            rows.append({"expression": text if isinstance(text, str) else text.decode("utf-8"),
+                         "region_scores": [float(value) for value in outputs["region_scores"][index][:count]],
+                         "chosen_region": int(outputs["chosen_region"][index]),
+                         "chosen_box": [float(value) for value in outputs["chosen_box"][index]]})
+        return rows
+
     def score_examples(self, serialized_examples: Sequence[bytes]) -> Dict[str, np.ndarray]:
         """Scores serialized canonical ``tf.Example`` records (the ``serve_examples`` signature)."""
         return self.predict({"examples": np.array(list(serialized_examples), dtype=object)}, "serve_examples")

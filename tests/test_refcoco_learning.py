@@ -85,3 +85,124 @@ def test_the_choice_depends_on_the_expression(trained):
         chosen.setdefault(image_of_sentence[row["sent_id"]], set()).add(tuple(row["pred_box"]))
     varied = np.mean([len(boxes) > 1 for boxes in chosen.values()])
     assert varied > 0.8, f"only {varied:.2f} of the held-out images get more than one chosen box"
+
+
+def test_uniter_evaluate_task_refcoco_on_the_run(trained, tmp_path, capsys):
+    """`uniter evaluate --task refcoco` rebuilds the run's model from its checkpoint: the same accuracy and
+    predictions as the evaluation after training (detected boxes)."""
+    from uniter_tf import cli
+
+    output = tmp_path / "metrics.json"
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--run", trained["run"].config.output_dir, "--task", "refcoco",
+                     "--files", *trained["written"]["eval_det"], "--output", str(output)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["task"] == "refcoco" and metrics["num_examples"] == trained["detected"]["num_examples"]
+    assert metrics["accuracy"] == pytest.approx(trained["detected"]["accuracy"])
+    predictions = json.loads((tmp_path / "metrics_predictions.json").read_text())
+    assert predictions == json.loads((trained["root"] / "det" / "results" / "results_0.json").read_text())
+    assert cli.main(["evaluate", "--run", trained["run"].config.output_dir, "--task", "ve",
+                     "--files", *trained["written"]["eval_det"]]) == 2
+    assert "is a run of task 'refcoco', not 've'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def served(trained):
+    from serving.server import ModelServer, ServerConfig
+    from uniter_tf.export.model_dir import export_model_dir
+
+    base_path = str(trained["root"] / "export")
+    export = export_model_dir(trained["run"].config.output_dir, base_path)
+    server = ModelServer(ServerConfig(model_name="uniter", model_base_path=base_path, port=0, rest_api_port=0,
+                                      poll_interval_s=0)).start()
+    yield {"export": export, "target": f"127.0.0.1:{server.grpc_port}", "rest": f"http://127.0.0.1:{server.rest_port}"}
+    server.stop()
+
+
+def _held_out_records(trained, count=6):
+    from helpers import ingest_test_data as data
+
+    return data.read_tfrecords(str(trained["root"] / "records"), "eval_det-*.tfrecord.gz")[:count]
+
+
+def _in_process_scores(trained, record):
+    """The fine-tuned Keras model's region scores for one record (its own token ids and regions)."""
+    import tensorflow as tf
+
+    config = trained["run"].model_config
+    token_ids = np.concatenate([[config.cls_token_id], record["token_ids"], [config.sep_token_id]])
+    inputs = {"token_ids": token_ids[None].astype(np.int32), "text_mask": np.ones([1, len(token_ids)], np.int32),
+              "region_features": record["region_features"][None].astype(np.float32),
+              "region_positions": record["region_positions"][None].astype(np.float32),
+              "region_mask": np.ones([1, len(record["region_features"])], np.int32)}
+    return trained["run"].model({name: tf.constant(value) for name, value in inputs.items()}, training=False).numpy()[0]
+
+
+def test_served_choice_matches_the_in_process_model(trained, served, tmp_path, capsys):
+    from serving.client import UniterClient
+    from uniter_tf import cli
+
+    records = _held_out_records(trained)
+    texts = [record["text"].decode("utf-8") for record in records]
+    features = [record["region_features"] for record in records]
+    boxes = [record["region_boxes"] for record in records]
+    sizes = [(record["image_height"], record["image_width"]) for record in records]
+    with UniterClient(served["target"]) as client:
+        rows = client.refer(texts, features, boxes, sizes)
+    for row, record in zip(rows, records):
+        logits = _in_process_scores(trained, record)
+        expected = np.exp(logits - logits.max()) / np.sum(np.exp(logits - logits.max()))
+        np.testing.assert_allclose(row["region_scores"], expected, atol=2e-5)
+        assert row["chosen_region"] == int(np.argmax(logits))
+        np.testing.assert_allclose(row["chosen_box"], record["region_boxes"][int(np.argmax(logits))], atol=1e-4)
+    assert served["export"].metadata["task"]["name"] == "refcoco"
+    assert served["export"].metadata["task"]["region_choice"] is True
+
+    # REST: the same choice; a request whose image has zero regions is INVALID_ARGUMENT naming num_regions.
+    width = max(len(feature) for feature in features)
+    padded = np.zeros([len(records), width, features[0].shape[1]], np.float32)
+    padded_boxes = np.zeros([len(records), width, 4], np.float32)
+    for index, (feature, box) in enumerate(zip(features, boxes)):
+        padded[index, :len(feature)] = feature
+        padded_boxes[index, :len(box)] = box
+    body = {"signature_name": "serving_default", "inputs": {
+            "text": texts, "region_features": padded.tolist(), "region_boxes": padded_boxes.tolist(),
+            "image_size": [list(map(float, size)) for size in sizes], "num_regions": [len(f) for f in features]}}
+    status, response = _http(served["rest"] + "/v1/models/uniter:predict", body)
+    assert status == 200, response
+    assert response["outputs"]["chosen_region"] == [row["chosen_region"] for row in rows]
+    body["inputs"]["num_regions"] = [0] + [len(f) for f in features[1:]]
+    status, response = _http(served["rest"] + "/v1/models/uniter:predict", body)
+    assert status == 400 and "num_regions" in response["error"] and "zero regions" in response["error"], response
+    from serving.client import ServingRequestError
+
+    with UniterClient(served["target"]) as client:
+        with pytest.raises(ServingRequestError) as error:
+            client.predict({"text": np.array([text.encode("utf-8") for text in texts], dtype=object),
+                            "region_features": padded, "region_boxes": padded_boxes,
+                            "image_size": np.asarray(sizes, np.float32),
+                            "num_regions": np.asarray(body["inputs"]["num_regions"], np.int32)}, "serving_default")
+    assert error.value.code == "INVALID_ARGUMENT" and "num_regions" in error.value.message
+
+    # `uniter query --task refcoco` with a regions file.
+    regions = tmp_path / "regions.npz"
+    np.savez(regions, region_features=features[0], region_boxes=boxes[0], image_size=np.array(sizes[0]))
+    capsys.readouterr()
+    assert cli.main(["query", "--target", served["target"], "--regions", str(regions), "--task", "refcoco",
+                     "--text", texts[0]]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["expression"] == texts[0] and result["chosen_region"] == rows[0]["chosen_region"]
+    np.testing.assert_allclose(result["chosen_box"], rows[0]["chosen_box"], atol=1e-4)
+
+
+def _http(url, body):
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())

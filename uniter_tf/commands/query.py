@@ -21,9 +21,12 @@ def add_arguments(parser):
     parser.add_argument("--mode", choices=("score", "answer", "embed"), default="score",
                         help="score: ITM probability; answer: VQA top-k (fine-tuned VQA exports); "
                              "embed: pooled embeddings.")
-    parser.add_argument("--task", choices=("ve",), default=None,
+    parser.add_argument("--task", choices=("ve", "refcoco"), default=None,
                         help="ve: each --text is an SNLI-VE hypothesis about the image; prints the probability "
-                             "of entailment, neutral and contradiction (exports of `uniter finetune --task ve`).")
+                             "of entailment, neutral and contradiction (exports of `uniter finetune --task ve`). "
+                             "refcoco: each --text is a referring expression; prints every region's score, the "
+                             "chosen region and its box in pixels (needs pixel boxes: --image or --regions with "
+                             "region_boxes and image_size).")
     parser.add_argument("--detector", default=None,
                         help="Detector for --image: a frozen .pb or SavedModel dir (default SSD-MobileNet-v2).")
     parser.add_argument("--timeout", type=float, default=60.0, help="Deadline per call in seconds (default 60).")
@@ -97,6 +100,12 @@ def run(args) -> int:
                 rows = client.entail(args.text, **region_inputs)
                 result = [{"hypothesis": text, "label": max(row, key=row.get), "probabilities": row}
                           for text, row in zip(args.text, rows)]
+            elif args.task == "refcoco":
+                if region_inputs.get("region_boxes") is None:
+                    raise UserError("--task refcoco answers with a box in pixels: the regions need region_boxes "
+                                    "and image_size (not only region_positions)")
+                result = client.refer(args.text, region_inputs["region_features"], region_inputs["region_boxes"],
+                                      region_inputs["image_size"])
             elif args.mode == "score":
                 scores = client.score(args.text, **region_inputs)
                 result = [{"text": text, "itm_score": float(score)} for text, score in zip(args.text, scores)]

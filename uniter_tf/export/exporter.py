@@ -246,7 +246,8 @@ def write_saved_model(target: str, backbone, itm_head, preprocessor=None, task: 
                         "name": task.name, "num_labels": None if task.labels is None else len(task.labels),
                         "top_k": graph.top_k, "activation": task.outputs.activation,
                         "outputs": {"logits": task.outputs.logits_output, "labels": task.outputs.labels_output,
-                                    "scores": task.outputs.scores_output}},
+                                    "scores": task.outputs.scores_output},
+                        "region_choice": bool(getattr(task.outputs, "region_choice", False))},
                 "model_config": config.to_dict(),
         }
         if record_ops:

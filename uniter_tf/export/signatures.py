@@ -124,7 +124,10 @@ class ServingGraph:
         outputs = {"itm_logits": tf.cast(self.itm_head(pooled_output), tf.float32),
                    "pooled_output": tf.cast(pooled_output, tf.float32)}
         if self.task is not None:
-            outputs["task_logits"] = tf.cast(self.task.head(encoded, training=False), tf.float32)
+            # As TaskModel: heads that read the regions (RefCOCO) need the region slots' validity too.
+            head_inputs = dict(encoded)
+            head_inputs.setdefault("region_mask", inputs["region_mask"])
+            outputs["task_logits"] = tf.cast(self.task.head(head_inputs, training=False), tf.float32)
         return outputs
 
     def _run_model(self, inputs) -> Dict[str, tf.Tensor]:
@@ -169,6 +172,7 @@ class ServingGraph:
                         tf.reduce_min(tf.concat([text_lengths, [2]], axis=0)), 2,
                         message="text_mask: every text needs at least [CLS] and [SEP]"),
                 tf.debugging.assert_non_negative(token_ids, message="token_ids: negative token id"),
+                *self._region_choice_checks(region_counts),
                 tf.debugging.assert_less(
                         token_ids, tf.constant(int(self.backbone.config.vocab_size), tf.int32),
                         message=f"token_ids: a token id is outside the vocabulary "
@@ -199,9 +203,31 @@ class ServingGraph:
             outputs.update(self._task_outputs(model_outputs["task_logits"]))
         return outputs
 
+    def _chooses_regions(self) -> bool:
+        return self.task is not None and bool(getattr(self.task.outputs, "region_choice", False))
+
+    def _region_choice_checks(self, region_counts):
+        if not self._chooses_regions():
+            return []
+        return [tf.debugging.assert_greater_equal(
+                tf.reduce_min(tf.concat([region_counts, [1]], axis=0)), 1,
+                message=f"num_regions / region_mask: task {self.task.name!r} chooses one of the regions; an "
+                        f"example has zero regions")]
+
+    def _chosen_box(self, outputs, region_boxes) -> Dict[str, tf.Tensor]:
+        # The chosen slot is a real region (padded slots score -1e4), so it indexes the request's own boxes.
+        if self._chooses_regions():
+            outputs = dict(outputs)
+            outputs["chosen_box"] = tf.gather(tf.cast(region_boxes, tf.float32), outputs["chosen_region"],
+                                              axis=1, batch_dims=1)
+        return outputs
+
     def _task_outputs(self, logits) -> Dict[str, tf.Tensor]:
         # Output names and the activation are the task's declaration (TaskHeadExport.from_task).
         outputs = {self.task.outputs.logits_output: logits}
+        if self._chooses_regions():
+            outputs["region_scores"] = tf.nn.softmax(logits, axis=-1)
+            outputs["chosen_region"] = tf.argmax(logits, axis=-1, output_type=tf.int32)
         if self.task.labels is not None:
             probabilities = tf.sigmoid(logits) if self.task.outputs.activation == "sigmoid" else tf.nn.softmax(logits)
             top_scores, top_indices = tf.math.top_k(probabilities, k=self.top_k)
@@ -255,7 +281,8 @@ class ServingGraph:
                 message="image_size: needs one [height, width] row per example")]
         region_mask = self._check_region_inputs(region_features, num_regions, batch_checks)
         positions = self.boxes_to_positions(region_boxes, image_size)
-        return self.score(token_ids, text_mask, region_features, positions, region_mask)
+        return self._chosen_box(self.score(token_ids, text_mask, region_features, positions, region_mask),
+                                region_boxes)
 
     def score_positions(self, text, region_features, region_positions, num_regions):
         """Raw text + the 7-d normalised positions."""

@@ -31,6 +31,7 @@ official ``inf_re.py`` meant to write (spec §7.23: it writes the dict keys inst
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Dict, List, Mapping, Optional
@@ -149,6 +150,19 @@ def rank_loss(scores: tf.Tensor, target_index: tf.Tensor, region_valid: tf.Tenso
     return tf.where(has_negative, hinge, tf.zeros_like(hinge))
 
 
+@dataclasses.dataclass(frozen=True)
+class RegionChoiceOutputs(ExportOutputs):
+    """The export declaration of a task whose logits score the regions (one per region slot).
+
+    The signatures (``uniter_tf.export.signatures``) then also return ``region_scores [B, N]`` (softmax
+    over the regions), ``chosen_region [B]`` and, where the request has pixel boxes (``serving_default``),
+    ``chosen_box [B, 4]``; they refuse an example with zero regions (INVALID_ARGUMENT naming
+    ``num_regions``).
+    """
+
+    region_choice: bool = True
+
+
 @register_task("refcoco")  # a literal: tests read the registered names from the source
 class RefcocoTask(DownstreamTask):
     """Referring-expression comprehension (spec §5.5).
@@ -239,8 +253,9 @@ class RefcocoTask(DownstreamTask):
                                               predictions_path=predictions_path, files=files)
 
     def export_outputs(self) -> ExportOutputs:
-        # One score per region slot (softmax over the regions, as trained with `cls`); no label vocabulary.
-        return ExportOutputs(name=self.name, activation="softmax")
+        # One score per region slot (softmax over the regions, as trained with `cls`), the chosen region and
+        # its pixel box; no label vocabulary.
+        return RegionChoiceOutputs(name=self.name, activation="softmax")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "RefcocoTask":

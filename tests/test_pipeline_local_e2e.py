@@ -89,11 +89,12 @@ def test_an_untrained_model_is_not_blessed_and_not_pushed(tmp_path):
     assert _versions(serving_dir) == []
 
 
-# The recipe of pipeline/configs.py does not reach the VQA level yet (measured on the shared 2-core machine,
-# docs/pipeline.md "The demo's recipe"): held-out ITM 0.84 after pretraining and 0.81 after fine-tuning with
-# the slow backbone rate (the ITM level holds), but VQA 0.48 against a 0.39 question-only baseline (+0.10;
-# the gate needs +0.20): counting is learned, colour and shape are not. strict: the day it passes, this
-# marker must go.
+# The recipe of pipeline/configs.py does not reach the VQA level yet (measured with bench/demo_recipe.py on the
+# shared 2-core machine, docs/pipeline.md "The demo's recipe"): 3000 pretraining updates, then fine-tuning with
+# ITM rehearsal give held-out ITM 0.90 (the level holds) but VQA +0.17 over the question-only baseline (the
+# gate needs +0.20): the model reads the number and boxes of the regions, not their content. Standardized
+# region features reached ITM 0.89 / VQA +0.23 in the bench but are not in the pipeline yet. strict: the day it
+# passes, this marker must go.
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="issue 11: the demo's recipe does not reach the gate's VQA level yet")
 def test_demo_pipeline_learns_passes_the_real_gate_and_rerun_is_cached(tmp_path):

@@ -15,7 +15,7 @@ HELP = ("Fine-tune a downstream task (vqa) from a pretraining checkpoint; writes
 
 # The tasks of uniter_tf.models.task.TASK_REGISTRY, listed here so that `--help` needs no TensorFlow
 # import (tests/test_cli_errors.py checks the two agree).
-TASKS = ("retrieval", "ve", "vqa")
+TASKS = ("nlvr2", "refcoco", "retrieval", "vcr", "ve", "vqa")
 
 
 def add_arguments(parser):

@@ -290,3 +290,37 @@ def test_initialise_from_a_standard_checkpoint_grows_the_tables_as_official(tmp_
             np.testing.assert_array_equal(value, state_dict[key].T if transform == LINEAR else state_dict[key])
     with pytest.raises(ValueError, match="3 token types"):
         get_task("vcr", model=base.replace(type_vocab_size=3).to_dict()).model_config()
+
+
+def test_sample_items_are_decided_by_the_picture_and_read_back_without_dead_letters(tmp_path):
+    from uniter_tf.data import sample_data, sample_vcr_records
+
+    sample_data.generate(str(tmp_path / "sample"), sample_vcr_records.sample_scene_config(24, seed=5))
+    counts = sample_vcr_records.write_sample_vcr_annotations(str(tmp_path / "sample"), str(tmp_path / "vcr"))
+    boxes = json.loads((tmp_path / "sample" / "boxes.json").read_text())
+    right, wrong, total = {}, {}, 0
+    for split in ("train", "val"):
+        lines = [json.loads(line) for line in (tmp_path / "vcr" / f"{split}.jsonl").read_text().splitlines()]
+        assert len(lines) == counts[split]
+        items = list(vcr_reader.read_vcr(str(tmp_path / "vcr" / f"{split}.jsonl"),
+                                         str(tmp_path / "vcr" / "vcr1images")))
+        assert all(isinstance(item, vcr_reader.VcrItem) for item in items) and len(items) == len(lines)
+        for line in lines:
+            entry = boxes[line["img_fn"]]
+            assert (entry["image_id"] % sample_vcr_records.VAL_EVERY == 0) == (split == "val")
+            present = {label.split()[0] for label in entry["labels"]}
+            colours = [choice[1] for choice in line["answer_choices"]]
+            assert [colour in present for colour in colours] == [index == line["answer_label"] for index in range(4)]
+            target = line["rationale_choices"][0][0]
+            assert all(choice[0] == target for choice in line["rationale_choices"])
+            assert entry["labels"][target[0]].split()[0] == colours[line["answer_label"]]
+            assert line["rationale_choices"][line["rationale_label"]][4] == colours[line["answer_label"]]
+            for index, colour in enumerate(colours):
+                (right if index == line["answer_label"] else wrong)[colour] = (
+                        (right if index == line["answer_label"] else wrong).get(colour, 0) + 1)
+            total += 1
+    assert total == sum(len(entry["labels"]) for entry in boxes.values())  # one question per shape
+    # No colour is right much more often than its share: the text alone cannot pick the answer.
+    for colour in sample_data.COLORS:
+        share = right.get(colour, 0) / (right.get(colour, 0) + wrong.get(colour, 0))
+        assert 0.1 < share < 0.45, (colour, right, wrong)

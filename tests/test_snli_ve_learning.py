@@ -61,6 +61,21 @@ def test_held_out_accuracy_clearly_above_the_majority_baseline(trained):
     assert set(predictions.values()) <= {"contradiction", "entailment", "neutral"}
 
 
+def test_uniter_evaluate_task_ve_on_the_run(trained, tmp_path, capsys):
+    """`uniter evaluate --task ve` rebuilds the run's model from its checkpoint: the training's final accuracy."""
+    from uniter_tf import cli
+
+    output = tmp_path / "metrics.json"
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--run", trained["run"].config.output_dir, "--task", "ve",
+                     "--files", str(trained["root"] / "records" / "eval-*.tfrecord.gz"), "--output", str(output)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["task"] == "ve" and metrics["accuracy"] == pytest.approx(trained["result"]["eval"]["accuracy"])
+    predictions = json.loads((tmp_path / "metrics_predictions.json").read_text())
+    assert predictions == json.loads((pathlib.Path(trained["run"].config.output_dir) / "results" /
+                                      f"results_{trained['result']['step']}.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def served(trained):
     from serving.server import ModelServer, ServerConfig

@@ -55,7 +55,13 @@ def test_pipeline_trainers_build_experiment_configs_that_uniter_train_accepts(tm
     assert pretrain.trainer.progress_bar is False
     assert pretrain.runtime.output_dir == str(tmp_path / "run")
 
-    finetune = finetune_module.experiment_from_fn_args(_fn_args(tmp_path, custom["FinetuneTrainer"], train_steps=600))
+    # The pretraining Trainer's model: its checkpoints and the caption files it recorded (ITM rehearsal) beside it.
+    import tensorflow as tf
+
+    tf.train.Checkpoint(step=tf.Variable(1)).save(str(tmp_path / "Model" / "checkpoints" / "ckpt"))
+    pretrain_module.write_pretraining_files(str(tmp_path / "Model"), ["captions/Split-train/*"])
+    finetune = finetune_module.experiment_from_fn_args(_fn_args(
+            tmp_path, custom["FinetuneTrainer"], train_steps=600, base_model=str(tmp_path / "Model" / "Format-Serving")))
     assert finetune.task_name == "vqa"
     # task_config goes to the task unchanged, beside the run keys.
     for key, value in configs.FINETUNE_CONFIG["task_config"].items():
@@ -66,7 +72,9 @@ def test_pipeline_trainers_build_experiment_configs_that_uniter_train_accepts(tm
     # valid_steps: a validation and a checkpoint together.
     valid_steps = configs.FINETUNE_CONFIG["valid_steps"]
     assert finetune.trainer.eval_every == finetune.trainer.checkpoint_every == valid_steps
-    assert finetune.task.get("init", "scratch") == "scratch"  # no pretraining model given
+    assert (finetune.task["init"], finetune.task["init_path"]) == ("pretrained", str(tmp_path / "Model" / "checkpoints"))
+    if finetune.task.get("itm_rehearsal_ratio"):
+        assert finetune.task["itm_rehearsal_files"] == ["captions/Split-train/*"]
 
     # The same objects `uniter train --config` reads back from experiment.json, and a task the Trainer builds.
     for config in (pretrain, finetune):

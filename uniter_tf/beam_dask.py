@@ -2,9 +2,10 @@
 
 ``--runner=DaskRunner`` on a ``uniter`` Beam command selects :class:`DaskRunner` below (see
 :mod:`uniter_tf.commands._beam_flags`). It reuses Apache Beam 2.74's Dask runner
-(``apache_beam.runners.dask``: its overrides and its ``Create``, ``GroupByKey`` and ``Flatten``
-translations onto ``dask.bag``) and replaces the parts that make Beam's own runner produce wrong output
-for our pipelines, each found by running them on a local cluster:
+(``apache_beam.runners.dask``: its options, result class and transform overrides) but translates the
+pipeline into a plain dask task graph of its own, one task per bundle (partition) of each transform,
+because Beam's translation onto ``dask.bag`` produced wrong output for our pipelines, each problem found by
+running them on a local cluster:
 
 * **Tagged outputs.** Beam's ``ParDo`` translation puts every output of a multi-output ``ParDo``
   (``.with_outputs("dead", main="items")``) into one bag, and every consumer reads that bag: on
@@ -15,8 +16,10 @@ for our pipelines, each found by running them on a local cluster:
   the last one. Here every ``ParDo`` is part of the computed graph.
 * **Side inputs computed inside a task.** Beam's runner materialises a side input by computing its bag
   inside the consuming task (a second, nested computation: work done twice, and a file sink's bundles
-  written twice, leaving ``beam-temp-*`` folders behind). Here a side input is a ``dask.delayed``
-  dependency of the consuming tasks, so the scheduler computes it once.
+  written twice, leaving ``beam-temp-*`` folders behind). Here a side input is one task that gathers its
+  partitions; the consuming bundles depend on it, so the scheduler computes it once.
+* **Graph optimisation copies tasks.** ``dask.bag``'s blockwise fusion copied a ParDo's tasks into each
+  consumer of its outputs (a sink initialised several times); the graph here is computed unoptimised.
 * **Outputs of ``finish_bundle`` dropped.** Beam's runner collects a bundle's outputs before calling
   ``finish_bundle``: the last batch of ``BatchElements`` and the file names of the sink writers were lost.
 * **No metrics.** Beam's ``DaskRunnerResult.metrics()`` raises ``NotImplementedError`` and counters are
@@ -25,8 +28,10 @@ for our pipelines, each found by running them on a local cluster:
 * **The client is never closed** (a stopped cluster then logs reconnection errors): closed when the run
   finishes.
 
-``beam.Reshuffle`` repartitions the bag into ``--dask_npartitions`` partitions (Beam's runner leaves it a
-no-op), so the images one ``Create`` of a glob yields spread over the workers.
+``GroupByKey`` is a hash shuffle (every input partition split into buckets by a hash of the pickled key
+that is the same in every process; Python's ``hash()`` of a str is not). ``beam.Reshuffle`` stripes the
+elements over ``--dask_npartitions`` partitions (Beam's runner leaves it a no-op), so the images one
+``Create`` of a glob yields spread over the workers.
 
 Limits that remain from Beam's runner: batch pipelines in the global window only (no windowing, state,
 timers or splittable DoFns), and ``beam.io.Read`` sources are not translated (our pipelines start with
@@ -36,7 +41,6 @@ timers or splittable DoFns), and ``beam.io.Read`` sources are not translated (ou
 from __future__ import annotations
 
 import dataclasses
-import logging
 import typing as t
 
 from apache_beam import pvalue
@@ -46,7 +50,6 @@ from apache_beam.runners.common import Receiver
 from apache_beam.runners.dask import dask_runner as beam_dask
 from apache_beam.runners.runner import PipelineState
 
-_LOGGER = logging.getLogger(__name__)
 #: Tag of the per-bundle metric updates in a ParDo's output bag (never a user tag: it has spaces).
 _METRICS_TAG = "uniter metrics"
 #: What ``--runner=DaskRunner`` is rewritten to.

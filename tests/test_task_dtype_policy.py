@@ -21,7 +21,8 @@ def _layers(model):
     return layers
 
 
-@pytest.mark.parametrize("name, params", [("pretraining", {}), ("vqa", {"num_answers": 4}), ("ve", {})])
+@pytest.mark.parametrize("name, params", [("pretraining", {}), ("vqa", {"num_answers": 4}), ("ve", {}),
+                                          ("nlvr2", {"variant": "paired"}), ("nlvr2", {"variant": "paired_attn"})])
 def test_every_sublayer_of_a_task_model_has_the_given_policy(name, params):
     assert keras.config.dtype_policy().name == "float32"
     task = tasks.get_task(name, model="tiny", **params)

@@ -342,8 +342,10 @@ class Nlvr2Task(DownstreamTask):
                 raise ValueError(f"an NLVR2 model needs a type table of {NLVR2_TYPE_VOCAB_SIZE} rows (region types 1 "
                                  f"and 2), the backbone has {backbone.config.type_vocab_size}: grow it with "
                                  "uniter_tf.models.official_init.init_type_embedding")
-            return Nlvr2TaskModel(backbone=backbone, head=self._head(backbone.config), variant=self.variant,
-                                  task_name=self.name, name=f"uniter_{self.name}")
+            # The model and its head follow the given backbone's dtype policy (never the global one).
+            policy = backbone.dtype_policy.name
+            return Nlvr2TaskModel(backbone=backbone, head=self._head(backbone.config, policy), variant=self.variant,
+                                  task_name=self.name, name=f"uniter_{self.name}", dtype=policy)
         from uniter_tf.models.backbone import UniterBackbone  # pylint: disable=import-outside-toplevel
         from uniter_tf.models.pretraining_model import UniterPretrainingModel  # pylint: disable=import-outside-toplevel
 
@@ -352,8 +354,10 @@ class Nlvr2Task(DownstreamTask):
             model_config = model_config.replace(type_vocab_size=NLVR2_TYPE_VOCAB_SIZE)
         backbone_layer = UniterBackbone(model_config, dtype=dtype) if dtype else UniterBackbone(model_config)
         pretraining_model = UniterPretrainingModel(backbone_layer)
-        model = Nlvr2TaskModel(backbone=backbone_layer, head=self._head(model_config, dtype), variant=self.variant,
-                               task_name=self.name, name=f"uniter_{self.name}")
+        # The model's own policy too: a Keras model built without one takes the global policy.
+        policy = backbone_layer.dtype_policy.name
+        model = Nlvr2TaskModel(backbone=backbone_layer, head=self._head(model_config, policy), variant=self.variant,
+                               task_name=self.name, name=f"uniter_{self.name}", dtype=policy)
         model.head.build()
         # Untracked on purpose, as DownstreamTask.build_model: the ITM head rides along untrained.
         object.__setattr__(model, "_uniter_pretraining_model", pretraining_model)

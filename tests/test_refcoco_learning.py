@@ -14,9 +14,10 @@ import pathlib
 import numpy as np
 import pytest
 
+from helpers.sample_experiments import sample_experiment
+
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 NUM_IMAGES = 160
 #: Required margin over the better baseline on ground-truth boxes (measured: 0.71 against 0.38).
 MARGIN_GT = 0.2
@@ -28,15 +29,11 @@ MARGIN_DETECTED = 0.1
 def trained(tmp_path_factory):
     from uniter_tf.config import UniterConfig
     from uniter_tf.data import sample_data, sample_refcoco_records
-    from uniter_tf.training.experiment import ExperimentConfig
     from uniter_tf.training.finetune import FinetuneRun
 
     root = tmp_path_factory.mktemp("re")
     sample_data.generate(str(root / "sample"), sample_data.SampleDataConfig(num_images=NUM_IMAGES, seed=0))
-    experiment = ExperimentConfig.from_file(str(REPO_ROOT / "configs" / "finetune_re_tiny.json")).with_overrides({
-            "runtime.output_dir": str(root / "run"),
-            "task.train_files": [str(root / "records" / "train-*.tfrecord.gz")],
-            "task.eval_files": [str(root / "records" / "eval-*.tfrecord.gz")]})
+    experiment = sample_experiment(root, "finetune_re_tiny.json")
     written = sample_refcoco_records.write_sample_refcoco_records(
             str(root / "sample"), str(root / "records"), UniterConfig.resolve(experiment.task["model"]))
     assert not written["dead_letters"]

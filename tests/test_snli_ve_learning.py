@@ -17,10 +17,10 @@ import pytest
 import tensorflow as tf
 
 from helpers import ingest_test_data as data
+from helpers.sample_experiments import sample_experiment
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 NUM_IMAGES = 160
 #: Required margin of held-out accuracy over the majority-class baseline (1/3 on balanced labels).
 MARGIN = 0.2
@@ -30,15 +30,11 @@ MARGIN = 0.2
 def trained(tmp_path_factory):
     from uniter_tf.config import UniterConfig
     from uniter_tf.data import sample_data, sample_ve_records
-    from uniter_tf.training.experiment import ExperimentConfig
     from uniter_tf.training.finetune import FinetuneRun
 
     root = tmp_path_factory.mktemp("ve")
     sample_data.generate(str(root / "sample"), sample_data.SampleDataConfig(num_images=NUM_IMAGES, seed=0))
-    experiment = ExperimentConfig.from_file(str(REPO_ROOT / "configs" / "finetune_ve_tiny.json")).with_overrides({
-            "runtime.output_dir": str(root / "run"),
-            "task.train_files": [str(root / "records" / "train-*.tfrecord.gz")],
-            "task.eval_files": [str(root / "records" / "eval-*.tfrecord.gz")]})
+    experiment = sample_experiment(root, "finetune_ve_tiny.json")
     written = sample_ve_records.write_sample_ve_records(str(root / "sample"), str(root / "records"),
                                                        UniterConfig.resolve(experiment.task["model"]))
     assert not written["dead_letters"]

@@ -11,9 +11,10 @@ import pathlib
 import pytest
 import tensorflow as tf
 
+from helpers.sample_experiments import sample_experiment
+
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 NUM_IMAGES = 160
 NUM_UPDATES = 700
 CHANCE = 0.25
@@ -24,18 +25,13 @@ MARGIN = 0.15
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from uniter_tf.data import sample_data, sample_vcr_records
-    from uniter_tf.training.experiment import ExperimentConfig
     from uniter_tf.training.finetune import FinetuneRun
 
     root = tmp_path_factory.mktemp("vcr")
     sample_data.generate(str(root / "sample"), sample_vcr_records.sample_scene_config(NUM_IMAGES))
     questions = sample_vcr_records.write_sample_vcr_annotations(str(root / "sample"), str(root / "vcr"))
-    experiment = ExperimentConfig.from_file(str(REPO_ROOT / "configs" / "finetune_vcr_tiny.json")).with_overrides({
-            "runtime.output_dir": str(root / "run"),
-            "task.train_files": [str(root / "records" / "train-*.tfrecord.gz")],
-            "task.eval_files": [str(root / "records" / "eval-*.tfrecord.gz")],
-            "trainer.num_train_steps": NUM_UPDATES, "trainer.eval_every": NUM_UPDATES,
-            "trainer.checkpoint_every": NUM_UPDATES})
+    experiment = sample_experiment(root, "finetune_vcr_tiny.json", trainer__num_train_steps=NUM_UPDATES,
+                                   trainer__eval_every=NUM_UPDATES, trainer__checkpoint_every=NUM_UPDATES)
     task = experiment.build_task()
     written = sample_vcr_records.write_sample_vcr_records(str(root / "vcr"), str(root / "records"),
                                                           task.model_config())

@@ -240,15 +240,8 @@ class RefcocoTask(DownstreamTask):
         Raises:
             ValueError: the files hold no referring-expression record.
         """
-        from uniter_tf.data.finetune_inputs import build_finetune_dataset  # pylint: disable=import-outside-toplevel
-
         del seed  # one ordered pass
-        files = files or self.eval_files
-        dataset = build_finetune_dataset(files, self, self.model_config(), self.run_param("eval_batch_size"),
-                                         max_text_length=self.run_param("max_text_length"), training=False)
-        predictions_path = None
-        if output_dir is not None and step is not None:
-            predictions_path = os.path.join(output_dir, "results", f"results_{step}.json")
+        files, dataset, predictions_path = self.evaluation_inputs(files, output_dir=output_dir, step=step)
         return evaluate_referring_expressions(self, model, dataset, max_batches=max_batches,
                                               predictions_path=predictions_path, files=files)
 

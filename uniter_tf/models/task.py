@@ -312,6 +312,33 @@ class DownstreamTask(Task):
         runs.write_task_run_config(output_dir, self, model_config, max_text_length=self.run_param("max_text_length"),
                                    training_config=training_config)
 
+    def evaluation_inputs(self, files=None, *, output_dir=None, step=None):
+        """The setup :meth:`evaluate` overrides share: the files, one ordered pass over them and the
+        predictions file.
+
+        Args:
+            files: eval file patterns (None or empty: the task's eval files).
+            output_dir: the run directory for the predictions (None: no predictions file).
+            step: the step the predictions file is named after (None: no predictions file).
+
+        Returns:
+            ``(files, dataset, predictions_path)``: the files read, their ``(inputs, labels)`` batches of
+            ``eval_batch_size`` records in file order (:func:`uniter_tf.data.finetune_inputs.build_finetune_dataset`,
+            ``training=False``) and ``output_dir/results/results_{step}.json``, or None without both
+            ``output_dir`` and ``step``.
+        """
+        import os  # pylint: disable=import-outside-toplevel
+
+        from uniter_tf.data.finetune_inputs import build_finetune_dataset  # pylint: disable=import-outside-toplevel
+
+        files = files or self.eval_files
+        dataset = build_finetune_dataset(files, self, self.model_config(), self.run_param("eval_batch_size"),
+                                         max_text_length=self.run_param("max_text_length"), training=False)
+        predictions_path = None
+        if output_dir is not None and step is not None:
+            predictions_path = os.path.join(output_dir, "results", f"results_{step}.json")
+        return files, dataset, predictions_path
+
     def evaluate(self, model, files=None, max_batches=None, *, seed: int = 43, output_dir=None, step=None):
         """Held-out loss and metrics on ``files``: the task's loss (mean over examples) and the evaluation
         library's figures (:func:`library_metrics`: ``vqa_score``, ``itm_accuracy``, recalls, counts), the
@@ -327,17 +354,8 @@ class DownstreamTask(Task):
             output_dir: the run directory for the predictions.
             step: the step the predictions file is named after.
         """
-        import os  # pylint: disable=import-outside-toplevel
-
-        from uniter_tf.data.finetune_inputs import build_finetune_dataset  # pylint: disable=import-outside-toplevel
-
         del seed  # one ordered pass: nothing is random
-        files = files or self.eval_files
-        dataset = build_finetune_dataset(files, self, self.model_config(), self.run_param("eval_batch_size"),
-                                         max_text_length=self.run_param("max_text_length"), training=False)
-        predictions_path = None
-        if output_dir is not None and step is not None:
-            predictions_path = os.path.join(output_dir, "results", f"results_{step}.json")
+        files, dataset, predictions_path = self.evaluation_inputs(files, output_dir=output_dir, step=step)
         result = evaluate_task_model(self, model, dataset, max_batches=max_batches, predictions_path=predictions_path,
                                      files=files)
         max_records = None if max_batches is None else max_batches * self.run_param("eval_batch_size")

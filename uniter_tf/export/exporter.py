@@ -31,6 +31,8 @@ import numpy as np
 
 from uniter_tf.export.signatures import (SCORE_POSITIONS, SCORE_TENSORS, SERVE_EXAMPLES, SERVING_DEFAULT, TOKENIZE,
                                          ExportOptions, ServingGraph)
+# Two-image tasks (an image_pair declaration) get the pair signatures (uniter_tf/export/pair_signatures.py).
+from uniter_tf.export.pair_signatures import PairServingGraph, is_image_pair
 from uniter_tf.export.task_heads import TaskHeadExport
 
 EXPORT_METADATA_FILE = "uniter_export.json"
@@ -218,8 +220,9 @@ def write_saved_model(target: str, backbone, itm_head, preprocessor=None, task: 
                 handle.write("\n".join(task.labels) + "\n")
             tables.labels = label_table = _text_file_table(labels_path)
 
-        graph = ServingGraph(backbone, itm_head, preprocessor, options, task=task, label_table=label_table,
-                             vocab_table=tables.vocab)
+        graph_class = PairServingGraph if is_image_pair(task) else ServingGraph
+        graph = graph_class(backbone, itm_head, preprocessor, options, task=task, label_table=label_table,
+                            vocab_table=tables.vocab)
         archive = keras.export.ExportArchive()
         for resource in (backbone, itm_head, preprocessor, preprocessor.tokenizer, tables):
             archive.track(resource)
@@ -247,7 +250,8 @@ def write_saved_model(target: str, backbone, itm_head, preprocessor=None, task: 
                         "top_k": graph.top_k, "activation": task.outputs.activation,
                         "outputs": {"logits": task.outputs.logits_output, "labels": task.outputs.labels_output,
                                     "scores": task.outputs.scores_output},
-                        "region_choice": bool(getattr(task.outputs, "region_choice", False))},
+                        "region_choice": bool(getattr(task.outputs, "region_choice", False)),
+                        "image_pair": is_image_pair(task)},
                 "model_config": config.to_dict(),
         }
         if record_ops:
@@ -257,7 +261,8 @@ def write_saved_model(target: str, backbone, itm_head, preprocessor=None, task: 
         with tf.io.gfile.GFile(posixpath.join(extra, EXPORT_METADATA_FILE), "w") as handle:
             handle.write(json.dumps(metadata, indent=2, sort_keys=True))
         if options.warmup:
-            write_warmup_requests(posixpath.join(extra, WARMUP_FILE), int(config.region_feature_dim))
+            write_warmup_requests(posixpath.join(extra, WARMUP_FILE), int(config.region_feature_dim),
+                                  image_pair=is_image_pair(task))
         if tf.io.gfile.isdir(target):
             _remove_tree(target)  # empty (checked above): TFX may create serving_model_dir beforehand
         _move_directory(saved_model_dir, target)
@@ -311,13 +316,17 @@ def example_inputs(feature_dim: int, batch_size: int = 1, num_regions: int = 4, 
     }
 
 
-def write_warmup_requests(path: str, feature_dim: int) -> None:
-    """Writes one ``PredictionLog`` per signature in TF Serving's warm-up format."""
+def write_warmup_requests(path: str, feature_dim: int, image_pair: bool = False) -> None:
+    """Writes one ``PredictionLog`` per signature in TF Serving's warm-up format (with ``image_pair``,
+    requests of the two-image signatures)."""
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+    from uniter_tf.export.pair_signatures import pair_example_inputs
+
+    requests = pair_example_inputs(feature_dim) if image_pair else example_inputs(feature_dim)
     with tf.io.TFRecordWriter(path) as writer:
-        for signature_name, inputs in example_inputs(feature_dim).items():
+        for signature_name, inputs in requests.items():
             request = predict_pb2.PredictRequest()
             request.model_spec.signature_name = signature_name
             for name, array in inputs.items():

@@ -21,6 +21,7 @@ official ``identifier,True|False`` CSV (:func:`write_predictions_csv`). No head 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import types
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
@@ -283,6 +284,44 @@ def build_nlvr2_dataset(file_patterns, task: "Nlvr2Task", model_config, batch_si
     return dataset.map(lambda batch: (batch, {schema.LABEL: batch.pop(schema.LABEL)})).prefetch(tf.data.AUTOTUNE)
 
 
+# ------------------------------------------------------------------------------------------ the export
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePairOutputs(ExportOutputs):
+    """The export declaration of a task whose example is one text about two images (NLVR2).
+
+    The exporter (``uniter_tf.export.pair_signatures``) then gives every scoring signature a second
+    image's inputs (the one-image names with ``_2``: ``region_features_2``, ``region_boxes_2``,
+    ``image_size_2``, ``num_regions_2``, ...), refuses an example whose either image has zero regions
+    (INVALID_ARGUMENT naming ``num_regions`` / ``num_regions_2``), runs :meth:`pair_model` instead of
+    backbone + head, and answers ``probability_output [B]`` (the softmax probability of class
+    ``positive_class``) and ``label_output [B]`` (the argmax label) beside the logits and the labels.
+    The pair signatures have no ITM outputs (an ITM score of a text with two images means nothing).
+
+    Attributes:
+        image_pair: marks the declaration for the exporter (always True).
+        variant: the NLVR2 variant, which decides how the two images are laid out (:data:`VARIANTS`).
+        positive_class: the class whose probability ``probability_output`` is (1 = "True").
+        probability_output: output name of that probability.
+        label_output: output name of the argmax label string.
+    """
+
+    image_pair: bool = True
+    variant: str = "paired"
+    positive_class: int = 1
+    probability_output: str = "p_true"
+    label_output: str = "label"
+
+    def pair_model(self, backbone, head) -> "Nlvr2TaskModel":
+        """The pair model over the export's backbone and head: pair inputs -> logits ``[B, 2]``.
+
+        It holds no weights of its own (the exporter tracks the backbone and head it is given).
+        """
+        return Nlvr2TaskModel(backbone=backbone, head=head, variant=self.variant, task_name=self.name,
+                              name=f"uniter_{self.name}_serving", dtype=backbone.dtype_policy.name)
+
+
 # ------------------------------------------------------------------------------------------- the task
 
 
@@ -472,9 +511,10 @@ class Nlvr2Task(DownstreamTask):
         return identifiers, np.concatenate(predicted), np.concatenate(labels), np.concatenate(losses)
 
     def export_outputs(self) -> ExportOutputs:
-        # Softmax over (False, True): the served P(True) is the "True" score.
-        return ExportOutputs(name=self.name, activation="softmax", labels=list(NLVR2_LABELS),
-                             labels_output="labels", scores_output="label_scores")
+        # Softmax over (False, True): p_true is the "True" probability; the pair signatures take both images.
+        return ImagePairOutputs(name=self.name, activation="softmax", labels=list(NLVR2_LABELS),
+                                labels_output="labels", scores_output="label_scores", variant=self.variant,
+                                positive_class=NLVR2_LABELS.index("True"))
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Nlvr2Task":

@@ -47,6 +47,9 @@ def add_arguments(parser):
     parser.add_argument("--lower-case", action="store_true")
     parser.add_argument("--num-shards", type=int, default=0, help="shards per split (0: runner decides)")
     parser.add_argument("--split-salt", default="")
+    parser.add_argument("--images-dir", help="vcr: the vcr1images folder (img_fn and metadata_fn are relative to it)")
+    parser.add_argument("--detected-features", default="",
+                        help="vcr: detected-box features, placed after the ground-truth regions of --features")
     # Beam options need no `--` separator (it is still accepted): --runner=DirectRunner --direct_num_workers=2
     parser.set_defaults(beam_args=[])
 
@@ -63,7 +66,8 @@ def run(args) -> int:
             conf_threshold=None if args.keep_all_boxes else args.conf_threshold, min_boxes=args.min_boxes,
             max_boxes=args.max_boxes, answer_vocabulary=args.answer_vocabulary, answer_top_k=args.answer_top_k,
             cc_image_id_scheme=args.cc_image_id_scheme, vocabulary=args.vocabulary, lower_case=args.lower_case,
-            num_shards=args.num_shards, split_salt=args.split_salt)
+            num_shards=args.num_shards, split_salt=args.split_salt, images_dir=args.images_dir,
+            detected_features=args.detected_features)
     result = ingest.run_ingest(config, args.output, list(args.beam_args))
     print(dead_letter.format_summary(result.counts, title=f"ingest summary ({args.output})"))
     print(f"train: {result.split_dirs['train']}\neval: {result.split_dirs['eval']}\n"

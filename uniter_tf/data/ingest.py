@@ -84,6 +84,8 @@ class IngestConfig:
         lower_case: lower-case before WordPiece (uncased vocabularies).
         num_shards: output shards per split (0: let the runner decide).
         split_salt: salt of the hash split (change it to draw another split).
+        images_dir: VCR only: ``vcr1images`` (images and metadata ``boxes``; see :mod:`uniter_tf.data.vcr_ingest`).
+        detected_features: VCR only: detected-box features placed after the ground-truth regions ("": none).
     """
 
     annotation_format: str
@@ -108,6 +110,8 @@ class IngestConfig:
     lower_case: bool = False
     num_shards: int = 0
     split_salt: str = ""
+    images_dir: Optional[str] = None
+    detected_features: str = ""
 
     def __post_init__(self):
         object.__setattr__(self, "annotations", tuple(self.annotations))
@@ -127,6 +131,10 @@ class IngestConfig:
         if self.num_shards < 0:
             raise ValueError(f"num_shards must be >= 0, got {self.num_shards}")
         readers_lib.annotation_tasks(self.annotation_format, self.annotations, self.annotations2)
+        if self.annotation_format == "vcr" and not self.images_dir:
+            raise ValueError("format 'vcr' needs images_dir (--images-dir: the vcr1images folder with the metadata)")
+        if self.annotation_format != "vcr" and (self.images_dir or self.detected_features):
+            raise ValueError("images_dir / detected_features (--images-dir, --detected-features) are for format 'vcr'")
 
     @property
     def box_selection(self) -> Optional[boxes_lib.BoxSelection]:
@@ -521,6 +529,10 @@ def _ingest_expand(pipeline, config: IngestConfig, answer_to_label: Optional[Dic
                    shards: Optional[Sequence] = None, output_prefixes: Optional[Dict[str, str]] = None):
     from uniter_tf.data import importers
 
+    if config.annotation_format == "vcr":  # one record per question, several texts, ground-truth regions first
+        from uniter_tf.data.vcr_ingest import vcr_ingest_expand
+
+        return vcr_ingest_expand(pipeline, config, shards, output_prefixes)
     options = readers_lib.ReaderOptions(answer_to_label=answer_to_label,
                                         cc_image_id_scheme=config.cc_image_id_scheme)
     tasks = readers_lib.annotation_tasks(config.annotation_format, config.annotations, config.annotations2)

@@ -12,6 +12,7 @@ format             ``annotations``                         ``annotations2``
 ``nlvr2``          NLVR2 jsonl                             -
 ``snli_ve``        SNLI-VE jsonl                           -
 ``refcoco``        refs ``.p`` (plain data only) or JSON   COCO ``instances.json``
+``vcr``            VCR ``train/val/test.jsonl``            - (``ReaderOptions.images_dir``: metadata)
 =================  ======================================  ==========================================
 
 Several files may be given per side; ``annotations2`` files pair with ``annotations`` files by position
@@ -26,11 +27,12 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from uniter_tf.data.readers.text_item import TextItem
 
 #: Annotation formats.
-FORMATS = ("coco", "flickr30k", "cc", "sbu", "vg", "vqa", "nlvr2", "snli_ve", "refcoco")
+FORMATS = ("coco", "flickr30k", "cc", "sbu", "vg", "vqa", "nlvr2", "snli_ve", "refcoco", "vcr")
 #: The record ``task`` (:data:`uniter_tf.data.schema.TASKS`) of each format's text items. Visual Genome
 #: region phrases are captions, as in the official pretraining (its ``vg`` text database).
 FORMAT_TASKS = {"coco": "caption", "flickr30k": "caption", "cc": "caption", "sbu": "caption", "vg": "caption",
-                "vqa": "vqa", "nlvr2": "nlvr2", "snli_ve": "snli_ve", "refcoco": "refcoco"}
+                "vqa": "vqa", "nlvr2": "nlvr2", "snli_ve": "snli_ve", "refcoco": "refcoco",
+                "vcr": "vcr"}
 _NEEDS_SECOND = {"sbu": True, "refcoco": True, "vqa": False}
 
 
@@ -41,10 +43,12 @@ class ReaderOptions:
     Attributes:
         answer_to_label: VQA answer vocabulary (answer -> label); required for ``vqa`` with annotations.
         cc_image_id_scheme: ``row_index`` or ``url_sha1`` (see :mod:`.conceptual_captions`).
+        images_dir: VCR ``vcr1images`` (``img_fn`` and ``metadata_fn`` are relative to it); required for ``vcr``.
     """
 
     answer_to_label: Optional[Dict[str, int]] = None
     cc_image_id_scheme: str = "row_index"
+    images_dir: Optional[str] = None
 
 
 def annotation_tasks(annotation_format: str, annotations: Sequence[str],
@@ -118,6 +122,12 @@ def _read_format(annotation_format: str, task: Tuple[str, Optional[str]], option
         return snli_ve.read_snli_ve(path)
     if annotation_format == "refcoco":
         return refcoco.read_refcoco(path, second)
+    if annotation_format == "vcr":  # VcrItem objects (several texts per question), not TextItem
+        from uniter_tf.data.readers import vcr
+
+        if not options.images_dir:
+            raise ValueError("format 'vcr' needs ReaderOptions.images_dir (the vcr1images folder)")
+        return vcr.read_vcr(path, options.images_dir)
     raise ValueError(f"unknown annotation format {annotation_format!r}")
 
 

@@ -1,0 +1,131 @@
+"""Retrieve-then-rerank (issue 13): the index round trip, the model-version check, the rerank order and the
+`uniter retrieve` user errors (no model is trained here; the end to end run is test_retrieval_rerank_e2e)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from uniter_tf import cli
+from uniter_tf.retrieval import rerank
+from uniter_tf.retrieval.index import EmbeddingIndex, IndexVersionError, check_k
+
+
+def unit_rows(count, dim, seed):
+    values = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
+    return values / np.linalg.norm(values, axis=1, keepdims=True)
+
+
+def test_index_round_trip_keeps_ids_embeddings_version_and_search_results(tmp_path):
+    embeddings = unit_rows(50, 16, 0)
+    index = EmbeddingIndex([f"img{i}" for i in range(50)], embeddings, "v1", "image", {"run": "/r"})
+    index.save(str(tmp_path / "index"))
+    loaded = EmbeddingIndex.load(str(tmp_path / "index"), expected_model_version="v1")
+    assert loaded.ids == index.ids and loaded.model_version == "v1" and loaded.kind == "image"
+    assert loaded.metadata == {"run": "/r"}
+    np.testing.assert_array_equal(loaded.embeddings, embeddings)
+    queries = unit_rows(7, 16, 1)
+    scores, rows = loaded.search(queries, 5)
+    brute = queries @ embeddings.T
+    for query in range(7):
+        expected = np.argsort(-brute[query], kind="stable")[:5]
+        np.testing.assert_array_equal(rows[query], expected)
+        np.testing.assert_allclose(scores[query], brute[query][expected], rtol=1e-6)
+    full_scores, full_rows = loaded.search(queries[0], 50)  # k = the gallery: every row, sorted
+    assert sorted(full_rows[0].tolist()) == list(range(50)) and np.all(np.diff(full_scores[0]) <= 0)
+
+
+def test_loading_an_index_of_another_model_version_is_refused(tmp_path):
+    EmbeddingIndex(["a", "b"], unit_rows(2, 4, 0), "version-a").save(str(tmp_path / "index"))
+    with pytest.raises(IndexVersionError, match="version-a.*version-b"):
+        EmbeddingIndex.load(str(tmp_path / "index"), expected_model_version="version-b")
+    # The files must agree with index.json.
+    (tmp_path / "index" / "ids.json").write_text(json.dumps(["a"]))
+    with pytest.raises(ValueError, match="ids"):
+        EmbeddingIndex.load(str(tmp_path / "index"))
+
+
+def test_search_ties_and_k_bounds():
+    index = EmbeddingIndex(["a", "b", "c"], np.asarray([[1, 0], [1, 0], [0, 1]], np.float32), "v")
+    _, rows = index.search(np.asarray([1, 0], np.float32), 2)
+    assert rows[0].tolist() == [0, 1]  # equal scores: the lower row first
+    for bad in (0, -1, 4, 1.5, True):
+        with pytest.raises(ValueError):
+            index.search(np.asarray([1, 0], np.float32), bad)
+    with pytest.raises(ValueError, match="dimension"):
+        index.search(np.ones(3, np.float32), 1)
+    with pytest.raises(ValueError, match="unique"):
+        EmbeddingIndex(["a", "a"], np.ones((2, 2), np.float32), "v")
+    with pytest.raises(ValueError, match="NaN"):
+        EmbeddingIndex(["a"], np.full((1, 2), np.nan, np.float32), "v")
+    assert check_k(3, 3) == 3
+
+
+def test_rerank_reorders_only_the_candidates_by_cross_encoder_score():
+    first_stage = np.asarray([0.9, 0.1, 0.8, 0.7, 0.2, 0.3])  # first-stage order: 0, 2, 3, 5, 4, 1
+    cross = {0: 1.0, 2: 5.0, 3: 3.0, 5: 9.0, 4: 100.0, 1: 50.0}
+    asked = []
+
+    def cross_scores_of(columns):
+        asked.append(columns.tolist())
+        return np.asarray([cross[int(column)] for column in columns])
+
+    ranking = rerank.reranked_ranking(first_stage, 3, cross_scores_of)
+    assert asked == [[0, 2, 3]]  # only the top 3 reach the cross-encoder
+    assert ranking.tolist() == [2, 3, 0, 5, 4, 1]  # candidates by cross score, then the rest by first stage
+    # K = the gallery is the full cross-encoder ranking.
+    assert rerank.reranked_ranking(first_stage, 6, cross_scores_of).tolist() == [4, 1, 5, 2, 3, 0]
+    assert rerank.rerank_order([2.0, 3.0, 2.0]).tolist() == [1, 0, 2]  # ties keep first-stage order
+    with pytest.raises(ValueError, match="NaN"):
+        rerank.rerank_order([1.0, float("nan")])
+    with pytest.raises(ValueError, match="K"):
+        rerank.reranked_ranking(first_stage, 7, cross_scores_of)
+
+
+def test_recall_of_rankings():
+    rankings = np.asarray([[2, 0, 1], [1, 2, 0], [0, 1, 2]])
+    ranks = rerank.ranks_of_truth(rankings, [0, 0, 0])
+    assert ranks.tolist() == [1, 2, 0]
+    assert rerank.recall_at(ranks, (1, 2, 3)) == {"r1": pytest.approx(1 / 3), "r2": pytest.approx(2 / 3), "r3": 1.0}
+
+
+def test_caption_part_refuses_empty_text():
+    with pytest.raises(ValueError, match="empty"):
+        rerank.caption_part("   ")
+
+
+@pytest.fixture
+def fake_run(tmp_path):
+    """An index of version v1 and a run whose first stage says v2 (no weights: the check comes first)."""
+    from uniter_tf.retrieval import first_stage
+
+    run = tmp_path / "run"
+    (run / "first_stage").mkdir(parents=True)
+    (run / "first_stage" / "first_stage.json").write_text(json.dumps({"format": first_stage.FORMAT,
+                                                                      "model_version": "v2"}))
+    EmbeddingIndex([f"i{n}" for n in range(5)], unit_rows(5, 4, 0), "v1", "image", {"run": str(run)}).save(
+            str(tmp_path / "index"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--text", " "], "--text is empty"),
+    (["--text", "a red circle", "--k", "0"], "--k must be >= 1"),
+    (["--text", "a red circle", "--k", "6"], "--k=6 is larger than the gallery (5"),
+    (["--text", "a red circle", "--k", "3", "--rerank", "2"], "--rerank (2) must be at least --k"),
+    (["--text", "a red circle", "--k", "3"], "first-stage model version v1"),
+])
+def test_retrieve_user_errors_are_one_line_exit_2(fake_run, capsys, extra, needle):
+    status = cli.main(["retrieve", "--index", str(fake_run / "index"), *extra])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(error) == 1 and needle in error[0], error
+
+
+def test_index_without_first_stage_or_train_files_is_a_user_error(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    status = cli.main(["index", "--features", str(tmp_path / "*.gz"), "--run", str(tmp_path / "run"),
+                       "--output", str(tmp_path / "index")])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(error) == 1 and "--train-files" in error[0], error
+    assert not os.path.exists(tmp_path / "index")

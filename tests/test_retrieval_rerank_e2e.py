@@ -1,0 +1,99 @@
+"""Retrieve-then-rerank end to end (issue 13) through the real commands on rendered sample records.
+
+A retrieval run trains a few updates from scratch (`uniter train`), `uniter index --train-files` trains its
+first stage briefly (InfoNCE) and indexes the held-out images, `uniter retrieve` answers a caption with and
+without `--rerank`. Checked: the reranked answers are the first stage's top K put in the cross-encoder's
+order (scores recomputed independently), the index refuses another first stage, and over every held-out
+caption the rerank's R@10 equals the cross-encoder's R@10 restricted to the first-stage candidates. The
+learning figures are the bench's (bench/retrieval_rerank.py, docs/performance.md), not this test's.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CONFIG = str(REPO / "configs" / "finetune_itm_tiny.json")
+
+
+def lines_of(capsys):
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_index_retrieve_and_rerank_through_the_cli(tmp_path, capsys):
+    from uniter_tf import cli
+    from uniter_tf.config import UniterConfig
+    from uniter_tf.data import sample_data
+    from uniter_tf.data.sample_records import write_sample_pretraining_records
+    from uniter_tf.retrieval import first_stage, rerank
+    from uniter_tf.retrieval.index import EmbeddingIndex, IndexVersionError
+
+    sample_data.generate(str(tmp_path / "sample"), sample_data.SampleDataConfig(num_images=48, seed=0))
+    written = write_sample_pretraining_records(str(tmp_path / "sample"), str(tmp_path / "records"),
+                                               UniterConfig.resolve("tiny"), eval_every=3, num_shards=1)
+    run = tmp_path / "run"
+    overrides = [f"task.train_files={json.dumps(written['train'])}", "task.eval_files=[]", "task.init=scratch",
+                 "task.train_batch_size=4", "trainer.num_train_steps=2", "trainer.warmup_steps=1",
+                 "trainer.checkpoint_every=2", "trainer.eval_every=0", "trainer.progress_bar=false",
+                 f"runtime.output_dir={run}"]
+    assert cli.main(["train", "--config", CONFIG] + sum((["--set", item] for item in overrides), [])) == 0
+    capsys.readouterr()
+
+    index_dir = tmp_path / "index"
+    assert cli.main(["index", "--features", *written["eval"], "--run", str(run), "--output", str(index_dir),
+                     "--train-files", *written["train"], "--first-stage-steps", "40",
+                     "--first-stage-batch-size", "16"]) == 0
+    built = lines_of(capsys)[-1]
+    index = EmbeddingIndex.load(str(index_dir))
+    assert built["images"] == len(index) == 16 and index.model_version == built["model_version"]
+    norms = np.linalg.norm(index.embeddings, axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+    assert np.ptp(index.embeddings @ index.embeddings[0]) > 1e-3  # the images are told apart
+
+    gallery = first_stage.read_gallery(written["eval"])
+    query = gallery.texts[0]
+    assert cli.main(["retrieve", "--index", str(index_dir), "--text", query, "--k", "8"]) == 0
+    first = lines_of(capsys)
+    assert [item["rank"] for item in first] == list(range(1, 9)) and not first[0]["reranked"]
+    assert all(a["score"] >= b["score"] for a, b in zip(first, first[1:]))
+    assert cli.main(["retrieve", "--index", str(index_dir), "--text", query, "--k", "5", "--rerank", "8"]) == 0
+    reranked = lines_of(capsys)
+    assert len(reranked) == 5 and all(item["reranked"] for item in reranked)
+    candidates = [item["image_id"] for item in first]
+    assert {item["image_id"] for item in reranked} <= set(candidates)
+    # The cross-encoder's own scores of the 8 candidates, computed apart from `uniter retrieve`.
+    cross_encoder = rerank.CrossEncoder.from_run(str(run))
+    part = rerank.caption_part(query).SerializeToString()
+    scores = cross_encoder.score_parts(part, [gallery.image_parts[image] for image in candidates])
+    expected = [candidates[position] for position in np.argsort(-scores, kind="stable")[:5]]
+    assert [item["image_id"] for item in reranked] == expected
+    np.testing.assert_allclose([item["score"] for item in reranked], np.sort(scores)[::-1][:5], atol=1e-4)
+
+    # Over every held-out caption: rerank R@10 = cross-encoder R@10 among the first stage's top K.
+    stage = first_stage.load_first_stage(str(run))
+    first_scores = stage.embed_word_ids(gallery.word_ids) @ index.embeddings.T
+    image_parts = [gallery.image_parts[image] for image in index.ids]
+    column_of = {image: column for column, image in enumerate(index.ids)}
+    truth = np.asarray([column_of[gallery.image_ids[image]] for image in gallery.text_to_image])
+    k = 12
+    rankings, restricted_hits = [], []
+    for row, text_part in enumerate(gallery.text_parts):
+        full = cross_encoder.score_parts(text_part, image_parts)
+        rankings.append(rerank.reranked_ranking(first_scores[row], k, lambda columns, full=full: full[columns]))
+        top = np.argsort(-first_scores[row], kind="stable")[:k]
+        restricted = top[np.argsort(-full[top], kind="stable")]
+        restricted_hits.append(truth[row] in restricted[:10])
+    recall = rerank.recall_at(rerank.ranks_of_truth(np.stack(rankings), truth))["r10"]
+    assert recall == pytest.approx(np.mean(restricted_hits))
+
+    # An index of another first stage is refused.
+    other = tmp_path / "other"
+    EmbeddingIndex(index.ids, index.embeddings, "another-version", "image", index.metadata).save(str(other))
+    with pytest.raises(IndexVersionError):
+        rerank.retrieve(query, stage, EmbeddingIndex.load(str(other)), k=3)
+    assert cli.main(["retrieve", "--index", str(other), "--text", query]) == 2
+    assert "another-version" in capsys.readouterr().err

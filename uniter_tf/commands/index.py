@@ -1,0 +1,60 @@
+"""``uniter index``: embed an image gallery with a run's first stage and write the retrieval index."""
+
+from __future__ import annotations
+
+NAME = "index"
+HELP = ("Build the image index of retrieve-then-rerank: the run's first stage (trained first with --train-files "
+        "if the run has none) embeds every image of --features; writes INDEX (embeddings, ids, model version).")
+
+
+def add_arguments(parser):
+    parser.add_argument("--features", required=True, nargs="+",
+                        help="Glob(s) of canonical TFRecords holding the gallery's images: per-image region "
+                             "features (uniter extract) or caption records (one image part per distinct image).")
+    parser.add_argument("--run", required=True,
+                        help="The cross-encoder's run directory (a retrieval fine-tuning run); its first stage is "
+                             "RUN/first_stage.")
+    parser.add_argument("--output", required=True, help="The index directory to write.")
+    parser.add_argument("--train-files", nargs="+", default=None,
+                        help="Caption records to train the first stage on (InfoNCE) when RUN has none, or with "
+                             "--retrain.")
+    parser.add_argument("--retrain", action="store_true", help="Train the first stage again (needs --train-files).")
+    parser.add_argument("--first-stage-steps", type=int, default=300, help="First-stage updates (default 300).")
+    parser.add_argument("--first-stage-batch-size", type=int, default=32,
+                        help="Distinct images per first-stage batch (default 32).")
+    parser.add_argument("--batch-size", type=int, default=128, help="Images per embedding call (default 128).")
+
+
+def run(args) -> int:
+    import json
+    import os
+    import time
+
+    from uniter_tf.retrieval import first_stage as first_stage_lib
+    from uniter_tf.retrieval.index import EmbeddingIndex
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not os.path.isdir(args.run):
+        raise ValueError(f"--run {args.run}: no such directory")
+    stage_dir = first_stage_lib.first_stage_dir(args.run)
+    has_stage = os.path.exists(os.path.join(stage_dir, first_stage_lib.CONFIG_FILE))
+    if args.retrain or not has_stage:
+        if not args.train_files:
+            raise ValueError(f"--run {args.run} has no trained first stage ({stage_dir}); give --train-files to "
+                             "train one" if not has_stage else "--retrain needs --train-files")
+        first_stage_lib.train_first_stage(args.run, args.train_files, steps=args.first_stage_steps,
+                                          batch_size=args.first_stage_batch_size, output_dir=stage_dir,
+                                          log=lambda line: print(line, flush=True))
+    stage = first_stage_lib.load_first_stage(stage_dir)
+    start = time.perf_counter()
+    gallery = first_stage_lib.read_gallery(args.features, feature_dim=stage.model_config.region_feature_dim,
+                                           require_captions=False)
+    embeddings = stage.embed_images(gallery.region_features, gallery.region_positions, batch_size=args.batch_size)
+    index = EmbeddingIndex(gallery.image_ids, embeddings, stage.model_version(), "image",
+                           {"run": os.path.abspath(args.run), "first_stage": os.path.abspath(stage_dir),
+                            "features": [os.path.abspath(p) if "://" not in p else p for p in args.features]})
+    index.save(args.output)
+    print(json.dumps({"index": args.output, "images": len(index), "dim": index.dim,
+                      "model_version": index.model_version, "seconds": round(time.perf_counter() - start, 2)}))
+    return 0

@@ -272,6 +272,56 @@ class UniterClient:
                          "chosen_box": [float(value) for value in outputs["chosen_box"][index]]})
         return rows
 
+    def nlvr2(self, statements: Sequence[str], left: Mapping[str, object], right: Mapping[str, object]
+              ) -> List[Dict[str, object]]:
+        """NLVR2: is each statement true of the pair of images (left, right)?
+
+        Needs a model exported from an ``nlvr2`` run (its signatures take the right image as the
+        ``*_2`` inputs). Each image is a mapping with ``region_features`` and either ``region_boxes``
+        (pixels) with ``image_size`` (height, width) or ``region_positions`` (7-d); values in the layouts
+        of :meth:`score` (one image for every statement, or one per statement). Both images must use the
+        same form (boxes or positions).
+
+        Returns:
+            Per statement ``{"statement", "label": "True" | "False", "p_true": float, "logits": [2 floats]}``.
+
+        Raises:
+            ValueError: an empty statement, or an image without ``region_features`` or in another form than
+                the other image.
+            ServingRequestError: INVALID_ARGUMENT for an image with zero regions or a model without the
+                pair inputs (a one-image export names the unknown ``*_2`` inputs).
+        """
+        if isinstance(statements, (str, bytes)):
+            statements = [statements]
+        statements = [text if isinstance(text, str) else bytes(text).decode("utf-8") for text in statements]
+        empty = [index for index, text in enumerate(statements) if not text.strip()]
+        if empty:
+            raise ValueError(f"statement {empty[0]} is empty: NLVR2 needs a statement about the two images")
+        signature, inputs = self._pair_inputs(statements, left, right)
+        outputs = self.predict(inputs, signature, output_filter=["label", "p_true", "task_logits"])
+        return [{"statement": text, "label": label.decode("utf-8"), "p_true": float(p_true),
+                 "logits": [float(value) for value in logits]}
+                for text, label, p_true, logits in zip(statements, outputs["label"], outputs["p_true"],
+                                                        outputs["task_logits"])]
+
+    def _pair_inputs(self, texts: Sequence[str], left: Mapping[str, object], right: Mapping[str, object]
+                     ) -> Tuple[str, Dict[str, np.ndarray]]:
+        """The inputs of a pair signature: the left image's one-image inputs plus the right image's with ``_2``."""
+        images = []
+        for side, image in (("left", left), ("right", right)):
+            if not isinstance(image, Mapping) or image.get("region_features") is None:
+                raise ValueError(f"the {side} image needs region_features (and region_boxes with image_size, or "
+                                 f"region_positions); got {sorted(image) if isinstance(image, Mapping) else image!r}")
+            images.append(self._image_text_inputs(texts, image["region_features"], image.get("region_boxes"),
+                                                  image.get("image_size"), image.get("region_positions")))
+        (signature, inputs), (right_signature, right_inputs) = images
+        if signature != right_signature:
+            raise ValueError("give both images as pixel boxes with image_size, or both as region_positions "
+                             f"(left: {signature}, right: {right_signature})")
+        inputs = dict(inputs)
+        inputs.update({f"{name}_2": value for name, value in right_inputs.items() if name != "text"})
+        return signature, inputs
+
     def score_examples(self, serialized_examples: Sequence[bytes]) -> Dict[str, np.ndarray]:
         """Scores serialized canonical ``tf.Example`` records (the ``serve_examples`` signature)."""
         return self.predict({"examples": np.array(list(serialized_examples), dtype=object)}, "serve_examples")
@@ -317,3 +367,124 @@ class UniterClient:
                 image_id = str(image)
             pixels = decode_image(data, source=image_id)
         return extractor.extract(pixels, image_id)
+
+
+class UniterRestClient(UniterClient):
+    """:class:`UniterClient` over the REST API (``/v1/models/NAME:predict``, TF Serving's JSON).
+
+    Every call of :class:`UniterClient` (``score``, ``answer``, ``entail``, ``refer``, ``nlvr2``, ...)
+    works the same; requests use the columnar ``inputs`` format, strings go as UTF-8 text (``{"b64"}``
+    when they are not).
+
+    Args:
+        base_url: ``http://host:port`` of the REST endpoint.
+        model_name: the served model's name.
+        version: a fixed version, or ``None`` for the newest.
+        timeout_s: deadline of each call.
+    """
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8501", model_name: str = "uniter",
+                 version: Optional[int] = None, timeout_s: float = 30.0):
+        self.target = base_url.rstrip("/")
+        self.model_name = model_name
+        self.version = version
+        self.timeout_s = timeout_s
+        self._feature_dim = None
+        self.last_version = None
+
+    def close(self) -> None:
+        """Nothing to close (one HTTP connection per call)."""
+
+    def _url(self, suffix: str) -> str:
+        version = f"/versions/{int(self.version)}" if self.version is not None else ""
+        return f"{self.target}/v1/models/{self.model_name}{version}{suffix}"
+
+    def _call(self, url: str, body: Optional[dict] = None) -> dict:
+        import json
+        import urllib.error
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            payload = error.read()
+            try:
+                message = json.loads(payload).get("error", payload.decode("utf-8", "replace"))
+            except ValueError:
+                message = payload.decode("utf-8", "replace")
+            raise ServingRequestError(_HTTP_CODES.get(error.code, f"HTTP_{error.code}"), message) from None
+        except urllib.error.URLError as error:
+            raise ServingRequestError("UNAVAILABLE", f"{url}: {error.reason}") from None
+
+    def predict(self, inputs: Mapping[str, np.ndarray], signature_name: str = "",
+                output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+        """One ``:predict`` call with numpy inputs; returns numpy outputs (strings as bytes).
+
+        Raises:
+            ServingRequestError: the status (``INVALID_ARGUMENT`` for HTTP 400, ...) and the server's message.
+        """
+        body = {"signature_name": signature_name,
+                "inputs": {name: _to_json(np.asarray(array)) for name, array in inputs.items()}}
+        if output_filter:
+            body["output_filter"] = list(output_filter)
+        outputs = self._call(self._url(":predict"), body)["outputs"]
+        if not isinstance(outputs, dict) or set(outputs) == {"b64"}:
+            # TF Serving's REST API unwraps a single output.
+            if len(output_filter) != 1:
+                raise ServingRequestError("INTERNAL", "the server answered one unnamed output")
+            outputs = {output_filter[0]: outputs}
+        return {name: _from_json(value) for name, value in outputs.items()}
+
+    def feature_dim(self) -> int:
+        """D of ``region_features``, read once from the model's REST metadata."""
+        if self._feature_dim is None:
+            metadata = self._call(self._url("/metadata"))
+            signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+            self._feature_dim = int(signature["inputs"]["region_features"]["tensor_shape"]["dim"][2]["size"])
+        return self._feature_dim
+
+    def signature_defs(self) -> Dict[str, object]:
+        """The served version's signatures as the REST metadata's JSON (not protos)."""
+        return self._call(self._url("/metadata"))["metadata"]["signature_def"]["signature_def"]
+
+
+_HTTP_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED", 429: "RESOURCE_EXHAUSTED",
+               500: "INTERNAL", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+def _to_json(array: np.ndarray):
+    if array.dtype == object or array.dtype.kind in ("S", "U"):
+        import base64
+
+        def encode(item):
+            data = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:
+                return {"b64": base64.b64encode(data).decode("ascii")}
+
+        return np.asarray([encode(item) for item in array.reshape(-1)], dtype=object).reshape(array.shape).tolist()
+    return array.tolist()
+
+
+def _from_json(value) -> np.ndarray:
+    import base64
+
+    def leaves(item):
+        if isinstance(item, list):
+            return [leaves(child) for child in item]
+        if isinstance(item, dict) and set(item) == {"b64"}:
+            return base64.b64decode(item["b64"])
+        return item.encode("utf-8") if isinstance(item, str) else item
+
+    converted = leaves(value)
+    array = np.asarray(converted, dtype=object)
+    flat = array.reshape(-1)
+    if flat.size and all(isinstance(item, bytes) for item in flat):
+        return array
+    array = np.asarray(converted)
+    return array.astype(np.float32) if array.dtype == np.float64 else array

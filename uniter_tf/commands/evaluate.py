@@ -1,11 +1,12 @@
 """``uniter evaluate``: ITM accuracy, retrieval recall@1/5/10 and the VQA score of an exported model; the
-SNLI-VE and RefCOCO accuracy of a fine-tuning run (``--task ve|refcoco``)."""
+SNLI-VE and RefCOCO accuracy and the NLVR2 accuracy and consistency of a fine-tuning run (``--task
+ve|refcoco|nlvr2``)."""
 
 from __future__ import annotations
 
 NAME = "evaluate"
 #: Tasks evaluated on a fine-tuning run directory (the task's own metrics, in-process).
-RUN_TASKS = ("ve", "refcoco")
+RUN_TASKS = ("ve", "refcoco", "nlvr2")
 HELP = ("Evaluate an exported model (SavedModel, TFX Model artifact, serving base path or fine-tuning run) "
         "on TFRecord files: ITM accuracy, retrieval R@1/5/10, VQA score; prints the metrics as JSON.")
 
@@ -33,7 +34,10 @@ def add_arguments(parser):
                              "latest checkpoint; prints loss, accuracy and num_examples (RefCOCO: IoU > 0.5 with "
                              "the official inclusive IoU; evaluate ground-truth-box and detected-box records "
                              "separately); with --output the predictions go beside it (OUTPUT_STEM_predictions.json: "
-                             "VE {example_id: label}, RefCOCO the list of {sent_id, pred_box, tgt_box}).")
+                             "VE {example_id: label}, RefCOCO the list of {sent_id, pred_box, tgt_box}). "
+                             "nlvr2: the run's pair records; loss, accuracy, consistency (official eval_nlvr2.py) and "
+                             "num_examples; with --output the official predictions CSV goes beside it "
+                             "(OUTPUT_STEM_predictions.csv, identifier,True|False).")
 
 
 def run(args) -> int:
@@ -93,6 +97,17 @@ def evaluate_task_run(run_dir: str, task_name: str, files, batch_size: int, outp
     dataset = build_finetune_dataset(list(files), task, run.model_config, batch_size,
                                      max_text_length=max_text_length, training=False)
     predictions_path = f"{os.path.splitext(output)[0]}_predictions.json" if output else None
+    if task_name == "nlvr2":
+        from uniter_tf.models.nlvr2_task import Nlvr2TaskModel
+
+        # The pair model over the restored backbone and head (the variant's layout of the two images).
+        pair_model = Nlvr2TaskModel(backbone=run.backbone, head=run.head, variant=task.variant, task_name=task.name,
+                                    name=f"uniter_{task.name}")
+        path = f"{os.path.splitext(output)[0]}_predictions.csv" if output else None
+        metrics = task.evaluate(pair_model, files=list(files), predictions_path=path)
+        if path:
+            metrics["predictions"] = path
+        return {"task": task_name, "checkpoint": run.checkpoint, **metrics}
     if task_name == "refcoco":
         from uniter_tf.models.refcoco_task import evaluate_referring_expressions
 

@@ -21,12 +21,18 @@ def add_arguments(parser):
     parser.add_argument("--mode", choices=("score", "answer", "embed"), default="score",
                         help="score: ITM probability; answer: VQA top-k (fine-tuned VQA exports); "
                              "embed: pooled embeddings.")
-    parser.add_argument("--task", choices=("ve", "refcoco"), default=None,
+    parser.add_argument("--image-2", default=None,
+                        help="--task nlvr2: the right image's file (with --image, the left one).")
+    parser.add_argument("--regions-2", default=None,
+                        help="--task nlvr2: the right image's .npz (with --regions, the left one; same arrays).")
+    parser.add_argument("--task", choices=("ve", "refcoco", "nlvr2"), default=None,
                         help="ve: each --text is an SNLI-VE hypothesis about the image; prints the probability "
                              "of entailment, neutral and contradiction (exports of `uniter finetune --task ve`). "
                              "refcoco: each --text is a referring expression; prints every region's score, the "
                              "chosen region and its box in pixels (needs pixel boxes: --image or --regions with "
-                             "region_boxes and image_size).")
+                             "region_boxes and image_size). nlvr2: each --text is a statement about two images, "
+                             "--image/--image-2 or --regions/--regions-2 (left, right); prints label (True/False), "
+                             "p_true and the logits (exports of an nlvr2 run).")
     parser.add_argument("--detector", default=None,
                         help="Detector for --image: a frozen .pb or SavedModel dir (default SSD-MobileNet-v2).")
     parser.add_argument("--timeout", type=float, default=60.0, help="Deadline per call in seconds (default 60).")
@@ -73,8 +79,14 @@ def run(args) -> int:
     try:
         if args.examples:
             outputs = client.score_examples(_read_examples(args.examples))
-            result = [{"example_id": example_id.decode("utf-8"), "itm_score": float(score)}
-                      for example_id, score in zip(outputs["example_id"], outputs["itm_score"])]
+            if "itm_score" in outputs:
+                result = [{"example_id": example_id.decode("utf-8"), "itm_score": float(score)}
+                          for example_id, score in zip(outputs["example_id"], outputs["itm_score"])]
+            else:  # a two-image (NLVR2) export: no ITM score, the pair's answer
+                result = [{"example_id": example_id.decode("utf-8"), "label": label.decode("utf-8"),
+                           "p_true": float(p_true)}
+                          for example_id, label, p_true in zip(outputs["example_id"], outputs["label"],
+                                                               outputs["p_true"])]
             if "labels" in outputs:  # a VE export: every label with its probability
                 for row, labels, scores in zip(result, outputs["labels"], outputs["label_scores"]):
                     row["probabilities"] = {label.decode("utf-8"): float(score) for label, score in zip(labels, scores)}
@@ -84,6 +96,12 @@ def run(args) -> int:
         else:
             if not args.text:
                 raise UserError("give at least one --text (or --examples with records)")
+            second = args.image_2 if args.image else args.regions_2
+            if args.task == "nlvr2" and not second:
+                raise UserError("--task nlvr2 needs the right image too: --image-2 with --image, or --regions-2 "
+                                "with --regions")
+            if args.task != "nlvr2" and (args.image_2 or args.regions_2):
+                raise UserError("--image-2 / --regions-2 are for --task nlvr2 (a statement about two images)")
             if args.image:
                 extractor = None
                 if args.detector:
@@ -91,12 +109,20 @@ def run(args) -> int:
                     from uniter_tf.extraction.region_extractor import RegionFeatureExtractor
 
                     extractor = RegionFeatureExtractor(load_detector(args.detector))
-                regions = client.extract_regions(args.image, extractor)
-                region_inputs = {"region_features": regions.region_features, "region_boxes": regions.region_boxes,
-                                 "image_size": (regions.image_height, regions.image_width)}
+
+                def image_regions(path):
+                    regions = client.extract_regions(path, extractor)
+                    return {"region_features": regions.region_features, "region_boxes": regions.region_boxes,
+                            "image_size": (regions.image_height, regions.image_width)}
+
+                read = image_regions
+                region_inputs = image_regions(args.image)
             else:
+                read = _read_regions
                 region_inputs = _read_regions(args.regions)
-            if args.task == "ve":
+            if args.task == "nlvr2":
+                result = client.nlvr2(args.text, region_inputs, read(second))
+            elif args.task == "ve":
                 rows = client.entail(args.text, **region_inputs)
                 result = [{"hypothesis": text, "label": max(row, key=row.get), "probabilities": row}
                           for text, row in zip(args.text, rows)]

@@ -464,9 +464,11 @@ class Nlvr2Task(DownstreamTask):
         """``"True"`` / ``"False"`` per example (argmax of the two logits, as ``inf_nlvr2.py``)."""
         return [NLVR2_LABELS[int(index)] for index in np.argmax(np.asarray(logits), axis=-1)]
 
-    def evaluate(self, model, files=None, max_batches=None, *, seed: int = 43, output_dir=None, step=None):
+    def evaluate(self, model, files=None, max_batches=None, *, seed: int = 43, output_dir=None, step=None,
+                 predictions_path: Optional[str] = None):
         """Loss, accuracy and consistency on ``files``; with ``output_dir`` and ``step`` also the official
-        predictions file ``results/results_{step}.csv`` (``identifier,True|False``).
+        predictions file ``results/results_{step}.csv`` (``identifier,True|False``), with
+        ``predictions_path`` that file there (``uniter evaluate --task nlvr2 --output``).
 
         Raises:
             ValueError: the files hold no NLVR2 pair record.
@@ -483,6 +485,8 @@ class Nlvr2Task(DownstreamTask):
                   "accuracy": float(np.mean(correct)), "consistency": nlvr2_consistency(identifiers, correct)}
         if output_dir is not None and step is not None:
             write_predictions_csv(os.path.join(output_dir, "results", f"results_{step}.csv"), identifiers, predicted)
+        if predictions_path:
+            write_predictions_csv(predictions_path, identifiers, predicted)
         return result
 
     def predict(self, model, dataset, max_batches: Optional[int] = None

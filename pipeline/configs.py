@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 #: The repository root (the directory above this package).
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,6 +134,87 @@ CURATED_SCHEMA_SETTINGS: Dict[str, Any] = {"feature_dim": 576 + 1280, "num_soft_
                                            "max_regions": 16, "max_text_tokens": 60}
 
 
+#: The fine-tuning task of the embedded run (``vqa``, ``ve``, ``nlvr2`` or ``refcoco``;
+#: :data:`FINETUNE_TASKS`). It selects the task's ExampleGen (format, annotation files), its curated schema,
+#: the fine-tuning Trainer's task and the gate's metric. A compile-time choice: the task changes the graph
+#: (node ids, reader, schema), which a Kubeflow runtime parameter cannot.
+FINETUNE_TASK = _env("FINETUNE_TASK", "vqa")
+#: More task arguments of a non-VQA fine-tuning Trainer (its ``custom_config["task_config"]``, e.g.
+#: ``{"mlp": 2}`` for RefCOCO); the VQA recipe's ``task_config`` (ITM rehearsal, head x100) is VQA's own.
+FINETUNE_TASK_CONFIG: Dict[str, Any] = json.loads(_env("FINETUNE_TASK_CONFIG", "{}"))
+
+
+@dataclasses.dataclass(frozen=True)
+class DownstreamTaskData:
+    """What the pipeline needs to know of one fine-tuning task (an entry of :data:`FINETUNE_TASKS`).
+
+    Attributes:
+        name: the registered task (``uniter_tf.tasks.get_task``), also the Trainer's ``custom_config["task"]``.
+        annotation_format: the ingest reader (``uniter ingest --format``).
+        annotations: default annotation files, relative to ``DataConfig.data_root``.
+        annotations2: default second files (VQA answers, RefCOCO ``instances.json``).
+        image_key_mode: how annotation image ids meet the extracted records' ids (file stems).
+        schema_kind: ``components.uniter_example_gen.schema.build_schema`` kind of the task's contract.
+        schema_file: the checked-in curated schema.
+        node_prefix: prefix of the task's data node ids (``VqaExampleGen``, ``VeExampleGen``, ...).
+        lower_bounds: the gate's value thresholds when none are configured for this task.
+        max_regression: the gate's change thresholds when none are configured.
+    """
+
+    name: str
+    annotation_format: str
+    annotations: Sequence[str]
+    annotations2: Sequence[str]
+    image_key_mode: str
+    schema_kind: str
+    schema_file: str
+    node_prefix: str
+    lower_bounds: Mapping[str, float]
+    max_regression: Mapping[str, float]
+
+
+_PIPELINE_DIR = os.path.dirname(os.path.abspath(__file__))
+#: The selectable fine-tuning tasks. Thresholds of the non-VQA tasks are set well above each task's
+#: majority / random baseline on the sample data (SNLI-VE 3 balanced classes: 0.33; NLVR2 True/False:
+#: ~0.5; RefCOCO: a random region of 3-5 ground-truth boxes, ~0.3), so a model that learned nothing is
+#: refused. VQA's come from EVAL_LOWER_BOUNDS / EVAL_MAX_REGRESSION (the demo's gate).
+FINETUNE_TASKS: Dict[str, DownstreamTaskData] = {
+        "vqa": DownstreamTaskData(
+                name="vqa", annotation_format="vqa", annotations=("vqa_questions.json",),
+                annotations2=("vqa_annotations.json",), image_key_mode="numeric", schema_kind="vqa",
+                schema_file=os.path.join(_PIPELINE_DIR, "vqa_schema.pbtxt"), node_prefix="Vqa",
+                lower_bounds={}, max_regression={}),
+        "ve": DownstreamTaskData(
+                name="ve", annotation_format="snli_ve", annotations=("snli_ve_train.jsonl", "snli_ve_dev.jsonl"),
+                annotations2=(), image_key_mode="numeric", schema_kind="ve",
+                schema_file=os.path.join(_PIPELINE_DIR, "ve_schema.pbtxt"), node_prefix="Ve",
+                lower_bounds={"ve_accuracy": 0.5}, max_regression={"ve_accuracy": 0.05}),
+        "nlvr2": DownstreamTaskData(
+                # NLVR2 image names (``train-12-3-img0``) end in the pair index, so the join is by whole name.
+                name="nlvr2", annotation_format="nlvr2", annotations=("train.json", "dev.json"), annotations2=(),
+                image_key_mode="name", schema_kind="nlvr2",
+                schema_file=os.path.join(_PIPELINE_DIR, "nlvr2_schema.pbtxt"), node_prefix="Nlvr2",
+                lower_bounds={"nlvr2_accuracy": 0.6}, max_regression={"nlvr2_accuracy": 0.05}),
+        "refcoco": DownstreamTaskData(
+                name="refcoco", annotation_format="refcoco", annotations=("refs.json",),
+                annotations2=("instances.json",), image_key_mode="numeric", schema_kind="refcoco",
+                schema_file=os.path.join(_PIPELINE_DIR, "refcoco_schema.pbtxt"), node_prefix="Refcoco",
+                lower_bounds={"refcoco_accuracy": 0.5}, max_regression={"refcoco_accuracy": 0.05}),
+}
+
+
+def finetune_task_data(name: str) -> DownstreamTaskData:
+    """The :data:`FINETUNE_TASKS` entry of ``name``.
+
+    Raises:
+        ValueError: an unknown task (named, with the choices).
+    """
+    if name not in FINETUNE_TASKS:
+        raise ValueError(f"unknown fine-tuning task {name!r}: the pipeline fine-tunes one of {sorted(FINETUNE_TASKS)} "
+                         "(UNITER_FINETUNE_TASK / TrainingConfig.finetune_task)")
+    return FINETUNE_TASKS[name]
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the raw data is and how it becomes examples.
@@ -153,6 +234,11 @@ class DataConfig:
         eval_fraction: share of images whose texts go to the eval split.
         caption_schema_file: curated schema of the caption examples (text proto).
         vqa_schema_file: curated schema of the VQA examples.
+        task_annotations: annotation files of a non-VQA fine-tuning task (relative to ``data_root``); None:
+            the task's defaults (:data:`FINETUNE_TASKS`, e.g. ``refs.json`` for RefCOCO).
+        task_annotations2: its second files (RefCOCO ``instances.json``); None: the task's defaults.
+        task_schema_file: curated schema of a non-VQA task's examples; None: the checked-in one
+            (``pipeline/<task>_schema.pbtxt``).
     """
 
     data_root: str
@@ -166,6 +252,9 @@ class DataConfig:
     eval_fraction: float = 0.25
     caption_schema_file: str = CAPTION_SCHEMA_FILE
     vqa_schema_file: str = VQA_SCHEMA_FILE
+    task_annotations: Optional[Sequence[str]] = None
+    task_annotations2: Optional[Sequence[str]] = None
+    task_schema_file: Optional[str] = None
 
     def __post_init__(self):
         if not 1 <= self.min_boxes <= self.max_boxes:
@@ -193,6 +282,8 @@ class TrainingConfig:
         enabled: False stops after the data components and the data gate (a data-only run).
         resources: a KFP ``ResourceSpec`` (CPU, memory, accelerator) of both Trainers' containers (Kubeflow V2 /
             Vertex; the local runner ignores it).
+        finetune_task: the fine-tuning task, a key of :data:`FINETUNE_TASKS` (``vqa``, ``ve``, ``nlvr2``,
+            ``refcoco``): its examples, Trainer task and gate metric.
     """
 
     model_preset: str = "tiny"
@@ -206,8 +297,10 @@ class TrainingConfig:
     include_pretraining: bool = True
     enabled: bool = True
     resources: Any = None
+    finetune_task: str = "vqa"
 
     def __post_init__(self):
+        finetune_task_data(self.finetune_task)  # an unknown task is named here, before any component exists
         for name in ("pretrain_steps", "finetune_steps", "eval_steps", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainingConfig: {name} must be >= 1, got {getattr(self, name)}")
@@ -250,15 +343,33 @@ def data_config_from_env(data_root: Optional[str] = None, **changes: Any) -> Dat
 
 
 def training_config_from_env(**changes: Any) -> TrainingConfig:
-    """The embedded recipe of both Trainers (the ``UNITER_*`` values above)."""
+    """The embedded recipe of both Trainers (the ``UNITER_*`` values above).
+
+    With another fine-tuning task than VQA (``UNITER_FINETUNE_TASK`` or ``finetune_task=``), the VQA recipe's
+    ``task_config`` (ITM rehearsal, the VQA head's rate) is replaced by :data:`FINETUNE_TASK_CONFIG`.
+    """
     values: Dict[str, Any] = dict(
             model_preset=MODEL_PRESET, model_overrides=dict(MODEL_OVERRIDES), pretrain_steps=PRETRAIN_TRAIN_STEPS,
             finetune_steps=FINETUNE_TRAIN_STEPS, eval_steps=EVAL_STEPS, batch_size=BATCH_SIZE,
-            pretrain_config=dict(PRETRAIN_CONFIG), finetune_config=dict(FINETUNE_CONFIG))
+            pretrain_config=dict(PRETRAIN_CONFIG), finetune_config=dict(FINETUNE_CONFIG), finetune_task=FINETUNE_TASK)
     values.update(changes)
+    if values["finetune_task"] != "vqa" and "finetune_config" not in changes:
+        finetune_config = {key: value for key, value in values["finetune_config"].items() if key != "task_config"}
+        if FINETUNE_TASK_CONFIG:
+            finetune_config["task_config"] = dict(FINETUNE_TASK_CONFIG)
+        values["finetune_config"] = finetune_config
     return TrainingConfig(**values)
 
 
-def gate_config_from_env() -> GateConfig:
-    """The embedded gate thresholds."""
-    return GateConfig(lower_bounds=dict(EVAL_LOWER_BOUNDS), max_regression=dict(EVAL_MAX_REGRESSION))
+def gate_config_from_env(task: Optional[str] = None) -> GateConfig:
+    """The embedded gate thresholds of the fine-tuning task (default :data:`FINETUNE_TASK`).
+
+    VQA: ``EVAL_LOWER_BOUNDS`` / ``EVAL_MAX_REGRESSION``. Another task: its metric's thresholds from
+    :data:`FINETUNE_TASKS`, unless ``UNITER_EVAL_LOWER_BOUNDS`` / ``UNITER_EVAL_MAX_REGRESSION`` are set.
+    """
+    data = finetune_task_data(task or FINETUNE_TASK)
+    if data.name == "vqa":
+        return GateConfig(lower_bounds=dict(EVAL_LOWER_BOUNDS), max_regression=dict(EVAL_MAX_REGRESSION))
+    lower = EVAL_LOWER_BOUNDS if "UNITER_EVAL_LOWER_BOUNDS" in os.environ else data.lower_bounds
+    regression = EVAL_MAX_REGRESSION if "UNITER_EVAL_MAX_REGRESSION" in os.environ else data.max_regression
+    return GateConfig(lower_bounds=dict(lower), max_regression=dict(regression))

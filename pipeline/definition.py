@@ -11,7 +11,12 @@
     Resolver (LatestBlessedModelStrategy, reads MLMD) ─► baseline ─► UniterEvaluator ─► Pusher
 
 The caption records train pretraining and feed the gate's ITM / retrieval metrics, the VQA records train
-fine-tuning and the gate's VQA score. The data components run on Beam (``beam_pipeline_args`` select
+fine-tuning and the gate's VQA score. ``TrainingConfig.finetune_task`` (``UNITER_FINETUNE_TASK``) selects
+another fine-tuning task instead of VQA (``ve``, ``nlvr2``, ``refcoco``; :data:`pipeline.configs.FINETUNE_TASKS`):
+its ExampleGen reads the task's annotation format and files (nodes ``VeExampleGen`` ... , see
+:func:`task_node_ids`), its examples are checked against the task's curated schema, the fine-tuning Trainer
+runs that task, and the evaluator adds the task's metric (``ve_accuracy``, ``nlvr2_accuracy`` /
+``nlvr2_consistency``, ``refcoco_accuracy``) for the gate's thresholds. The data components run on Beam (``beam_pipeline_args`` select
 DirectRunner, Dataflow, Flink or Spark); the same factory serves the local runner, the TFX CLI and the
 Kubeflow V2 / Vertex compilation.
 
@@ -47,7 +52,7 @@ from components.image_folder import ImageFolder
 from components.region_feature_extractor.component import RegionFeatureExtractor
 from components.uniter_evaluator.component import UniterEvaluator
 from components.uniter_example_gen.component import UniterExampleGen
-from pipeline.configs import DataConfig, GateConfig, RunnerConfig, TrainingConfig
+from pipeline.configs import DataConfig, GateConfig, RunnerConfig, TrainingConfig, finetune_task_data
 
 #: The Trainers' entry points, imported from the installed package (``pip install -e .`` here, the image's
 #: site-packages on Kubeflow).
@@ -89,6 +94,25 @@ RUNTIME_PARAMETERS = {
         "eval_lower_bounds": "the gate's value thresholds JSON, {metric: minimum}",
         "eval_max_regression": "the gate's change thresholds JSON, {metric: largest drop}",
 }
+#: The schema parameter of a non-VQA fine-tuning task, in place of ``vqa_schema_file`` (the compiled
+#: parameters are those of the selected task).
+TASK_SCHEMA_PARAMETERS = {
+        "ve_schema_file": "curated schema (text proto) of the SNLI-VE examples (finetune_task ve)",
+        "nlvr2_schema_file": "curated schema (text proto) of the NLVR2 examples (finetune_task nlvr2)",
+        "refcoco_schema_file": "curated schema (text proto) of the RefCOCO examples (finetune_task refcoco)",
+}
+
+
+def task_node_ids(task: str) -> Dict[str, str]:
+    """The ids of the fine-tuning task's data nodes: ``VqaExampleGen`` ... for VQA, ``VeExampleGen``,
+    ``Nlvr2ExampleGen``, ``RefcocoExampleGen`` (and their statistics, schema and validator) for the others.
+
+    Raises:
+        ValueError: an unknown task (named).
+    """
+    prefix = finetune_task_data(task).node_prefix
+    return {"example_gen": f"{prefix}ExampleGen", "statistics_gen": f"{prefix}StatisticsGen",
+            "schema_gen": f"{prefix}SchemaGen", "example_validator": f"{prefix}ExampleValidator"}
 
 
 def region_feature_dim(detector_path: Optional[str], num_classes: int) -> Dict[str, int]:
@@ -112,8 +136,8 @@ class _Parameters:
         self.enabled = enabled
 
     def __call__(self, name: str, value: Any) -> Any:
-        if name not in RUNTIME_PARAMETERS:
-            raise KeyError(f"{name} is not one of RUNTIME_PARAMETERS")
+        if name not in RUNTIME_PARAMETERS and name not in TASK_SCHEMA_PARAMETERS:
+            raise KeyError(f"{name} is not one of RUNTIME_PARAMETERS or TASK_SCHEMA_PARAMETERS")
         if not self.enabled:
             return value
         return tfx.dsl.experimental.RuntimeParameter(name=name, ptype=type(value), default=value)
@@ -216,10 +240,19 @@ def create_pipeline(
             annotation_format="coco", annotations=["captions.json"], input_base=input_base,
             features=feature_extractor.outputs["region_features"],
             ingest_options=ingest_options).with_id(CAPTION_EXAMPLE_GEN)
+    # The fine-tuning task's examples (VQA questions by default): its reader, files and join key.
+    task_data = finetune_task_data(training.finetune_task)
+    is_vqa = task_data.name == "vqa"
+    task_ids = task_node_ids(task_data.name)
+    task_options = dict(ingest_options, image_key_mode=task_data.image_key_mode)
     vqa_example_gen = UniterExampleGen(
-            annotation_format="vqa", annotations=["vqa_questions.json"], annotations2=["vqa_annotations.json"],
+            annotation_format=task_data.annotation_format,
+            annotations=list(task_data.annotations if is_vqa or data.task_annotations is None
+                             else data.task_annotations),
+            annotations2=list(task_data.annotations2 if is_vqa or data.task_annotations2 is None
+                              else data.task_annotations2),
             input_base=input_base, features=feature_extractor.outputs["region_features"],
-            ingest_options=ingest_options).with_id(VQA_EXAMPLE_GEN)
+            ingest_options=task_options).with_id(task_ids["example_gen"])
 
     # The data contract: each example set's statistics are validated against its curated schema (imported,
     # never inferred from the data it checks), and the gate stops the run on any anomaly.
@@ -227,8 +260,9 @@ def create_pipeline(
     for name, example_gen, schema_file, ids in (
             ("caption", caption_example_gen, data.caption_schema_file,
              (STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR)),
-            ("vqa", vqa_example_gen, data.vqa_schema_file,
-             (VQA_STATISTICS_GEN, VQA_SCHEMA_GEN, VQA_EXAMPLE_VALIDATOR))):
+            (task_data.name, vqa_example_gen,
+             data.vqa_schema_file if is_vqa else (data.task_schema_file or task_data.schema_file),
+             (task_ids["statistics_gen"], task_ids["schema_gen"], task_ids["example_validator"]))):
         statistics_gen = tfx.components.StatisticsGen(
                 examples=example_gen.outputs["examples"]).with_id(ids[0])
         schema_gen = tfx.components.ImportSchemaGen(
@@ -237,14 +271,15 @@ def create_pipeline(
                 statistics=statistics_gen.outputs["statistics"],
                 schema=schema_gen.outputs["schema"]).with_id(ids[2])
         contract[name] = (statistics_gen, schema_gen, example_validator)
+    # DataGate's second slot takes the fine-tuning task's example set (named "vqa" since VQA came first).
     data_gate = DataGate(
             caption_anomalies=contract["caption"][2].outputs["anomalies"],
-            vqa_anomalies=contract["vqa"][2].outputs["anomalies"],
+            vqa_anomalies=contract[task_data.name][2].outputs["anomalies"],
             caption_schema=contract["caption"][1].outputs["schema"],
-            vqa_schema=contract["vqa"][1].outputs["schema"]).with_id(DATA_GATE)
+            vqa_schema=contract[task_data.name][1].outputs["schema"]).with_id(DATA_GATE)
 
     data_components = [image_importer, feature_extractor, caption_example_gen, vqa_example_gen,
-                       *contract["caption"], *contract["vqa"], data_gate]
+                       *contract["caption"], *contract[task_data.name], data_gate]
     if not training.enabled:
         # Nothing downstream is even constructed: a consumer registers itself on its producers.
         return _assemble(pipeline_name, pipeline_root, data_components, enable_cache, metadata_connection_config,
@@ -266,7 +301,7 @@ def create_pipeline(
 
     finetune_steps = training.finetune_steps
     finetune_custom_config = {
-            "task": "vqa",
+            "task": task_data.name,
             **model_settings,
             "train_batch_size": training.batch_size,
             "eval_batch_size": training.batch_size,
@@ -298,7 +333,9 @@ def create_pipeline(
             baseline_model=blessed_model_resolver.outputs["model"],
             lower_bounds=None if gate.lower_bounds is None else dict(gate.lower_bounds),
             max_regression=None if gate.max_regression is None else dict(gate.max_regression),
-            batch_size=32).with_id(EVALUATOR)
+            batch_size=32,
+            # VQA's metrics come from the general routine; another task adds its own (uniter_tf.evaluation).
+            task=None if is_vqa else task_data.name).with_id(EVALUATOR)
     if runner.runtime_parameters:
         # UniterEvaluator takes the thresholds as mappings and stores them as JSON strings; the runtime
         # parameters replace those strings (same format, defaults unchanged).

@@ -123,7 +123,10 @@ def build_kubeflow_pipeline(pipeline_root: str, data_root: Optional[str] = None,
             data=configs.data_config_from_env(
                     data_root, images_root=f"{remote_data}/images", boxes_json=f"{remote_data}/boxes.json",
                     caption_schema_file=f"{remote_data}/schema/{os.path.basename(configs.CAPTION_SCHEMA_FILE)}",
-                    vqa_schema_file=f"{remote_data}/schema/{os.path.basename(configs.VQA_SCHEMA_FILE)}"),
+                    vqa_schema_file=f"{remote_data}/schema/{os.path.basename(configs.VQA_SCHEMA_FILE)}",
+                    # The fine-tuning task's schema when it is not VQA (UNITER_FINETUNE_TASK).
+                    task_schema_file=f"{remote_data}/schema/"
+                                     f"{os.path.basename(configs.finetune_task_data(configs.FINETUNE_TASK).schema_file)}"),
             training=configs.training_config_from_env(resources=trainer_resources()),
             serving_model_dir=serving_model_dir,
             gate=configs.gate_config_from_env(),
@@ -163,7 +166,8 @@ def compile_pipeline(output_filename: Optional[str] = None, image: Optional[str]
     parameters = compiled["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]
     for name, value in defaults.items():
         parameters[name]["defaultValue"] = value
-        parameters[name]["description"] = pipeline_lib.RUNTIME_PARAMETERS[name]
+        parameters[name]["description"] = {**pipeline_lib.RUNTIME_PARAMETERS,
+                                            **pipeline_lib.TASK_SCHEMA_PARAMETERS}[name]
     os.makedirs(os.path.dirname(output_path), exist_ok=True)
     with open(output_path, "w", encoding="utf-8") as handle:
         json.dump(compiled, handle, indent=2, sort_keys=True)

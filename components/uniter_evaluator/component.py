@@ -37,6 +37,12 @@ class UniterEvaluator(base_component.BaseComponent):
         max_regression: metric → largest allowed drop below the baseline's value on the same data.
         batch_size: pairs scored per model call.
         max_gallery_texts: at most this many texts enter retrieval (the gallery is their images).
+        task: the fine-tuning task whose metric the gate adds from ``task_examples`` (``ve``: ``ve_accuracy``;
+            ``nlvr2``: ``nlvr2_accuracy``, ``nlvr2_consistency``; ``refcoco``: ``refcoco_accuracy``, IoU > 0.5);
+            None for VQA (``vqa_score``, from the general routine).
+
+    Raises:
+        ValueError: an unknown ``task`` (named), or ``task`` without ``task_examples``.
     """
 
     SPEC_CLASS = spec_lib.UniterEvaluatorSpec
@@ -47,7 +53,15 @@ class UniterEvaluator(base_component.BaseComponent):
                  baseline_model: Optional[types.BaseChannel] = None, eval_split: str = "eval",
                  lower_bounds: Optional[Mapping[str, float]] = None,
                  max_regression: Optional[Mapping[str, float]] = None, batch_size: int = 32,
-                 max_gallery_texts: int = 1000):
+                 max_gallery_texts: int = 1000, task: Optional[str] = None):
+        if task is not None:
+            from uniter_tf.evaluation.task_metrics import TASK_METRICS  # pylint: disable=import-outside-toplevel
+
+            if task not in TASK_METRICS:
+                raise ValueError(f"UniterEvaluator: unknown task {task!r}; task metrics exist for "
+                                 f"{sorted(TASK_METRICS)} (VQA: leave task unset)")
+            if task_examples is None:
+                raise ValueError(f"UniterEvaluator: task {task!r} needs task_examples (its eval records)")
         spec = spec_lib.UniterEvaluatorSpec(
                 examples=examples,
                 task_examples=task_examples,
@@ -60,6 +74,7 @@ class UniterEvaluator(base_component.BaseComponent):
                         dict(DEFAULT_MAX_REGRESSION if max_regression is None else max_regression), sort_keys=True),
                 batch_size=batch_size,
                 max_gallery_texts=max_gallery_texts,
+                task=task,
                 blessing=types.Channel(type=standard_artifacts.ModelBlessing),
                 evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
         )

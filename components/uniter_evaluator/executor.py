@@ -61,6 +61,10 @@ def load_scorer(model_dir: str) -> evaluation_lib.Scorer:
     return evaluation_lib.saved_model_scorer(model_dir)
 
 
+def _chain_files(file_lists: List[List[str]]) -> Iterator[bytes]:
+    return evaluation_lib.iter_serialized_records([path for files in file_lists for path in files])
+
+
 class Executor(base_executor.BaseExecutor):
     """Evaluates the candidate (and the baseline) and writes ModelBlessing + ModelEvaluation."""
 
@@ -79,6 +83,7 @@ class Executor(base_executor.BaseExecutor):
         max_regression = json.loads(exec_properties.get(spec_lib.MAX_REGRESSION_KEY) or "{}")
         batch_size = int(exec_properties.get(spec_lib.BATCH_SIZE_KEY) or 32)
         max_gallery_texts = int(exec_properties.get(spec_lib.MAX_GALLERY_TEXTS_KEY) or 1000)
+        task = exec_properties.get(spec_lib.TASK_KEY) or None
 
         serialized_splits = [read_split_records(examples, split)]
         train_questions = []
@@ -86,19 +91,31 @@ class Executor(base_executor.BaseExecutor):
             serialized_splits.append(read_split_records(task_examples, split))
             task_splits = (artifact_utils.decode_split_names(task_examples.split_names)
                            if task_examples.split_names else [])
-            if split != TRAIN_SPLIT and TRAIN_SPLIT in task_splits:
+            # The question-only baseline needs VQA questions; another task's training split has none.
+            if task is None and split != TRAIN_SPLIT and TRAIN_SPLIT in task_splits:
                 train_questions.extend(read_question_records(read_split_records(task_examples, TRAIN_SPLIT)))
         records = evaluation_lib.EvalRecords(itertools.chain.from_iterable(serialized_splits))
         model_dir = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
-        candidate_metrics = evaluation_lib.evaluate(load_scorer(model_dir), records, batch_size, max_gallery_texts,
+        candidate_scorer = load_scorer(model_dir)
+        candidate_metrics = evaluation_lib.evaluate(candidate_scorer, records, batch_size, max_gallery_texts,
                                                     train_questions=train_questions)
+        task_files = [split_files(task_examples, split)
+                      for task_examples in input_dict.get(spec_lib.TASK_EXAMPLES_KEY) or []] if task else []
+        if task is not None:
+            # The task's own metric on its eval records, streamed from the files (uniter_tf.evaluation).
+            candidate_metrics.update(evaluation_lib.evaluate_task(
+                    candidate_scorer, task, _chain_files(task_files), batch_size))
         logging.info("UniterEvaluator: candidate metrics %s", candidate_metrics)
 
         baseline_metrics = None
         if baseline is not None and baseline.id != model.id:
             baseline_dir = path_utils.serving_model_path(baseline.uri, path_utils.is_old_model_artifact(baseline))
-            baseline_metrics = evaluation_lib.evaluate(load_scorer(baseline_dir), records, batch_size,
+            baseline_scorer = load_scorer(baseline_dir)
+            baseline_metrics = evaluation_lib.evaluate(baseline_scorer, records, batch_size,
                                                        max_gallery_texts, train_questions=train_questions)
+            if task is not None:
+                baseline_metrics.update(evaluation_lib.evaluate_task(
+                        baseline_scorer, task, _chain_files(task_files), batch_size))
             logging.info("UniterEvaluator: baseline (model id %s) metrics %s", baseline.id, baseline_metrics)
 
         blessed, reasons = evaluation_lib.bless(candidate_metrics, lower_bounds, baseline_metrics, max_regression)
@@ -122,6 +139,8 @@ class Executor(base_executor.BaseExecutor):
                 "max_regression": max_regression,
                 "model": model.uri,
         }
+        if task is not None:
+            report["task"] = task
         report_text = json.dumps(report, indent=2, sort_keys=True)
         io_utils.write_string_file(os.path.join(evaluation_artifact.uri, METRICS_FILE_NAME), report_text)
         io_utils.write_string_file(os.path.join(blessing.uri, METRICS_FILE_NAME), report_text)

@@ -14,6 +14,7 @@ LOWER_BOUNDS_KEY = "lower_bounds"
 MAX_REGRESSION_KEY = "max_regression"
 BATCH_SIZE_KEY = "batch_size"
 MAX_GALLERY_TEXTS_KEY = "max_gallery_texts"
+TASK_KEY = "task"
 
 
 class UniterEvaluatorSpec(ComponentSpec):
@@ -25,7 +26,9 @@ class UniterEvaluatorSpec(ComponentSpec):
 
     Parameters: the split to evaluate, value thresholds (``lower_bounds``, JSON ``{metric: minimum}``),
     change thresholds against the baseline (``max_regression``, JSON ``{metric: largest allowed drop}``),
-    the scoring batch size and a cap on the retrieval gallery size.
+    the scoring batch size and a cap on the retrieval gallery size. ``task`` (optional): a fine-tuning task
+    whose own metric is computed on ``task_examples`` (``ve``, ``nlvr2``, ``refcoco``:
+    :data:`uniter_tf.evaluation.TASK_METRICS`); unset for VQA, whose score the general routine computes.
     """
 
     PARAMETERS = {
@@ -34,6 +37,7 @@ class UniterEvaluatorSpec(ComponentSpec):
             MAX_REGRESSION_KEY: ExecutionParameter(type=str),
             BATCH_SIZE_KEY: ExecutionParameter(type=int),
             MAX_GALLERY_TEXTS_KEY: ExecutionParameter(type=int),
+            TASK_KEY: ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
             EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),

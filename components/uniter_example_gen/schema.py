@@ -10,6 +10,9 @@
 * ``task`` (the record's task name, one string) allowed where present;
 * with ``kind="vqa"``: ``answers`` present in every record (a question without answers is a broken
   record; answers outside the vocabulary still leave ``answer_labels`` / ``answer_scores`` empty);
+* with ``kind="ve"`` / ``"nlvr2"``: ``label`` in every record, within the task's classes; NLVR2 also the
+  right image's fields (``*_2``) in every record, with the same bounds as the left image's;
+* with ``kind="refcoco"``: ``target_box`` (4 pixel values) in every record;
 * with ``num_soft_labels``: ``num_soft_labels`` == C.
 
 Finiteness of the float16 ``region_features`` / ``soft_labels`` bytes is not visible to TFDV; the ingest
@@ -33,7 +36,10 @@ DEFAULT_SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "
 #: written before it existed validate too).
 TASK_FEATURE = getattr(record_schema, "TASK", "task")
 #: Example sets with their own contract.
-KINDS = ("captions", "vqa")
+KINDS = ("captions", "vqa", "ve", "nlvr2", "refcoco")
+#: Classes of the labelled tasks: ``label`` must lie in ``[0, n)`` (SNLI-VE contradiction / entailment /
+#: neutral, NLVR2 False / True).
+LABEL_CLASSES = {"ve": 3, "nlvr2": 2}
 
 
 def build_schema(feature_dim: int = 2048, min_regions: int = 10, max_regions: int = 100,
@@ -47,7 +53,9 @@ def build_schema(feature_dim: int = 2048, min_regions: int = 10, max_regions: in
             below it).
         max_regions: most regions.
         max_text_tokens: the ingest's ``max_text_tokens``.
-        kind: ``captions`` (image-text pairs) or ``vqa`` (questions, which must carry ``answers``).
+        kind: ``captions`` (image-text pairs), ``vqa`` (questions, which must carry ``answers``), ``ve``
+            (hypotheses with a 3-class ``label``), ``nlvr2`` (pair records with a 2-class ``label``) or
+            ``refcoco`` (expressions with a ``target_box``).
         num_soft_labels: the detector's classes C (``num_soft_labels`` must equal it); None: any.
 
     Raises:
@@ -94,14 +102,30 @@ def build_schema(feature_dim: int = 2048, min_regions: int = 10, max_regions: in
         feature.float_domain.disallow_inf = True
         return feature
 
-    positions = finite(add(record_schema.REGION_POSITIONS, float_type, min_count=7 * min_regions,
-                           max_count=7 * max_regions))
-    positions.float_domain.min, positions.float_domain.max = 0.0, 1.0
-    finite(add(record_schema.REGION_BOXES, float_type, min_count=4 * min_regions,
-               max_count=4 * max_regions)).float_domain.min = 0.0
-    # Task fields: present only in some datasets.
-    add(record_schema.LABEL, int_type, required=False).int_domain.min = 0
-    finite(add(record_schema.TARGET_BOX, float_type, required=False, min_count=4, max_count=4)).float_domain.min = 0.0
+    def image_fields(suffix=""):
+        positions = finite(add(record_schema.REGION_POSITIONS + suffix, float_type, min_count=7 * min_regions,
+                               max_count=7 * max_regions))
+        positions.float_domain.min, positions.float_domain.max = 0.0, 1.0
+        finite(add(record_schema.REGION_BOXES + suffix, float_type, min_count=4 * min_regions,
+                   max_count=4 * max_regions)).float_domain.min = 0.0
+
+    image_fields()
+    if kind == "nlvr2":
+        # The right image of the pair (uniter_tf.data.schema.SECOND_IMAGE_FEATURE_KEYS), bounded as the left.
+        for name in (record_schema.IMAGE_ID_2, record_schema.REGION_FEATURES_2):
+            add(name, bytes_type)
+        regions_2 = add(record_schema.NUM_REGIONS_2, int_type)
+        regions_2.int_domain.min, regions_2.int_domain.max = min_regions, max_regions
+        for name in (record_schema.IMAGE_HEIGHT_2, record_schema.IMAGE_WIDTH_2):
+            add(name, int_type).int_domain.min = 1
+        image_fields("_2")
+    # Task fields: required by the task that owns them, optional elsewhere.
+    label = add(record_schema.LABEL, int_type, required=kind in LABEL_CLASSES)
+    label.int_domain.min = 0
+    if kind in LABEL_CLASSES:
+        label.int_domain.max = LABEL_CLASSES[kind] - 1
+    finite(add(record_schema.TARGET_BOX, float_type, required=kind == "refcoco", min_count=4,
+               max_count=4)).float_domain.min = 0.0
     if kind == "vqa":
         add(record_schema.ANSWERS, bytes_type, min_count=1, max_count=None)
     else:

@@ -18,6 +18,7 @@ from uniter_tf.evaluation.records import (CAPTION, OTHER, VQA, EvalRecords, File
                                           iter_serialized_records, list_record_files, question_fields,
                                           read_questions, record_task, soft_score, with_image)
 from uniter_tf.evaluation.scorers import keras_scorer, resolve_saved_model, saved_model_scorer
+from uniter_tf.evaluation.task_metrics import TASK_METRICS, evaluate_task
 
 
 def evaluate_files(run: str, files: FilePatterns, *, batch_size: int = 32, max_gallery_texts: int = 1000,
@@ -70,5 +71,5 @@ __all__ = [
         "itm_accuracy", "iter_serialized_records", "keras_scorer", "list_record_files", "question_fields",
         "question_prior_answers", "question_prior_score", "question_type", "read_questions", "record_task",
         "resolve_saved_model", "retrieval_recalls", "retrieval_score_matrix", "saved_model_scorer",
-        "soft_score", "vqa_soft_score", "with_image",
+        "soft_score", "vqa_soft_score", "with_image", "TASK_METRICS", "evaluate_task",
 ]

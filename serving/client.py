@@ -272,6 +272,77 @@ class UniterClient:
                          "chosen_box": [float(value) for value in outputs["chosen_box"][index]]})
         return rows
 
+    def vcr(self, questions: Sequence[str], answers: Sequence, region_features: ArrayOrList,
+            region_boxes: ArrayOrList, image_size, rationales: Optional[Sequence] = None) -> List[Dict[str, object]]:
+        """VCR: which answer (and, with rationales, which rationale) each question's image supports.
+
+        Needs a model exported from a ``vcr`` run (its signatures take the question, the choices and the
+        regions; object references are written ``[i]`` = region ``i``, ground-truth boxes first). Without
+        ``rationales`` the ``answer_question`` signature runs (Q→A); with them ``serving_default`` (Q→A, then
+        QA→R with the chosen answer).
+
+        Args:
+            questions: one question or several.
+            answers: per question its choices (for one question, the list of its choices).
+            region_features: ``[n, D]`` per image, a list of them, or ``[B, N, D]`` (one image for all questions
+                or one per question).
+            region_boxes: pixel ``x1, y1, x2, y2`` boxes in the same layouts.
+            image_size: ``(height, width)`` or one per image.
+            rationales: per question its rationale choices, or None.
+
+        Returns:
+            Per question ``{"question", "answer_scores": [C floats], "chosen_answer": index}`` plus, with
+            rationales, ``"rationale_scores"`` and ``"chosen_rationale"``. Scores are the head's class-1 logits.
+
+        Raises:
+            ValueError: questions and choice lists of different counts, or rows of unequal lengths.
+            ServingRequestError: INVALID_ARGUMENT for another number of choices than the model's (naming
+                ``answers`` / ``rationales``), an empty choice, a reference to a missing region, zero regions.
+        """
+        single = isinstance(questions, (str, bytes))
+        questions = [questions] if single else list(questions)
+        if not questions:
+            raise ValueError("questions is empty")
+
+        def choice_array(rows, name):
+            rows = [rows] if single else list(rows)
+            if len(rows) != len(questions):
+                raise ValueError(f"{name}: {len(rows)} choice lists for {len(questions)} questions")
+            if len({len(row) for row in rows}) != 1:
+                raise ValueError(f"{name}: every question needs the same number of choices, got "
+                                 f"{[len(row) for row in rows]}")
+            return np.array([[text.encode("utf-8") if isinstance(text, str) else bytes(text) for text in row]
+                             for row in rows], dtype=object).reshape(len(rows), -1)
+
+        features, counts = _stack_regions(region_features, "region_features", self.feature_dim())
+        boxes, _ = _stack_regions(region_boxes, "region_boxes", 4)
+        sizes = np.asarray(image_size, np.float32).reshape(-1, 2)
+        batch_size = len(questions)
+        inputs = {"question": np.array([text.encode("utf-8") if isinstance(text, str) else bytes(text)
+                                        for text in questions], dtype=object),
+                  "answers": choice_array(answers, "answers"),
+                  "region_features": _repeat_to(features, batch_size, "region_features"),
+                  "region_boxes": _repeat_to(boxes, batch_size, "region_boxes"),
+                  "image_size": _repeat_to(sizes, batch_size, "image_size"),
+                  "num_regions": _repeat_to(counts, batch_size, "region_features")}
+        names = ["answer_scores", "chosen_answer"]
+        signature = "answer_question"
+        if rationales is not None:
+            inputs["rationales"] = choice_array(rationales, "rationales")
+            names += ["rationale_scores", "chosen_rationale"]
+            signature = "serving_default"
+        outputs = self.predict(inputs, signature, output_filter=names)
+        rows = []
+        for index, question in enumerate(questions):
+            row = {"question": question if isinstance(question, str) else bytes(question).decode("utf-8"),
+                   "answer_scores": [float(value) for value in outputs["answer_scores"][index]],
+                   "chosen_answer": int(outputs["chosen_answer"][index])}
+            if rationales is not None:
+                row["rationale_scores"] = [float(value) for value in outputs["rationale_scores"][index]]
+                row["chosen_rationale"] = int(outputs["chosen_rationale"][index])
+            rows.append(row)
+        return rows
+
     def nlvr2(self, statements: Sequence[str], left: Mapping[str, object], right: Mapping[str, object]
               ) -> List[Dict[str, object]]:
         """NLVR2: is each statement true of the pair of images (left, right)?

@@ -187,7 +187,7 @@ def test_flat_export_of_a_task_run_serves_the_trained_head(tmp_path):
     assert metadata["max_text_length"] == 20 and metadata["text_buckets"] == [16, 20]
     assert metadata["task"] == {"name": "vqa", "num_labels": 3, "top_k": 2, "activation": "sigmoid",
                                 "outputs": {"logits": "task_logits", "labels": "answers", "scores": "answer_scores"},
-                                "region_choice": False, "image_pair": False}
+                                "region_choice": False, "image_pair": False, "multiple_choice": False}
     assert "non_core_ops" in metadata and metadata["non_core_ops"]  # the tokenizer's TF-Text ops
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".export")]  # staging removed
 

@@ -209,7 +209,7 @@ def test_assets_and_metadata_are_written(exported):
     assert metadata["max_regions"] == 36 and metadata["region_feature_dim"] == 64
     assert metadata["task"] == {"name": "vqa", "num_labels": 6, "top_k": 3, "activation": "sigmoid",
                                 "outputs": {"logits": "task_logits", "labels": "answers", "scores": "answer_scores"},
-                                "region_choice": False, "image_pair": False}
+                                "region_choice": False, "image_pair": False, "multiple_choice": False}
     assert os.path.getsize(os.path.join(path, "assets.extra", "tf_serving_warmup_requests")) > 0
     assert next_version(exported["base"]) == 2
     assert [name for name in os.listdir(exported["base"]) if not name.isdigit()] == []  # no staging leftovers

@@ -25,14 +25,20 @@ def add_arguments(parser):
                         help="--task nlvr2: the right image's file (with --image, the left one).")
     parser.add_argument("--regions-2", default=None,
                         help="--task nlvr2: the right image's .npz (with --regions, the left one; same arrays).")
-    parser.add_argument("--task", choices=("ve", "refcoco", "nlvr2"), default=None,
+    parser.add_argument("--answer", action="append", default=[],
+                        help="--task vcr: an answer choice (repeat: as many as the model's choices, 4).")
+    parser.add_argument("--rationale", action="append", default=[],
+                        help="--task vcr: a rationale choice (repeat, 4); with them the answer is also justified.")
+    parser.add_argument("--task", choices=("ve", "refcoco", "nlvr2", "vcr"), default=None,
                         help="ve: each --text is an SNLI-VE hypothesis about the image; prints the probability "
                              "of entailment, neutral and contradiction (exports of `uniter finetune --task ve`). "
                              "refcoco: each --text is a referring expression; prints every region's score, the "
                              "chosen region and its box in pixels (needs pixel boxes: --image or --regions with "
                              "region_boxes and image_size). nlvr2: each --text is a statement about two images, "
                              "--image/--image-2 or --regions/--regions-2 (left, right); prints label (True/False), "
-                             "p_true and the logits (exports of an nlvr2 run).")
+                             "p_true and the logits (exports of an nlvr2 run). vcr: one --text is the question, "
+                             "--answer (and --rationale) the choices, [i] in them = region i; prints every "
+                             "choice's score and the chosen answer (and rationale) (exports of a vcr run).")
     parser.add_argument("--detector", default=None,
                         help="Detector for --image: a frozen .pb or SavedModel dir (default SSD-MobileNet-v2).")
     parser.add_argument("--timeout", type=float, default=60.0, help="Deadline per call in seconds (default 60).")
@@ -120,7 +126,18 @@ def run(args) -> int:
             else:
                 read = _read_regions
                 region_inputs = _read_regions(args.regions)
-            if args.task == "nlvr2":
+            if args.task != "vcr" and (args.answer or args.rationale):
+                raise UserError("--answer / --rationale are for --task vcr (a question with answer choices)")
+            if args.task == "vcr":
+                if len(args.text) != 1 or not args.answer:
+                    raise UserError("--task vcr takes one --text (the question) and its --answer choices")
+                if region_inputs.get("region_boxes") is None:
+                    raise UserError("--task vcr needs pixel boxes: --image, or --regions with region_boxes and "
+                                    "image_size (references [i] name these regions)")
+                result = client.vcr(args.text[0], args.answer, region_inputs["region_features"],
+                                    region_inputs["region_boxes"], region_inputs["image_size"],
+                                    rationales=args.rationale or None)
+            elif args.task == "nlvr2":
                 result = client.nlvr2(args.text, region_inputs, read(second))
             elif args.task == "ve":
                 rows = client.entail(args.text, **region_inputs)

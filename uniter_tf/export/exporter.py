@@ -33,6 +33,8 @@ from uniter_tf.export.signatures import (SCORE_POSITIONS, SCORE_TENSORS, SERVE_E
                                          ExportOptions, ServingGraph)
 # Two-image tasks (an image_pair declaration) get the pair signatures (uniter_tf/export/pair_signatures.py).
 from uniter_tf.export.pair_signatures import PairServingGraph, is_image_pair
+# Multiple-choice tasks (a multiple_choice declaration: VCR) get the choice signatures (choice_signatures.py).
+from uniter_tf.export.choice_signatures import ChoiceServingGraph, is_multiple_choice
 from uniter_tf.export.task_heads import TaskHeadExport
 
 EXPORT_METADATA_FILE = "uniter_export.json"
@@ -196,7 +198,10 @@ def write_saved_model(target: str, backbone, itm_head, preprocessor=None, task: 
     if preprocessor is None:
         preprocessor = UniterPreprocessor(sequence_length=options.max_text_length,
                                           bucket_boundaries=list(options.text_buckets))
-    check_vocab_size(preprocessor.tokenizer.vocab_size, config.vocab_size, source="the tokenizer's vocabulary")
+    # A multiple-choice task's word table also has its object-reference rows after the vocabulary.
+    reference_ids = int(task.outputs.num_reference_ids) if is_multiple_choice(task) else 0
+    check_vocab_size(preprocessor.tokenizer.vocab_size + reference_ids, config.vocab_size,
+                     source="the tokenizer's vocabulary" + (f" + {reference_ids} reference ids" if reference_ids else ""))
     if tf.io.gfile.exists(target) and (not tf.io.gfile.isdir(target) or tf.io.gfile.listdir(target)):
         raise FileExistsError(f"the export target {target} already exists and is not an empty directory")
     parent = _parent(target)
@@ -220,7 +225,8 @@ def write_saved_model(target: str, backbone, itm_head, preprocessor=None, task: 
                 handle.write("\n".join(task.labels) + "\n")
             tables.labels = label_table = _text_file_table(labels_path)
 
-        graph_class = PairServingGraph if is_image_pair(task) else ServingGraph
+        graph_class = (PairServingGraph if is_image_pair(task)
+                       else ChoiceServingGraph if is_multiple_choice(task) else ServingGraph)
         graph = graph_class(backbone, itm_head, preprocessor, options, task=task, label_table=label_table,
                             vocab_table=tables.vocab)
         archive = keras.export.ExportArchive()
@@ -251,7 +257,8 @@ def write_saved_model(target: str, backbone, itm_head, preprocessor=None, task: 
                         "outputs": {"logits": task.outputs.logits_output, "labels": task.outputs.labels_output,
                                     "scores": task.outputs.scores_output},
                         "region_choice": bool(getattr(task.outputs, "region_choice", False)),
-                        "image_pair": is_image_pair(task)},
+                        "image_pair": is_image_pair(task),
+                        "multiple_choice": is_multiple_choice(task)},
                 "model_config": config.to_dict(),
         }
         if record_ops:
@@ -262,7 +269,8 @@ def write_saved_model(target: str, backbone, itm_head, preprocessor=None, task: 
             handle.write(json.dumps(metadata, indent=2, sort_keys=True))
         if options.warmup:
             write_warmup_requests(posixpath.join(extra, WARMUP_FILE), int(config.region_feature_dim),
-                                  image_pair=is_image_pair(task))
+                                  image_pair=is_image_pair(task),
+                                  num_choices=int(task.outputs.num_choices) if is_multiple_choice(task) else 0)
         if tf.io.gfile.isdir(target):
             _remove_tree(target)  # empty (checked above): TFX may create serving_model_dir beforehand
         _move_directory(saved_model_dir, target)
@@ -316,15 +324,18 @@ def example_inputs(feature_dim: int, batch_size: int = 1, num_regions: int = 4, 
     }
 
 
-def write_warmup_requests(path: str, feature_dim: int, image_pair: bool = False) -> None:
+def write_warmup_requests(path: str, feature_dim: int, image_pair: bool = False, num_choices: int = 0) -> None:
     """Writes one ``PredictionLog`` per signature in TF Serving's warm-up format (with ``image_pair``,
-    requests of the two-image signatures)."""
+    requests of the two-image signatures; with ``num_choices``, of the multiple-choice signatures)."""
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
     from uniter_tf.export.pair_signatures import pair_example_inputs
 
-    requests = pair_example_inputs(feature_dim) if image_pair else example_inputs(feature_dim)
+    from uniter_tf.export.choice_signatures import choice_example_inputs
+
+    requests = (pair_example_inputs(feature_dim) if image_pair
+                else choice_example_inputs(feature_dim, num_choices) if num_choices else example_inputs(feature_dim))
     with tf.io.TFRecordWriter(path) as writer:
         for signature_name, inputs in requests.items():
             request = predict_pb2.PredictRequest()

@@ -36,6 +36,7 @@ restoring as the official ``init_type_embedding()`` / ``init_word_embedding(81)`
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from typing import Any, Dict, Mapping, Optional, Sequence
@@ -47,7 +48,7 @@ import tensorflow as tf
 from uniter_tf.data import schema
 from uniter_tf.data.readers.vcr import NUM_CHOICES, annot_sort_key
 from uniter_tf.models.official_init import VCR_NUM_SPECIAL_TOKENS, VCR_TYPE_ROWS
-from uniter_tf.models.task import EXAMPLE_ID_KEY, DownstreamTask, register_task
+from uniter_tf.models.task import EXAMPLE_ID_KEY, DownstreamTask, ExportOutputs, register_task
 from uniter_tf.models.vcr import VcrHead, vcr_loss
 from uniter_tf.tokenization import ANSWER_TYPE_ID, QUESTION_TYPE_ID, RATIONALE_TYPE_ID, pack_segments
 
@@ -358,6 +359,29 @@ def grow_backbone_for_vcr(source_backbone, target_backbone, seed: Optional[int] 
         variable.assign(value.astype(np.dtype(variable.dtype)))
 
 
+# ------------------------------------------------------------------------------------------------ export
+@dataclasses.dataclass(frozen=True)
+class MultipleChoiceOutputs(ExportOutputs):
+    """The export declaration of a multiple-choice task over text segments (VCR).
+
+    The exporter (``uniter_tf.export.choice_signatures``) then offers signatures that take the question,
+    the ``num_choices`` answers (and rationales) as separate string inputs plus the regions, build the
+    rows in-graph with ``segment_types`` and answer per-choice scores (the head's class-1 logit) and the
+    chosen index (``answer_scores`` / ``chosen_answer``, ``rationale_scores`` / ``chosen_rationale``).
+
+    Attributes:
+        multiple_choice: marks the declaration for the exporter (always True).
+        num_choices: choices per question (4).
+        segment_types: token types of question, answer, rationale (0, 2, 3).
+        num_reference_ids: object-reference word ids after the WordPiece vocabulary (81).
+    """
+
+    multiple_choice: bool = True
+    num_choices: int = NUM_CHOICES
+    segment_types: tuple = QAR_TYPES
+    num_reference_ids: int = VCR_NUM_SPECIAL_TOKENS
+
+
 # -------------------------------------------------------------------------------------------------- task
 @register_task("vcr")  # a literal: tests read the registered names from the source
 class VcrTask(DownstreamTask):
@@ -398,6 +422,11 @@ class VcrTask(DownstreamTask):
 
     def build_head(self, hidden_size: int) -> keras.layers.Layer:
         return VcrHead(hidden_size=hidden_size, name="vcr_output")
+
+    def export_outputs(self) -> ExportOutputs:
+        # Rows are scored one by one; the signatures rank the choices (uniter_tf/export/choice_signatures.py).
+        return MultipleChoiceOutputs(name=self.name, activation="softmax", logits_output="row_logits",
+                                     labels_output="choice_labels", scores_output="choice_scores")
 
     def targets_from_features(self, features: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         missing = [key for key in self.label_keys if key not in features]

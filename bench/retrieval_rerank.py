@@ -55,6 +55,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--captions-per-image", type=int, default=0,
                         help="Keep only each image's first N captions as queries (0: all): bounds the full "
                              "cross-encoder's n_text x n_image passes on a large gallery.")
+    parser.add_argument("--max-queries", type=int, default=0,
+                        help="Only N evenly spaced queries (after --captions-per-image; 0: all); the gallery stays "
+                             "every image of --eval-files.")
     parser.add_argument("--synthetic-num", type=int, default=1_000_000)
     parser.add_argument("--output-json", default=None)
     parser.add_argument("--plot", default=None)
@@ -78,6 +81,12 @@ def main(argv=None) -> dict:
             seen[image] = seen.get(image, 0) + 1
             if seen[image] <= args.captions_per_image:
                 keep.append(row)
+    else:
+        keep = list(range(len(gallery.text_ids)))
+    if args.max_queries and args.max_queries < len(keep):
+        # Evenly spaced, so every caption kind (the sample data's three templates) stays represented.
+        keep = [keep[int(i)] for i in np.linspace(0, len(keep) - 1, args.max_queries)]
+    if len(keep) < len(gallery.text_ids):
         for name in ("text_ids", "texts", "word_ids", "text_parts"):
             setattr(gallery, name, [getattr(gallery, name)[row] for row in keep])
         gallery.text_to_image = gallery.text_to_image[keep]
@@ -125,24 +134,35 @@ def main(argv=None) -> dict:
                                  "ms_per_query": round(1e3 * seconds, 2), "candidate_recall": ceiling,
                                  "fewer_passes_than_full": round(n_image / k, 1)})
 
-    # One query against a synthetic index of --synthetic-num 256-d unit vectors.
+    # One query against a synthetic index of --synthetic-num 256-d unit vectors (clustered, as
+    # bench/retrieval_index_synthetic.py), with each backend of uniter_tf.retrieval.index.
     if args.synthetic_num:
-        rng = np.random.default_rng(0)
-        vectors = rng.standard_normal((args.synthetic_num, 256), dtype=np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        start = time.perf_counter()
-        big = EmbeddingIndex([str(i) for i in range(args.synthetic_num)], vectors, "synthetic")
-        built = time.perf_counter() - start
-        del vectors
-        times = []
-        for query in big.embeddings[rng.integers(0, args.synthetic_num, 20)]:
+        from retrieval_index_synthetic import synthetic_embeddings  # bench/ is on sys.path (the script's folder)
+
+        vectors = synthetic_embeddings(args.synthetic_num, 256, 2000, 0)
+        rng = np.random.default_rng(1)
+        queries = vectors[rng.integers(0, args.synthetic_num, 20)]
+        queries = queries + 0.3 * rng.standard_normal(queries.shape, dtype=np.float32) / 16.0
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        ids = [str(i) for i in range(args.synthetic_num)]
+        result["synthetic_index"] = {"vectors": args.synthetic_num, "dim": 256}
+        found = {}
+        for backend in ("exact", "ivf"):
             start = time.perf_counter()
-            big.search(query, 10)
-            times.append(time.perf_counter() - start)
-        result["synthetic_index"] = {"vectors": args.synthetic_num, "dim": 256, "build_s": round(built, 2),
-                                     "query_ms_median": round(1e3 * float(np.median(times)), 2),
-                                     "query_ms_max": round(1e3 * float(np.max(times)), 2)}
-        del big
+            big = EmbeddingIndex(ids, vectors, "synthetic", backend=backend)
+            built = time.perf_counter() - start
+            times, found[backend] = [], []
+            for query in queries:
+                start = time.perf_counter()
+                found[backend].append(big.search(query, 10)[1][0])
+                times.append(time.perf_counter() - start)
+            result["synthetic_index"][backend] = {"build_s": round(built, 2),
+                                                  "query_ms_median": round(1e3 * float(np.median(times)), 2),
+                                                  "query_ms_max": round(1e3 * float(np.max(times)), 2)}
+            del big
+        result["synthetic_index"]["ivf"]["recall_at_10_vs_exact"] = float(np.mean(
+                [len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(found["ivf"], found["exact"])]))
+        del vectors
 
     print(json.dumps(result, indent=1))
     if args.output_json:

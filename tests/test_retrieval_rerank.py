@@ -36,6 +36,30 @@ def test_index_round_trip_keeps_ids_embeddings_version_and_search_results(tmp_pa
     assert sorted(full_rows[0].tolist()) == list(range(50)) and np.all(np.diff(full_scores[0]) <= 0)
 
 
+def test_ivf_backend_round_trip_rebuilds_the_same_lists_and_finds_the_exact_neighbours(tmp_path):
+    rng = np.random.default_rng(3)
+    centres = unit_rows(8, 32, 4)
+    embeddings = centres[rng.integers(0, 8, 3000)] + 0.2 * rng.standard_normal((3000, 32)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    ids = [f"img{i}" for i in range(3000)]
+    index = EmbeddingIndex(ids, embeddings, "v1", backend="ivf", nlist=16, nprobe=4)
+    assert index.backend == "ivf" and index.centroids.shape == (16, 32)
+    assert EmbeddingIndex(ids[:10], embeddings[:10], "v1").backend == "exact"  # auto: small galleries stay exact
+    queries = embeddings[:20] + 0.05 * rng.standard_normal((20, 32)).astype(np.float32)
+    _, rows = index.search(queries, 10)
+    _, exact_rows = EmbeddingIndex(ids, embeddings, "v1", backend="exact").search(queries, 10)
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows.tolist(), exact_rows.tolist())])
+    assert overlap >= 0.9, overlap
+    index.save(str(tmp_path / "ivf"))
+    assert (tmp_path / "ivf" / "ivf_centroids.npy").exists()
+    loaded = EmbeddingIndex.load(str(tmp_path / "ivf"), expected_model_version="v1")
+    assert loaded.backend == "ivf" and loaded.nprobe == 4
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], rows)
+    # k larger than the probed lists hold: every list is probed, no -1 row comes back.
+    _, all_rows = loaded.search(queries[:1], 3000)
+    assert sorted(all_rows[0].tolist()) == list(range(3000))
+
+
 def test_loading_an_index_of_another_model_version_is_refused(tmp_path):
     EmbeddingIndex(["a", "b"], unit_rows(2, 4, 0), "version-a").save(str(tmp_path / "index"))
     with pytest.raises(IndexVersionError, match="version-a.*version-b"):

@@ -39,6 +39,8 @@ FIRST_STAGE_SUBDIR = "first_stage"
 CONFIG_FILE = "first_stage.json"
 WEIGHTS_PREFIX = "weights"
 FORMAT = "uniter-first-stage/1"
+#: ``mean``: the mean of the valid joint-sequence outputs; ``cls``: the backbone's pooled ``[CLS]`` output.
+POOLINGS = ("mean", "cls")
 
 
 @dataclasses.dataclass
@@ -183,7 +185,7 @@ class FirstStage:
     """
 
     def __init__(self, backbone, model_config, embedding_dim: int = 256, max_text_length: int = 60,
-                 max_regions: int = 100, seed: int = 0):
+                 max_regions: int = 100, seed: int = 0, pooling: str = "mean"):
         import keras
         import tensorflow as tf
 
@@ -192,6 +194,9 @@ class FirstStage:
         self.embedding_dim = int(embedding_dim)
         self.max_text_length = int(max_text_length)
         self.max_regions = int(max_regions)
+        if pooling not in POOLINGS:
+            raise ValueError(f"first stage pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
         hidden = model_config.hidden_size
         initializer = keras.initializers.TruncatedNormal(stddev=model_config.initializer_range, seed=seed)
         self.text_projection = keras.layers.Dense(self.embedding_dim, kernel_initializer=initializer,
@@ -219,8 +224,7 @@ class FirstStage:
                   # One all-zero region, masked out: the backbone's joint layout then holds the text only.
                   "region_features": tf.zeros([batch, 1, dim]), "region_positions": tf.zeros([batch, 1, 7]),
                   "region_mask": tf.zeros([batch, 1], tf.int32)}
-        pooled = tf.cast(self.backbone(inputs, training=training)["pooled_output"], tf.float32)
-        return tf.math.l2_normalize(self.text_projection(pooled), axis=-1)
+        return tf.math.l2_normalize(self.text_projection(self._pool(inputs, training)), axis=-1)
 
     def _image_embeddings(self, region_features, region_positions, region_mask, training=False):
         import tensorflow as tf
@@ -231,8 +235,18 @@ class FirstStage:
         inputs = {"token_ids": empty_caption, "text_mask": tf.ones_like(empty_caption),
                   "region_features": region_features, "region_positions": region_positions,
                   "region_mask": region_mask}
-        pooled = tf.cast(self.backbone(inputs, training=training)["pooled_output"], tf.float32)
-        return tf.math.l2_normalize(self.image_projection(pooled), axis=-1)
+        return tf.math.l2_normalize(self.image_projection(self._pool(inputs, training)), axis=-1)
+
+    def _pool(self, inputs, training):
+        import tensorflow as tf
+
+        outputs = self.backbone(inputs, training=training)
+        if self.pooling == "cls":
+            return tf.cast(outputs["pooled_output"], tf.float32)
+        # Mean of the valid positions of the joint sequence (words, or [CLS] [SEP] and the regions).
+        mask = tf.cast(outputs["joint_mask"], tf.float32)[:, :, None]
+        total = tf.reduce_sum(tf.cast(outputs["sequence_output"], tf.float32) * mask, axis=1)
+        return total / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
     # ------------------------------------------------------------------ numpy API
     def embed_word_ids(self, word_ids: Sequence[np.ndarray], batch_size: int = 128) -> np.ndarray:
@@ -309,7 +323,7 @@ def info_nce_loss(text_embeddings, image_embeddings, log_scale):
 
 
 def train_first_stage(run_dir: str, train_files, *, steps: int = 300, batch_size: int = 32,
-                      learning_rate: float = 2e-4, embedding_dim: int = 256, seed: int = 0,
+                      learning_rate: float = 2e-4, embedding_dim: int = 256, seed: int = 0, pooling: str = "mean",
                       output_dir: Optional[str] = None, log: Callable[[str], None] = print) -> FirstStage:
     """Trains the first stage of a retrieval (or any task) run on its training records and saves it.
 
@@ -321,6 +335,7 @@ def train_first_stage(run_dir: str, train_files, *, steps: int = 300, batch_size
         learning_rate: Adam's rate.
         embedding_dim: size of the embeddings.
         seed: sampling and projection initialisation seed.
+        pooling: ``mean`` or ``cls`` (:data:`POOLINGS`).
         output_dir: where to save (default ``run_dir/first_stage``).
         log: progress lines.
 
@@ -346,7 +361,7 @@ def train_first_stage(run_dir: str, train_files, *, steps: int = 300, batch_size
         raise ValueError(f"the training records {train_files} hold {gallery.num_images} image(s); InfoNCE needs >= 2")
     max_regions = max(feature.shape[0] for feature in gallery.region_features)
     stage = FirstStage(run.backbone, run.model_config, embedding_dim=embedding_dim, max_text_length=max_text_length,
-                       max_regions=max_regions, seed=seed)
+                       max_regions=max_regions, seed=seed, pooling=pooling)
     optimizer = keras.optimizers.Adam(learning_rate)
     variables = [variable for variable in stage.variables() if variable.trainable]
     captions_of = [[] for _ in range(gallery.num_images)]
@@ -384,6 +399,7 @@ def train_first_stage(run_dir: str, train_files, *, steps: int = 300, batch_size
             log(f"first stage: step {step}/{steps} InfoNCE {np.mean([h[0] for h in recent]):.3f} "
                 f"in-batch text->image accuracy {np.mean([h[1] for h in recent]):.3f} (batch {batch_size})")
     training = {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
+                "pooling": pooling,
                 "train_files": [str(pattern) for pattern in ([train_files] if isinstance(train_files, str)
                                                             else train_files)],
                 "final_loss": float(np.mean([h[0] for h in history[-20:]])),
@@ -404,7 +420,7 @@ def save_first_stage(stage: FirstStage, output_dir: str, *, source_run: Optional
     version = stage.model_version()
     description = {"format": FORMAT, "model_version": version, "model": stage.model_config.to_dict(),
                    "embedding_dim": stage.embedding_dim, "max_text_length": stage.max_text_length,
-                   "max_regions": stage.max_regions, "source_run": source_run, "training": training or {}}
+                   "max_regions": stage.max_regions, "pooling": stage.pooling, "source_run": source_run, "training": training or {}}
     with tf.io.gfile.GFile(os.path.join(output_dir, CONFIG_FILE), "w") as handle:
         handle.write(json.dumps(description, indent=1, sort_keys=True))
     return version
@@ -453,7 +469,8 @@ def load_first_stage(path: str) -> FirstStage:
     description = read_first_stage_description(path)
     config = UniterConfig.from_dict(description["model"], allow_unknown=True)
     stage = FirstStage(UniterBackbone(config), config, embedding_dim=description["embedding_dim"],
-                       max_text_length=description["max_text_length"], max_regions=description["max_regions"])
+                       max_text_length=description["max_text_length"], max_regions=description["max_regions"],
+                       pooling=description.get("pooling", "cls"))
     status = stage.checkpoint().read(os.path.join(first_stage_dir(path), WEIGHTS_PREFIX))
     status.assert_existing_objects_matched()
     version = stage.model_version()

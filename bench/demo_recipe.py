@@ -26,6 +26,12 @@ per stage the updates, the wall time and the load average, the held-out ``itm_ac
 and of the fine-tuned export, ``vqa_score``, ``vqa_baseline_score`` (question-only, same split), their
 difference and the per-question-type scores of model and baseline, and appends one JSON line per variant
 to ``<cache>/results.jsonl``. ``--pretrained NAME`` fine-tunes from an earlier variant's pretraining.
+
+Region feature standardisation (``UniterConfig.region_feature_standardization``, on in the recipe) is a model
+override like any other: ``--set model.region_feature_standardization=false`` measures the raw features. The
+pretraining run_fn computes its statistics from the caption training split when it starts from scratch; the
+fine-tuning restores them with the backbone, and the scores are the exported SavedModels', so the bench
+measures exactly what is served.
 """
 
 from __future__ import annotations

@@ -109,6 +109,10 @@ class UniterConfig:
         ot_beta: IPOT proximal step size.
         ot_iterations: IPOT outer iterations.
         ot_inner_iterations: IPOT inner (Sinkhorn) iterations ``k``.
+        region_feature_standardization: not in UNITER (default off: the official model, weight for
+            weight). On: the region embeddings standardise every feature channel with non-trainable
+            training-split statistics (``feature_mean`` / ``feature_scale`` weights, set when a pretraining
+            run starts from scratch; :mod:`uniter_tf.data.feature_stats`), kept in checkpoints and exports.
     """
 
     vocab_size: int = 28996
@@ -136,6 +140,7 @@ class UniterConfig:
     ot_beta: float = 0.5
     ot_iterations: int = 50
     ot_inner_iterations: int = 1
+    region_feature_standardization: bool = False
 
     def __post_init__(self):
         positive_ints = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -153,6 +158,9 @@ class UniterConfig:
         if self.type_vocab_size < 2:
             raise ValueError(f"UniterConfig.type_vocab_size must be >= 2 (regions use row 1), got "
                              f"{self.type_vocab_size}")
+        if not isinstance(self.region_feature_standardization, bool):
+            raise ValueError(f"UniterConfig.region_feature_standardization must be true or false, got "
+                             f"{self.region_feature_standardization!r}")
         if self.region_position_dim != 7:
             raise ValueError(f"UniterConfig.region_position_dim must be 7, got {self.region_position_dim}")
         for field_name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):

@@ -110,7 +110,7 @@ class UniterBackbone(keras.Model):
                 region_feature_dim=config.region_feature_dim, hidden_size=config.hidden_size,
                 region_position_dim=config.region_position_dim, initializer_range=config.initializer_range,
                 layer_norm_epsilon=config.layer_norm_epsilon, dropout_rate=config.hidden_dropout_prob,
-                name="region_embeddings", dtype=policy)
+                feature_standardization=config.region_feature_standardization, name="region_embeddings", dtype=policy)
         self.encoder_layers = [
                 UniterTransformerLayer(
                         hidden_size=config.hidden_size, num_attention_heads=config.num_attention_heads,

@@ -191,7 +191,7 @@ class UniterPretrainingModel(keras.Model):
         targets = batch.get("region_feature_targets")
         if targets is None:
             targets = batch["region_features"]
-        targets = tf.gather(tf.cast(targets, tf.float32), region_indices, batch_dims=1)
+        targets = tf.gather(self.backbone.region_embeddings.standardize(targets), region_indices, batch_dims=1)
         predicted = self.mrfr_head(hidden, self.backbone.region_projection_kernel)
         elementwise = losses.mrfr_elementwise_losses(predicted, targets)
         return {

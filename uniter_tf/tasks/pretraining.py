@@ -207,8 +207,16 @@ class PretrainingTask(Task):
                    log: Callable[[str], None] = print) -> None:
         from uniter_tf.training import checkpointing  # pylint: disable=import-outside-toplevel
 
-        checkpointing.initialize_backbone(model, init or self.params["init"],
-                                          init_path if init_path is not None else self.params["init_path"], log=log)
+        init = init or self.params["init"]
+        checkpointing.initialize_backbone(model, init, init_path if init_path is not None else self.params["init_path"],
+                                          log=log)
+        if init != "pretrained" and model.backbone.config.region_feature_standardization:
+            # A new model: the standardisation's statistics come from its training records, once; a pretrained
+            # backbone brings its own (non-trainable weights of the checkpoint).
+            from uniter_tf.data import feature_stats  # pylint: disable=import-outside-toplevel
+
+            files = list(self.train_files) + [pattern for entry in self.train_datasets for pattern in entry["files"]]
+            feature_stats.initialize_standardization(model.backbone, files, log=log)
 
     def checkpoint_items(self, model) -> Dict[str, Any]:
         """``{"model": {backbone.<path>, heads.<path>}}``, the pretraining layout of :mod:`uniter_tf.runs`."""

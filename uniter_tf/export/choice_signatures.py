@@ -61,14 +61,14 @@ class ChoiceServingGraph(ServingGraph):
         self.num_choices = int(declared.num_choices)
         self.question_type, self.answer_type, self.rationale_type = (int(value) for value in declared.segment_types)
         self.num_reference_ids = int(declared.num_reference_ids)
-        # The limit counts [CLS]/[SEP] of a one-text row; the segment budget is the task's max_text_length.
-        self.segment_budget = self.max_text_length - 2
+        # The limit counts [CLS]/[SEP] of a one-text row, so the segment budget is the task's max_text_length
+        # (as its evaluation trims); a model with fewer positions than [CLS] q [SEP] a [SEP] r [SEP] needs
+        # cuts the segments to what it can read.
+        positions = int(backbone.config.max_position_embeddings)
+        self.segment_budget = min(int(options.max_text_length) - 2, positions - 4)
         if self.segment_budget < 3:
-            raise ValueError(f"task {task.name!r}: max_text_length {self.max_text_length} cannot hold 3 segments")
-        self.longest_row = self.segment_budget + 4  # [CLS] q [SEP] a [SEP] r [SEP]
-        if self.longest_row > int(backbone.config.max_position_embeddings):
-            raise ValueError(f"task {task.name!r}: rows of {self.longest_row} tokens exceed the model's "
-                             f"{backbone.config.max_position_embeddings} positions")
+            raise ValueError(f"task {task.name!r}: max_text_length {options.max_text_length} cannot hold 3 segments")
+        self.longest_row = self.segment_budget + 4
         vocab = self.tokenizer.vocab_size
         if vocab + self.num_reference_ids > int(backbone.config.vocab_size):
             raise ValueError(f"task {task.name!r}: the model's word table ({backbone.config.vocab_size}) has no "
@@ -203,9 +203,9 @@ class ChoiceServingGraph(ServingGraph):
         """Ids with references mapped, as one ``[CLS] text [SEP]`` row (type of a question)."""
         from uniter_tf.tokenization import pack_segments
 
-        ids = self._segments(tf.reshape(text, [-1]), "text")
-        token_ids, _ = pack_segments([ids], (self.question_type,), self.tokenizer.cls_id, self.tokenizer.sep_id,
-                                     self.segment_budget)
+        # One segment: a plain cut (tensorflow-text's trimmer fails to trace a single segment of unknown shape).
+        ids = self._segments(tf.reshape(text, [-1]), "text")[:, :self.segment_budget]
+        token_ids, _ = pack_segments([ids], (self.question_type,), self.tokenizer.cls_id, self.tokenizer.sep_id)
         text_mask = tf.ones_like(token_ids).to_tensor(0)
         token_ids = token_ids.to_tensor(self.tokenizer.pad_id)
         vocab = self.tokenizer.vocab_size

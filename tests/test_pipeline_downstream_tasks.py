@@ -250,3 +250,111 @@ def test_task_metrics_name_a_record_without_its_target_and_an_empty_split():
         evaluate_task(scorer, "refcoco", [_record("v0", schema.TASK_SNLI_VE, label=1)])
     with pytest.raises(ValueError, match="no task metric for 'vcr'"):
         evaluate_task(scorer, "vcr", [])
+
+
+def _read_records(pattern):
+    from uniter_tf.evaluation import iter_serialized_records
+
+    return list(iter_serialized_records(sorted(glob.glob(pattern))))
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_refcoco_pipeline_trains_gates_on_its_accuracy_and_pushes_only_when_blessed(tmp_path):
+    """The whole pipeline with ``finetune_task="refcoco"`` (rendered scenes, their RefCOCO annotations in the
+    official refs / instances form, the toy detector pooled over the ground-truth boxes, the tiny model
+    fine-tuned from scratch), run twice: a gate of ``refcoco_accuracy >= 0.5`` (random region ~0.37) blesses
+    and pushes; the same model against an impossible 1.01 is refused and nothing more is pushed. The gate's
+    accuracy equals the one recomputed from the pushed SavedModel's own ``chosen_region`` with the task
+    model's IoU."""
+    from tfx import v1 as tfx
+
+    from components.uniter_example_gen import schema as schema_lib
+    from pipeline import configs
+    from pipeline import definition as pipeline_lib
+    from pipeline import local_runner
+    from uniter_tf.data import sample_data, schema
+    from uniter_tf.data.sample_refcoco_records import write_annotations
+    from uniter_tf.extraction import toy_detector
+    from uniter_tf.models.refcoco_task import inclusive_iou
+
+    data_root = str(tmp_path / "data")
+    sample_data.generate(data_root, sample_data.SampleDataConfig(num_images=80, seed=0))
+    annotations = write_annotations(data_root, data_root)  # refs.json + instances.json beside the images
+    with open(annotations["refs"], encoding="utf-8") as handle:
+        num_sentences = sum(len(ref["sentences"]) for ref in json.load(handle))
+    detector = toy_detector.write_toy_detector(str(tmp_path / "detector"))
+    settings = dict(feature_dim=toy_detector.FEATURE_DIM, num_soft_labels=toy_detector.NUM_CLASSES, min_regions=1,
+                    max_regions=5)
+    schema_dir = tmp_path / "schema"
+    schema_dir.mkdir()
+    data = configs.DataConfig(
+            data_root=data_root, ground_truth_boxes=True, detector_path=detector,
+            num_detector_classes=toy_detector.NUM_CLASSES, min_boxes=1, max_boxes=5,
+            caption_schema_file=schema_lib.write_schema(str(schema_dir / "captions.pbtxt"), kind="captions",
+                                                        **settings),
+            task_schema_file=schema_lib.write_schema(str(schema_dir / "refcoco.pbtxt"), kind="refcoco", **settings))
+    training = configs.TrainingConfig(
+            finetune_task="refcoco", include_pretraining=False, finetune_steps=120, eval_steps=2, batch_size=32,
+            model_overrides={**configs.MODEL_OVERRIDES, "region_feature_dim": toy_detector.FEATURE_DIM,
+                             "num_soft_labels": toy_detector.NUM_CLASSES},
+            finetune_config={"learning_rate": 1e-3, "warmup_steps": 20, "dropout": 0.0, "init": "scratch",
+                             "seed": 24, "valid_steps": 120, "log_every": 40})
+    serving_dir = str(tmp_path / "serving")
+    metadata_path = str(tmp_path / "metadata.sqlite")
+    root = str(tmp_path / "root")
+
+    def run(lower_bound):
+        pipeline = pipeline_lib.create_pipeline(
+                pipeline_name="uniter-refcoco", pipeline_root=root, data=data, training=training,
+                serving_model_dir=serving_dir,
+                gate=configs.GateConfig(lower_bounds={"refcoco_accuracy": lower_bound}, max_regression={}),
+                beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
+                metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+                        metadata_path))
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+        reports = sorted(glob.glob(os.path.join(root, "UniterEvaluator", "evaluation", "*", "metrics.json")),
+                         key=lambda path: int(path.split(os.sep)[-2]))
+        with open(reports[-1], encoding="utf-8") as handle:
+            return local_runner.node_states(metadata_path, "uniter-refcoco"), json.load(handle)
+
+    states, report = run(0.5)
+    assert states["RefcocoExampleGen"] == ["COMPLETE"] and "VqaExampleGen" not in states
+    # Every expression of the annotations arrives (no dead letter), split by image as the captions.
+    examples_dir = glob.glob(os.path.join(root, "RefcocoExampleGen", "examples", "*"))[0]
+    train = _read_records(os.path.join(examples_dir, "Split-train", "*"))
+    held_out = _read_records(os.path.join(examples_dir, "Split-eval", "*"))
+    assert len(train) + len(held_out) == num_sentences and len(held_out) >= 40
+    # Random-region baseline of the held-out expressions: the share of an image's regions that match.
+    random_region = float(np.mean([np.mean(inclusive_iou(
+            schema.decode_example(record)[schema.REGION_BOXES],
+            schema.decode_example(record)[schema.TARGET_BOX][None]).numpy() > 0.5) for record in held_out]))
+    assert not glob.glob(os.path.join(examples_dir, "dead_letters", "*.jsonl")) or all(
+            os.path.getsize(path) == 0 for path in glob.glob(os.path.join(examples_dir, "dead_letters", "*.jsonl")))
+    metrics = report["metrics"]
+    print("refcoco gate metrics:", {key: metrics[key] for key in sorted(metrics) if "refcoco" in key},
+          "random region:", random_region)
+    assert report["task"] == "refcoco" and report["blessed"], report["message"]
+    assert metrics["num_refcoco_examples"] == len(held_out)
+    assert metrics["refcoco_accuracy"] >= max(0.5, random_region + 0.2)
+    versions = [entry for entry in os.listdir(serving_dir) if entry.isdigit()]
+    assert len(versions) == 1
+
+    # The gate's figure, recomputed from the pushed model's own choice and the task model's IoU.
+    loaded = __import__("tensorflow").saved_model.load(os.path.join(serving_dir, versions[0]))
+    outputs = loaded.signatures["serve_examples"](examples=__import__("tensorflow").constant(held_out))
+    chosen = outputs["chosen_region"].numpy()
+    correct = []
+    for record, region in zip(held_out, chosen):
+        decoded = schema.decode_example(record)
+        assert region < decoded[schema.NUM_REGIONS]
+        iou = inclusive_iou(decoded[schema.REGION_BOXES][region][None], decoded[schema.TARGET_BOX][None]).numpy()[0]
+        correct.append(iou > 0.5)
+    assert float(np.mean(correct)) == pytest.approx(metrics["refcoco_accuracy"], abs=1e-9)
+
+    # An impossible threshold: the cached model is evaluated again, refused, and nothing more is pushed.
+    states, report = run(1.01)
+    assert states["FinetuneTrainer"][-1] == "CACHED" and states["UniterEvaluator"][-1] == "COMPLETE"
+    assert not report["blessed"] and any("refcoco_accuracy" in check for check in report["failed_checks"])
+    assert report["metrics"]["refcoco_accuracy"] == pytest.approx(metrics["refcoco_accuracy"])
+    assert [entry for entry in os.listdir(serving_dir) if entry.isdigit()] == versions

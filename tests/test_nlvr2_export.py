@@ -22,7 +22,7 @@ OPTIONS = ExportOptions(max_text_length=20, text_buckets=(8, 20), region_buckets
 STATEMENTS = ["The left image has more shapes than the right image.", "two circles"]
 
 
-def _graph(variant, seed=3):
+def _graph(variant, seed=3, options=OPTIONS):
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -36,9 +36,9 @@ def _graph(variant, seed=3):
     hook = TaskHeadExport.from_task(task, model.head, top_k=2)
     labels = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
             tf.constant([0, 1], tf.int64), tf.constant(list(NLVR2_LABELS))), default_value="")
-    preprocessor = UniterPreprocessor(sequence_length=OPTIONS.max_text_length,
-                                      bucket_boundaries=list(OPTIONS.text_buckets))
-    graph = PairServingGraph(model.backbone, None, preprocessor, OPTIONS, task=hook, label_table=labels)
+    preprocessor = UniterPreprocessor(sequence_length=options.max_text_length,
+                                      bucket_boundaries=list(options.text_buckets))
+    graph = PairServingGraph(model.backbone, None, preprocessor, options, task=hook, label_table=labels)
     return model, graph, preprocessor
 
 
@@ -102,6 +102,19 @@ def test_pair_signature_equals_the_in_process_model(variant):
             _positions(request["region_boxes"], 480, 640), request["num_regions"], request["region_features_2"],
             _positions(request["region_boxes_2"], 480, 640), request["num_regions_2"])
     np.testing.assert_allclose(positions["task_logits"].numpy(), expected, atol=2e-5)
+
+
+def test_xla_compiled_pair_graph_pads_the_batch_and_keeps_the_numbers():
+    import dataclasses
+
+    model, graph, preprocessor = _graph("triplet", options=dataclasses.replace(OPTIONS, jit_compile=True))
+    # Three examples: the compiled function sees the batch padded to 4 (all-padding rows, cut off again).
+    request = _request(model.backbone.config.region_feature_dim, counts=((3, 5), (6, 2), (1, 1)))
+    request["text"] = np.array([b"two circles", b"a red square", b"more shapes"], dtype=object)
+    outputs = graph.serving_default(**{name: tf.constant(value) for name, value in request.items()})
+    assert outputs["task_logits"].shape == (3, 2)
+    np.testing.assert_allclose(outputs["task_logits"].numpy(), _in_process_logits(model, preprocessor, request),
+                               atol=2e-5)
 
 
 def test_paired_attention_variant_and_swapped_images_change_the_answer():

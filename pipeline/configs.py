@@ -159,6 +159,8 @@ class DownstreamTaskData:
         node_prefix: prefix of the task's data node ids (``VqaExampleGen``, ``VeExampleGen``, ...).
         lower_bounds: the gate's value thresholds when none are configured for this task.
         max_regression: the gate's change thresholds when none are configured.
+        learning_rate: the embedded run's fine-tuning rate for the task (None: the VQA recipe's); the rate of
+            the task's tiny config (``configs/finetune_<task>_tiny.json``), which learns it on the sample data.
     """
 
     name: str
@@ -171,6 +173,7 @@ class DownstreamTaskData:
     node_prefix: str
     lower_bounds: Mapping[str, float]
     max_regression: Mapping[str, float]
+    learning_rate: Optional[float] = None
 
 
 _PIPELINE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -188,18 +191,19 @@ FINETUNE_TASKS: Dict[str, DownstreamTaskData] = {
                 name="ve", annotation_format="snli_ve", annotations=("snli_ve_train.jsonl", "snli_ve_dev.jsonl"),
                 annotations2=(), image_key_mode="numeric", schema_kind="ve",
                 schema_file=os.path.join(_PIPELINE_DIR, "ve_schema.pbtxt"), node_prefix="Ve",
-                lower_bounds={"ve_accuracy": 0.5}, max_regression={"ve_accuracy": 0.05}),
+                lower_bounds={"ve_accuracy": 0.5}, max_regression={"ve_accuracy": 0.05}, learning_rate=5e-4),
         "nlvr2": DownstreamTaskData(
                 # NLVR2 image names (``train-12-3-img0``) end in the pair index, so the join is by whole name.
                 name="nlvr2", annotation_format="nlvr2", annotations=("train.json", "dev.json"), annotations2=(),
                 image_key_mode="name", schema_kind="nlvr2",
                 schema_file=os.path.join(_PIPELINE_DIR, "nlvr2_schema.pbtxt"), node_prefix="Nlvr2",
-                lower_bounds={"nlvr2_accuracy": 0.6}, max_regression={"nlvr2_accuracy": 0.05}),
+                lower_bounds={"nlvr2_accuracy": 0.6}, max_regression={"nlvr2_accuracy": 0.05}, learning_rate=1e-3),
         "refcoco": DownstreamTaskData(
                 name="refcoco", annotation_format="refcoco", annotations=("refs.json",),
                 annotations2=("instances.json",), image_key_mode="numeric", schema_kind="refcoco",
                 schema_file=os.path.join(_PIPELINE_DIR, "refcoco_schema.pbtxt"), node_prefix="Refcoco",
-                lower_bounds={"refcoco_accuracy": 0.5}, max_regression={"refcoco_accuracy": 0.05}),
+                lower_bounds={"refcoco_accuracy": 0.5}, max_regression={"refcoco_accuracy": 0.05},
+                learning_rate=1e-3),
 }
 
 
@@ -346,7 +350,9 @@ def training_config_from_env(**changes: Any) -> TrainingConfig:
     """The embedded recipe of both Trainers (the ``UNITER_*`` values above).
 
     With another fine-tuning task than VQA (``UNITER_FINETUNE_TASK`` or ``finetune_task=``), the VQA recipe's
-    ``task_config`` (ITM rehearsal, the VQA head's rate) is replaced by :data:`FINETUNE_TASK_CONFIG`.
+    ``task_config`` (ITM rehearsal, the VQA head's rate) is replaced by :data:`FINETUNE_TASK_CONFIG`, and its
+    slow backbone rate (made for a x100 VQA head) by the task's ``learning_rate`` unless
+    ``UNITER_FINETUNE_CONFIG`` is set.
     """
     values: Dict[str, Any] = dict(
             model_preset=MODEL_PRESET, model_overrides=dict(MODEL_OVERRIDES), pretrain_steps=PRETRAIN_TRAIN_STEPS,
@@ -357,6 +363,9 @@ def training_config_from_env(**changes: Any) -> TrainingConfig:
         finetune_config = {key: value for key, value in values["finetune_config"].items() if key != "task_config"}
         if FINETUNE_TASK_CONFIG:
             finetune_config["task_config"] = dict(FINETUNE_TASK_CONFIG)
+        task_rate = finetune_task_data(values["finetune_task"]).learning_rate
+        if task_rate is not None and "UNITER_FINETUNE_CONFIG" not in os.environ:
+            finetune_config["learning_rate"] = task_rate
         values["finetune_config"] = finetune_config
     return TrainingConfig(**values)
 

@@ -50,6 +50,18 @@ def ensure_sample_data(data_root: str, num_images: int = SAMPLE_NUM_IMAGES, seed
     return data_root
 
 
+def ensure_task_annotations(data_root: str, task: str) -> None:
+    """Writes the sample scenes' RefCOCO annotations (``refs.json``, ``instances.json``, the official forms)
+    into ``data_root`` when the fine-tuning task is ``refcoco`` and they are absent. The sample data already
+    holds SNLI-VE's ``snli_ve_*.jsonl``; NLVR2 needs image pairs of its own (``uniter_tf.data.sample_nlvr2``)
+    and a data root prepared for it."""
+    if task != "refcoco" or os.path.exists(os.path.join(data_root, "refs.json")):
+        return
+    from uniter_tf.data.sample_refcoco_records import write_annotations  # pylint: disable=import-outside-toplevel
+
+    write_annotations(data_root, data_root)
+
+
 def node_states(metadata_path: str, pipeline_name: str) -> Dict[str, List[str]]:
     """Per pipeline node, the states of its executions in ML Metadata, oldest first.
 
@@ -77,6 +89,7 @@ def node_states(metadata_path: str, pipeline_name: str) -> Dict[str, List[str]]:
 def build_local_pipeline(enable_cache: bool = True, include_pretraining: bool = True) -> tfx.dsl.Pipeline:
     """The pipeline with the embedded local settings (SQLite MLMD under the pipeline root)."""
     ensure_sample_data(configs.SAMPLE_DATA_DIR)
+    ensure_task_annotations(configs.SAMPLE_DATA_DIR, configs.FINETUNE_TASK)
     os.makedirs(os.path.dirname(configs.METADATA_PATH), exist_ok=True)
     return pipeline_lib.create_pipeline(
             pipeline_name=configs.PIPELINE_NAME,

@@ -118,7 +118,8 @@ def test_environment_selects_the_task_its_gate_and_drops_the_vqa_recipe_task_con
     assert task == "refcoco" and task_config == {"mlp": 2} and lower_bounds == {"refcoco_accuracy": 0.5}
     from pipeline import configs
 
-    assert learning_rate == configs.FINETUNE_CONFIG["learning_rate"]
+    # The VQA recipe's slow backbone rate (made for its x100 head) gives way to the task's own.
+    assert learning_rate == configs.FINETUNE_TASKS["refcoco"].learning_rate == 1e-3
     # An unknown task in the environment is an error naming it.
     environment["UNITER_FINETUNE_TASK"] = "gqa"
     failed = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True,

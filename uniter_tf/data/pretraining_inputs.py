@@ -184,6 +184,32 @@ def _decode_for_pretraining(serialized, feature_dim: int, num_soft_labels: Optio
     }
 
 
+#: TF's graph-level seed when no global seed is set (``random_seed.DEFAULT_GRAPH_SEED``).
+_DEFAULT_GRAPH_SEED = 87654321
+_MAX_INT32 = 2 ** 31 - 1
+
+
+def _shuffle(dataset: tf.data.Dataset, buffer_size, seed: tf.Tensor) -> tf.data.Dataset:
+    """``dataset.shuffle(buffer_size, seed=seed)`` with a per-epoch *tensor* seed, under any global seed.
+
+    ``Dataset.shuffle`` pairs the op seed with the graph-level seed in ``random_seed.get_seed``, which then
+    checks the pair against ``(0, 0)`` in Python. With a global seed of 0 (``keras.utils.set_random_seed(0)``,
+    what the Trainer does for ``trainer.seed = 0``) that check evaluates ``tensor == 0`` as a Python bool and
+    tracing fails ("Using a symbolic tf.Tensor as a Python bool"). Only in that case the traced function's
+    graph-level seed is TF's default one for the duration of the call (as if no global seed were set); every
+    other global seed keeps its pair, so the streams of all other seeds are unchanged.
+    """
+    graph = tf.compat.v1.get_default_graph()
+    if tf.executing_eagerly() or graph.seed is None or graph.seed % _MAX_INT32 != 0:
+        return dataset.shuffle(buffer_size, seed=seed)
+    saved = graph.seed
+    graph.seed = _DEFAULT_GRAPH_SEED
+    try:
+        return dataset.shuffle(buffer_size, seed=seed)
+    finally:
+        graph.seed = saved
+
+
 def _records_of_epoch(files, epoch, seed: int, options: PretrainingInputConfig, input_context):
     """Decoded, length-filtered and (per-epoch seeded) shuffled examples of one epoch of this shard."""
     file_dataset = tf.data.Dataset.from_tensor_slices(files)
@@ -194,7 +220,7 @@ def _records_of_epoch(files, epoch, seed: int, options: PretrainingInputConfig, 
         file_dataset = file_dataset.shard(num_pipelines, pipeline_id)
     epoch_seed = tf.cast(epoch, tf.int64) * 7919 + seed
     if options.shuffle_buffer:
-        file_dataset = file_dataset.shuffle(len(files), seed=epoch_seed)
+        file_dataset = _shuffle(file_dataset, len(files), epoch_seed)
     records = file_dataset.interleave(
             lambda path: tf.data.TFRecordDataset(path, compression_type=options.compression),
             cycle_length=min(4, len(files)), block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
@@ -202,7 +228,7 @@ def _records_of_epoch(files, epoch, seed: int, options: PretrainingInputConfig, 
     if num_pipelines > 1 and not shard_files:
         records = records.shard(num_pipelines, pipeline_id)
     if options.shuffle_buffer:
-        records = records.shuffle(options.shuffle_buffer, seed=epoch_seed + 1)
+        records = _shuffle(records, options.shuffle_buffer, epoch_seed + 1)
     return records
 
 
@@ -305,7 +331,7 @@ def _distinct_images(files, seed: int, options: PretrainingInputConfig, input_co
                 lambda serialized: _image_part(_decode_for_pretraining(serialized, feature_dim, None)),
                 num_parallel_calls=parallel, deterministic=True)
         if options.shuffle_buffer:
-            images = images.shuffle(options.itm_negative_pool_size, seed=tf.cast(epoch, tf.int64) * 7919 + seed + 2)
+            images = _shuffle(images, options.itm_negative_pool_size, tf.cast(epoch, tf.int64) * 7919 + seed + 2)
         return images
 
     return tf.data.Dataset.counter().flat_map(image_epoch)

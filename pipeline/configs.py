@@ -66,14 +66,20 @@ PRETRAIN_TRAIN_STEPS = _env_int("PRETRAIN_TRAIN_STEPS", 3000)
 FINETUNE_TRAIN_STEPS = _env_int("FINETUNE_TRAIN_STEPS", 800)
 EVAL_STEPS = _env_int("EVAL_STEPS", 20)
 BATCH_SIZE = _env_int("BATCH_SIZE", 16)
-#: More ``custom_config`` of the pretraining Trainer (:class:`uniter_tf.training.pretrain_config.PretrainConfig`).
+#: More ``custom_config`` of the pretraining Trainer: flat keys of an ExperimentConfig, which
+#: ``pipeline/pretrain_module.py`` sorts into its sections: ``task`` (``inputs``, ``task_ratios``, ...),
+#: ``trainer`` (TrainerConfig fields: ``learning_rate``, ``warmup_steps``, ``eval_every``, ``seed``, ...) and
+#: ``runtime`` (``strategy``, ...); an unknown key is refused by name.
 PRETRAIN_CONFIG: Dict[str, Any] = json.loads(_env("PRETRAIN_CONFIG", json.dumps({
         "learning_rate": 0.003, "warmup_steps": 50, "weight_decay": 0.01, "grad_norm": 5.0,
         "task_ratios": {"itm": 3, "mlm": 1},
         "inputs": {"max_text_length": 30, "text_bucket_boundaries": [32], "region_bucket_boundaries": [16],
                    "shuffle_buffer": 256, "itm_negative_pool_size": 32},
         "eval_every": 0, "seed": 42})))
-#: More ``custom_config`` of the fine-tuning Trainer (:class:`uniter_tf.training.finetune.FinetuneConfig`).
+#: More ``custom_config`` of the fine-tuning Trainer: flat ExperimentConfig keys, sorted into sections by
+#: ``pipeline/finetune_module.py``: ``task`` (``task_config`` passed through, ``dropout``, ``max_text_length``,
+#: ``eval_batch_size``, ...), ``trainer`` (``learning_rate``, ``seed``, ...; ``valid_steps`` is
+#: ``trainer.eval_every`` and ``checkpoint_every``) and ``runtime``.
 #: A slow backbone (lr 3e-5) and a fast VQA head (x100 = 3e-3), with ITM rehearsal: one ITM update on the
 #: pretraining captions per two VQA updates (``itm_rehearsal_ratio``), so the exported ITM head is trained
 #: with the backbone instead of riding along untouched. Measured after 3000 pretraining updates (held-out,
@@ -132,6 +138,17 @@ VQA_SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vqa_
 #: ``build_schema`` arguments of the checked-in schemas.
 CURATED_SCHEMA_SETTINGS: Dict[str, Any] = {"feature_dim": 576 + 1280, "num_soft_labels": 91, "min_regions": 1,
                                            "max_regions": 16, "max_text_tokens": 60}
+
+#: The extraction and the data contracts of :func:`data_config_from_env` (what the TFX CLI's run reads, as
+#: it takes its settings from the environment only): the detector SavedModel (empty: the default
+#: SSD-MobileNet-v2) with its classes incl. background, the UNITER box rule, and the curated schema files
+#: (a detector of another width needs schemas of that width, ``build_schema``).
+DETECTOR_PATH: Optional[str] = _env("DETECTOR_PATH", "") or None
+NUM_DETECTOR_CLASSES = _env_int("NUM_DETECTOR_CLASSES", 91)
+MIN_BOXES = _env_int("MIN_BOXES", 4)
+MAX_BOXES = _env_int("MAX_BOXES", 16)
+CAPTION_SCHEMA_PATH = _env("CAPTION_SCHEMA_FILE", CAPTION_SCHEMA_FILE)
+VQA_SCHEMA_PATH = _env("VQA_SCHEMA_FILE", VQA_SCHEMA_FILE)
 
 
 #: The fine-tuning task of the embedded run (``vqa``, ``ve``, ``nlvr2`` or ``refcoco``;
@@ -279,8 +296,10 @@ class TrainingConfig:
         finetune_steps: fine-tuning updates.
         eval_steps: validation batches of each trainer.
         batch_size: examples per training batch.
-        pretrain_config: more ``custom_config`` of the pretraining run_fn (PretrainConfig fields).
-        finetune_config: more ``custom_config`` of the fine-tuning run_fn (FinetuneConfig fields).
+        pretrain_config: more ``custom_config`` of the pretraining run_fn (flat ExperimentConfig keys of
+            the task / trainer / runtime sections; ``pipeline/pretrain_module.py``).
+        finetune_config: more ``custom_config`` of the fine-tuning run_fn (flat ExperimentConfig keys;
+            ``pipeline/finetune_module.py``).
         include_pretraining: False leaves out the pretraining Trainer (fine-tuning starts from a random
             backbone).
         enabled: False stops after the data components and the data gate (a data-only run).
@@ -342,8 +361,16 @@ class RunnerConfig:
 
 
 def data_config_from_env(data_root: Optional[str] = None, **changes: Any) -> DataConfig:
-    """The embedded data settings (sample data, ground-truth boxes per ``UNITER_GROUND_TRUTH_BOXES``)."""
-    return DataConfig(data_root=data_root or SAMPLE_DATA_DIR, ground_truth_boxes=GROUND_TRUTH_BOXES, **changes)
+    """The embedded data settings: sample data, ground-truth boxes per ``UNITER_GROUND_TRUTH_BOXES``, the
+    detector, box rule and schema files per ``UNITER_DETECTOR_PATH``, ``UNITER_NUM_DETECTOR_CLASSES``,
+    ``UNITER_MIN_BOXES`` / ``UNITER_MAX_BOXES``, ``UNITER_CAPTION_SCHEMA_FILE`` / ``UNITER_VQA_SCHEMA_FILE``;
+    ``changes`` replace any of them."""
+    values: Dict[str, Any] = dict(
+            ground_truth_boxes=GROUND_TRUTH_BOXES, detector_path=DETECTOR_PATH, num_detector_classes=NUM_DETECTOR_CLASSES,
+            min_boxes=MIN_BOXES, max_boxes=MAX_BOXES, caption_schema_file=CAPTION_SCHEMA_PATH,
+            vqa_schema_file=VQA_SCHEMA_PATH)
+    values.update(changes)
+    return DataConfig(data_root=data_root or SAMPLE_DATA_DIR, **values)
 
 
 def training_config_from_env(**changes: Any) -> TrainingConfig:

@@ -151,7 +151,7 @@ def test_a_request_with_one_image_is_refused_naming_the_input(trained, served):
             client.entail(texts, **{key: value for key, value in _image(records, "").items()})
 
 
-def test_uniter_evaluate_task_nlvr2_reproduces_the_run(trained, tmp_path, capsys):
+def test_uniter_evaluate_task_nlvr2_reproduces_the_run(trained, served, tmp_path, capsys):
     from uniter_tf import cli
 
     output = tmp_path / "metrics.json"
@@ -168,3 +168,6 @@ def test_uniter_evaluate_task_nlvr2_reproduces_the_run(trained, tmp_path, capsys
         (pathlib.Path(trained["run_dir"]) / "results" / f"results_{STEPS}.csv").read_text()
     assert cli.main(["evaluate", "--run", trained["run_dir"], "--task", "ve", "--files", eval_files]) == 2
     assert "is a run of task 'nlvr2', not 've'" in capsys.readouterr().err
+    # The export itself has no one-image signatures: the ITM / VQA evaluation names the command to use.
+    assert cli.main(["evaluate", "--run", str(trained["root"] / "export"), "--files", eval_files]) == 2
+    assert "is a two-image export (task 'nlvr2')" in capsys.readouterr().err

@@ -58,10 +58,27 @@ def run(args) -> int:
     if getattr(args, "task", None) in RUN_TASKS:
         return _print_metrics(evaluate_task_run(args.run, args.task, args.files, args.batch_size, args.output),
                               args.output)
+    _refuse_two_image_export(args.run)
     # A missing model, unmatched files or a malformed record raise ValueError: one line, exit 2.
     metrics = evaluation.evaluate_files(args.run, args.files, batch_size=args.batch_size,
                                         max_gallery_texts=args.max_gallery_texts, train_files=args.train_files)
     return _print_metrics(metrics, args.output)
+
+
+def _refuse_two_image_export(run: str) -> None:
+    """A two-image export (NLVR2) has no one-image signatures to score captions or questions with: say so
+    and name the command that evaluates it, instead of reporting an eval split without usable records."""
+    from uniter_tf.evaluation import resolve_saved_model
+    from uniter_tf.export.exporter import read_metadata
+
+    try:
+        task = read_metadata(resolve_saved_model(run)).get("task") or {}
+    except Exception:  # no model or no metadata: evaluate_files reports it  # pylint: disable=broad-except
+        return
+    if task.get("image_pair"):
+        raise ValueError(f"{run!r} is a two-image export (task {task.get('name')!r}): its signatures take a statement "
+                         f"and two images, which the ITM / retrieval / VQA evaluation does not give; evaluate the "
+                         f"fine-tuning run it came from with --task {task.get('name')}")
 
 
 def evaluate_task_run(run_dir: str, task_name: str, files, batch_size: int, output=None) -> dict:

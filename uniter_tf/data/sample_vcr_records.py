@@ -153,13 +153,26 @@ def write_sample_vcr_records(vcr_dir: str, output_dir: str, model_config, *, num
                     images[item.image_file] = np.stack([_box_feature(pixels, box, model_config.region_feature_dim)
                                                         for box in item.gt_boxes])
                 features = images[item.image_file]
-                writer.write(_make_example(item, ids, features))
+                writer.write(_make_example(item, ids, features, _soft_labels(item.objects, model_config)))
         result[split] = list(writer.paths)
         result["counts"][split] = len(items)
     return result
 
 
-def _make_example(item, ids, features):
+def _soft_labels(objects, model_config):
+    """0.9 on each region's shape class (1 + index into the sample's shapes), the rest spread: MRC-kl targets."""
+    from uniter_tf.data.sample_data import SHAPES
+
+    classes = int(model_config.num_soft_labels)
+    if len(SHAPES) + 1 > classes:
+        raise ValueError(f"num_soft_labels={classes} cannot hold the {len(SHAPES)} sample shapes")
+    soft = np.full([len(objects), classes], 0.1 / (classes - 1), np.float32)
+    for row, name in enumerate(objects):
+        soft[row, 1 + SHAPES.index(name)] = 0.9
+    return soft
+
+
+def _make_example(item, ids, features, soft_labels=None):
     from uniter_tf.models.vcr_task import make_vcr_example
 
     return make_vcr_example(
@@ -167,7 +180,7 @@ def _make_example(item, ids, features):
             answers=item.answers, answer_ids=ids[1:5], rationales=item.rationales, rationale_ids=ids[5:9],
             answer_label=item.answer_label, rationale_label=item.rationale_label, region_features=features,
             region_boxes=item.gt_boxes, image_height=item.image_height, image_width=item.image_width,
-            num_gt_regions=len(item.gt_boxes))
+            num_gt_regions=len(item.gt_boxes), soft_labels=soft_labels)
 
 
 def main(argv=None) -> int:

@@ -77,7 +77,8 @@ QAR_TYPES = (QUESTION_TYPE_ID, ANSWER_TYPE_ID, RATIONALE_TYPE_ID)
 def make_vcr_example(*, example_id: str, image_id: str, question: str, question_ids: Sequence[int],
                      answers: Sequence[str], answer_ids: Sequence[Sequence[int]], rationales: Sequence[str],
                      rationale_ids: Sequence[Sequence[int]], answer_label: int, rationale_label: int,
-                     region_features, region_boxes, image_height: int, image_width: int, num_gt_regions: int):
+                     region_features, region_boxes, image_height: int, image_width: int, num_gt_regions: int,
+                     soft_labels=None):
     """One VCR question as a canonical ``tf.train.Example`` plus the :data:`VCR_FEATURES`.
 
     Args:
@@ -93,6 +94,7 @@ def make_vcr_example(*, example_id: str, image_id: str, question: str, question_
         region_boxes: ``[n, 4]`` pixels.
         image_height: pixels; image_width: pixels.
         num_gt_regions: how many leading regions are the ground-truth boxes (references index them).
+        soft_labels: optional ``[n, C]`` class distributions of the regions (second-stage MRC-kl).
 
     Raises:
         ValueError: not 4 choices, a label outside -1..3 or a bad region count (naming the record).
@@ -109,7 +111,8 @@ def make_vcr_example(*, example_id: str, image_id: str, question: str, question_
                          f"{len(region_features)} regions")
     example = schema.make_example(image_id=image_id, region_features=region_features, region_boxes=region_boxes,
                                   image_height=image_height, image_width=image_width, example_id=example_id,
-                                  text=question, token_ids=list(question_ids), task=schema.TASK_VCR)
+                                  text=question, token_ids=list(question_ids), task=schema.TASK_VCR,
+                                  soft_labels=soft_labels)
     feature = example.features.feature
 
     def put_ints(key, values):
@@ -466,6 +469,12 @@ class VcrTask(DownstreamTask):
         if init == "scratch":
             return
         standard = DownstreamTask.model_config(self)
+        if init == "pretrained":
+            from uniter_tf import runs  # pylint: disable=import-outside-toplevel
+
+            stored = runs.read_model_config(init_path if init_path is not None else self.params["init_path"])
+            if stored is not None and stored.type_vocab_size == len(VCR_TYPE_ROWS):
+                standard = self.model_config()  # a second-stage run (vcr_pretraining): already VCR-sized
         source = DownstreamTask.build_model(self, standard)
         DownstreamTask.initialize(self, source, init, init_path, log=log)
         grow_backbone_for_vcr(source.backbone, model.backbone, seed=0)
@@ -525,3 +534,8 @@ class VcrTask(DownstreamTask):
 
     def get_config(self) -> Dict[str, object]:
         return {"eval_rows": self.eval_rows, "head_learning_rate_multiplier": self.head_learning_rate_multiplier}
+
+
+# The second-stage pretraining task registers itself here: importing this module (the registry's task
+# modules list it) makes "vcr_pretraining" available to get_task as well.
+from uniter_tf.tasks import vcr_pretraining as _vcr_pretraining  # noqa: E402,F401  pylint: disable=wrong-import-position

@@ -12,8 +12,11 @@ Signatures (see docs/serving.md for every input and output):
 
 The scoring signatures answer ``itm_score [B]`` (P(match)), ``itm_logits [B, 2]`` and
 ``pooled_output [B, H]``, plus ``task_logits`` / ``answers`` / ``answer_scores`` when a task head is
-given. The vocabulary and the answer list are SavedModel assets; ``assets.extra`` holds TF Serving
-warm-up requests and ``uniter_export.json`` (the limits and buckets, for clients).
+given; a two-image task (an ``image_pair`` declaration: NLVR2) gets the pair signatures of
+:mod:`uniter_tf.export.pair_signatures` (the right image's inputs with the suffix ``_2``, outputs
+``p_true`` / ``label`` / ``task_logits`` / ``labels`` / ``label_scores``). The vocabulary and the
+answer list are SavedModel assets; ``assets.extra`` holds TF Serving warm-up requests and
+``uniter_export.json`` (the limits and buckets, for clients).
 
 Every file is written, listed and moved through ``tf.io.gfile``, so the base path may be on any
 TensorFlow filesystem (``gs://``, ``ram://``, ...), not only the local disk.

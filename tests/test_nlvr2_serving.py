@@ -126,6 +126,29 @@ def test_served_answers_equal_the_in_process_model(trained, served, tmp_path, ca
                      "--text", texts[0]]) == 2
     assert "--regions-2" in capsys.readouterr().err
 
+    # `uniter query --examples` with the pair records themselves (serve_examples: ids from the records).
+    from uniter_tf.data import schema
+
+    records_path = tmp_path / "pairs.tfrecord"
+    with tf.io.TFRecordWriter(str(records_path)) as writer:
+        for record in records:
+            writer.write(schema.make_example(
+                    image_id=record["image_id"], region_features=record["region_features"],
+                    region_boxes=record["region_boxes"], image_height=record["image_height"],
+                    image_width=record["image_width"], example_id=record["example_id"], text=record["text"],
+                    token_ids=record["token_ids"], label=int(record["label"]), task=schema.TASK_NLVR2,
+                    second_image=dict(image_id=record["image_id_2"], region_features=record["region_features_2"],
+                                      region_boxes=record["region_boxes_2"], image_height=record["image_height_2"],
+                                      image_width=record["image_width_2"])).SerializeToString())
+    capsys.readouterr()
+    assert cli.main(["query", "--target", served["target"], "--examples", str(records_path)]) == 0
+    answers = json.loads(capsys.readouterr().out)["results"]
+    assert [row["example_id"] for row in answers] == [record["example_id"].decode("utf-8") for record in records]
+    for row, logits in zip(answers, expected):
+        probabilities = np.exp(logits - logits.max()) / np.sum(np.exp(logits - logits.max()))
+        assert row["p_true"] == pytest.approx(probabilities[1], abs=2e-5)
+        assert row["label"] == ("True" if logits[1] > logits[0] else "False")
+
 
 def test_a_request_with_one_image_is_refused_naming_the_input(trained, served):
     from serving.client import ServingRequestError, UniterClient, UniterRestClient

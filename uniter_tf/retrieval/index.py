@@ -106,11 +106,13 @@ class EmbeddingIndex:
             raise ValueError("the ivf index backend needs the faiss-cpu package (pinned in requirements.lock)") from error
         count, dim = self.embeddings.shape
         if centroids is None:
-            # ~4 sqrt(n) lists (faiss's guideline), trained on at most 256 vectors per list.
-            nlist = int(nlist or max(1, min(count // 39, int(4 * np.sqrt(count)))))
+            # sqrt(n) lists up to 1024 (measured on 1M vectors: 0.4-0.7 ms a query, recall@10 1.0 at nprobe
+            # 8-16), k-means on 64 vectors per list (65,536 for 1024 lists: a 5.6 s build; 4 sqrt(n) lists on
+            # 256 per list took minutes on 2 cores).
+            nlist = int(nlist or max(1, min(1024, count // 39, int(np.sqrt(count)))))
             quantizer = faiss.IndexFlatIP(dim)
             ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            sample = np.random.default_rng(0).choice(count, min(count, 256 * nlist), replace=False)
+            sample = np.random.default_rng(0).choice(count, min(count, 64 * nlist), replace=False)
             ivf.train(self.embeddings[np.sort(sample)])
             centroids = quantizer.reconstruct_n(0, nlist)
         centroids = np.ascontiguousarray(centroids, np.float32)

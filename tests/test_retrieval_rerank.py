@@ -153,3 +153,45 @@ def test_index_without_first_stage_or_train_files_is_a_user_error(tmp_path, caps
     error = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(error) == 1 and "--train-files" in error[0], error
     assert not os.path.exists(tmp_path / "index")
+
+
+def _write_records(path, examples):
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+        for example in examples:
+            writer.write(example if isinstance(example, bytes) else example.SerializeToString())
+
+
+def _image_record(image_id, seed, **text):
+    from uniter_tf.data import schema
+
+    rng = np.random.default_rng(seed)
+    return schema.make_example(image_id=image_id, region_features=rng.random((3, 8)).astype(np.float32),
+                               region_boxes=[[0, 0, 10, 10], [5, 5, 20, 20], [1, 2, 3, 4]], image_height=32,
+                               image_width=32, **text)
+
+
+def test_read_gallery_keeps_one_image_part_per_image_and_names_a_bad_record(tmp_path):
+    from uniter_tf.retrieval.first_stage import read_gallery
+
+    good = tmp_path / "good.tfrecord.gz"
+    _write_records(good, [_image_record("a", 0, example_id="a-0", text="a red circle", token_ids=[2, 3], task="caption"),
+                          _image_record("a", 0, example_id="a-1", text="a circle", token_ids=[3], task="caption"),
+                          _image_record("b", 1)])  # a per-image record (uniter extract), no caption
+    gallery = read_gallery(str(good), feature_dim=8, require_captions=False)
+    assert gallery.image_ids == ["a", "b"] and gallery.text_ids == ["a-0", "a-1"]
+    assert gallery.text_to_image.tolist() == [0, 0] and gallery.texts == ["a red circle", "a circle"]
+    assert [ids.tolist() for ids in gallery.word_ids] == [[2, 3], [3]]
+    assert gallery.region_features[1].shape == (3, 8) and gallery.region_positions[0].shape == (3, 7)
+    with pytest.raises(ValueError, match="feature_dim is 8, the model expects 16"):
+        read_gallery(str(good), feature_dim=16)
+
+    broken = _image_record("c", 2)
+    broken.features.feature["region_features"].bytes_list.value[0] = b"\x00" * 8  # 4 float16 values, not 3 x 8
+    bad = tmp_path / "bad.tfrecord.gz"
+    _write_records(bad, [_image_record("b", 1), broken])
+    with pytest.raises(ValueError, match=r"record #1 \(image 'c'\).*region_features"):
+        read_gallery(str(bad), require_captions=False)
+    with pytest.raises(ValueError, match="no record files? match"):
+        read_gallery(str(tmp_path / "missing-*.gz"))

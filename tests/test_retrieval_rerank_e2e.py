@@ -52,7 +52,7 @@ def test_index_retrieve_and_rerank_through_the_cli(tmp_path, capsys):
     assert built["images"] == len(index) == 16 and index.model_version == built["model_version"]
     norms = np.linalg.norm(index.embeddings, axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-5)
-    assert np.ptp(index.embeddings @ index.embeddings[0]) > 1e-3  # the images are told apart
+    assert np.ptp((index.embeddings @ index.embeddings[0])[1:]) > 1e-5  # the other images are told apart
 
     gallery = first_stage.read_gallery(written["eval"])
     query = gallery.texts[0]

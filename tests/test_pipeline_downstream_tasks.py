@@ -363,3 +363,36 @@ def test_refcoco_pipeline_trains_gates_on_its_accuracy_and_pushes_only_when_bles
     assert not report["blessed"] and any("refcoco_accuracy" in check for check in report["failed_checks"])
     assert report["metrics"]["refcoco_accuracy"] == pytest.approx(metrics["refcoco_accuracy"])
     assert [entry for entry in os.listdir(serving_dir) if entry.isdigit()] == versions
+
+
+def test_task_schemas_accept_the_sample_tasks_records_and_refuse_other_tasks(tmp_path):
+    """The records each task's reader writes (SNLI-VE hypotheses, RefCOCO expressions, NLVR2 pair records with
+    the right image in the ``*_2`` fields) pass the Trainer's record check against their task's contract; a
+    record of another task does not (the message names the missing field)."""
+    from components.uniter_example_gen import schema as schema_lib
+    from pipeline import data_contract
+    from uniter_tf.config import UniterConfig
+    from uniter_tf.data import sample_data
+    from uniter_tf.data.sample_nlvr2 import SampleNlvr2Config, write_sample_nlvr2
+    from uniter_tf.data.sample_refcoco_records import write_sample_refcoco_records
+    from uniter_tf.data.sample_ve_records import write_sample_ve_records
+
+    model_config = UniterConfig.from_preset("tiny")
+    scenes = str(tmp_path / "scenes")
+    sample_data.generate(scenes, sample_data.SampleDataConfig(num_images=6, seed=0))
+    records = {"ve": write_sample_ve_records(scenes, str(tmp_path / "ve"), model_config)["train"],
+               "refcoco": write_sample_refcoco_records(scenes, str(tmp_path / "re"), model_config)["train"],
+               "nlvr2": write_sample_nlvr2(str(tmp_path / "nlvr2"), SampleNlvr2Config(train_sets=2, eval_sets=1),
+                                           model_config)["train"]}
+    schemas = {kind: schema_lib.write_schema(str(tmp_path / f"{kind}.pbtxt"), kind=kind,
+                                             feature_dim=model_config.region_feature_dim, min_regions=1,
+                                             max_regions=16)
+               for kind in records}
+    for kind, files in records.items():
+        assert data_contract.check_records(schemas[kind], files) > 0, kind
+    with pytest.raises(data_contract.SchemaMismatchError, match="target_box"):
+        data_contract.check_records(schemas["refcoco"], records["ve"])
+    with pytest.raises(data_contract.SchemaMismatchError, match="image_id_2|region_features_2|num_regions_2"):
+        data_contract.check_records(schemas["nlvr2"], records["ve"])
+    with pytest.raises(data_contract.SchemaMismatchError, match="label"):
+        data_contract.check_records(schemas["ve"], records["refcoco"])

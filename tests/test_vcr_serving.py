@@ -48,7 +48,7 @@ def served(trained):
     from uniter_tf.export.model_dir import export_model_dir
 
     base_path = str(trained["root"] / "export")
-    export = export_model_dir(trained["run"].config.output_dir, base_path)
+    export = export_model_dir(trained["run"].config.output_dir, base_path, record_ops=False)
     server = ModelServer(ServerConfig(model_name="uniter", model_base_path=base_path, port=0, rest_api_port=0,
                                       poll_interval_s=0)).start()
     yield {"export": export, "target": f"127.0.0.1:{server.grpc_port}", "rest": f"http://127.0.0.1:{server.rest_port}"}

@@ -324,6 +324,7 @@ def info_nce_loss(text_embeddings, image_embeddings, log_scale):
 
 def train_first_stage(run_dir: str, train_files, *, steps: int = 300, batch_size: int = 32,
                       learning_rate: float = 2e-4, embedding_dim: int = 256, seed: int = 0, pooling: str = "mean",
+                      head_learning_rate_multiplier: float = 1.0,
                       output_dir: Optional[str] = None, log: Callable[[str], None] = print) -> FirstStage:
     """Trains the first stage of a retrieval (or any task) run on its training records and saves it.
 
@@ -336,6 +337,8 @@ def train_first_stage(run_dir: str, train_files, *, steps: int = 300, batch_size
         embedding_dim: size of the embeddings.
         seed: sampling and projection initialisation seed.
         pooling: ``mean`` or ``cls`` (:data:`POOLINGS`).
+        head_learning_rate_multiplier: the projections' and the temperature's rate over the backbone's
+            (a second Adam: Adam is invariant to gradient scale, so scaling gradients would not do).
         output_dir: where to save (default ``run_dir/first_stage``).
         log: progress lines.
 
@@ -362,8 +365,11 @@ def train_first_stage(run_dir: str, train_files, *, steps: int = 300, batch_size
     max_regions = max(feature.shape[0] for feature in gallery.region_features)
     stage = FirstStage(run.backbone, run.model_config, embedding_dim=embedding_dim, max_text_length=max_text_length,
                        max_regions=max_regions, seed=seed, pooling=pooling)
-    optimizer = keras.optimizers.Adam(learning_rate)
-    variables = [variable for variable in stage.variables() if variable.trainable]
+    backbone_optimizer = keras.optimizers.Adam(learning_rate)
+    head_optimizer = keras.optimizers.Adam(learning_rate * head_learning_rate_multiplier)
+    backbone_variables = [variable for variable in stage.backbone.trainable_variables]
+    head_variables = (list(stage.text_projection.trainable_variables) + list(stage.image_projection.trainable_variables)
+                      + [stage.log_scale])
     captions_of = [[] for _ in range(gallery.num_images)]
     for row, image in enumerate(gallery.text_to_image):
         captions_of[image].append(row)
@@ -380,8 +386,11 @@ def train_first_stage(run_dir: str, train_files, *, steps: int = 300, batch_size
             image = stage._image_embeddings(region_features, region_positions, region_mask,  # pylint: disable=protected-access
                                             training=True)
             loss, accuracy = info_nce_loss(text, image, stage.log_scale)
-        gradients = tape.gradient(loss, variables)
-        optimizer.apply_gradients(zip(gradients, variables))
+        gradients = tape.gradient(loss, backbone_variables + head_variables)
+        # The region mask embedding gets no gradient (no region is masked here): skipped, not zero-updated.
+        pairs = [(g, v) for g, v in zip(gradients[:len(backbone_variables)], backbone_variables) if g is not None]
+        backbone_optimizer.apply_gradients(pairs)
+        head_optimizer.apply_gradients(zip(gradients[len(backbone_variables):], head_variables))
         return loss, accuracy
 
     rng = np.random.default_rng(seed)
@@ -399,7 +408,7 @@ def train_first_stage(run_dir: str, train_files, *, steps: int = 300, batch_size
             log(f"first stage: step {step}/{steps} InfoNCE {np.mean([h[0] for h in recent]):.3f} "
                 f"in-batch text->image accuracy {np.mean([h[1] for h in recent]):.3f} (batch {batch_size})")
     training = {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
-                "pooling": pooling,
+                "pooling": pooling, "head_learning_rate_multiplier": head_learning_rate_multiplier,
                 "train_files": [str(pattern) for pattern in ([train_files] if isinstance(train_files, str)
                                                             else train_files)],
                 "final_loss": float(np.mean([h[0] for h in history[-20:]])),

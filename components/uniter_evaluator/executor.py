@@ -65,6 +65,32 @@ def _chain_files(file_lists: List[List[str]]) -> Iterator[bytes]:
     return evaluation_lib.iter_serialized_records([path for files in file_lists for path in files])
 
 
+def is_pair_model(model_dir: str) -> bool:
+    """Whether the SavedModel is a two-image export (NLVR2: ``task.image_pair`` in its metadata), whose
+    signatures take pair records only and have no ITM outputs."""
+    from uniter_tf.export.exporter import read_metadata  # pylint: disable=import-outside-toplevel
+
+    try:
+        return bool((read_metadata(model_dir).get("task") or {}).get("image_pair"))
+    except Exception:  # no metadata (an older export): a one-image model  # pylint: disable=broad-except
+        return False
+
+
+def _model_metrics(model_dir, task, eval_records, task_files, batch_size, max_gallery_texts, train_questions):
+    """The general figures (ITM, retrieval, VQA) and, with ``task``, the task's own; a two-image export has
+    only the task's (its signatures cannot score a caption with one image)."""
+    if task is not None and is_pair_model(model_dir):
+        scorer, metrics = evaluation_lib.saved_model_scorer(model_dir, required_output="task_logits"), {}
+    else:
+        scorer = load_scorer(model_dir)
+        metrics = evaluation_lib.evaluate(scorer, eval_records(), batch_size, max_gallery_texts,
+                                          train_questions=train_questions)
+    if task is not None:
+        # The task's own metric on its eval records, streamed from the files (uniter_tf.evaluation).
+        metrics.update(evaluation_lib.evaluate_task(scorer, task, _chain_files(task_files), batch_size))
+    return metrics
+
+
 class Executor(base_executor.BaseExecutor):
     """Evaluates the candidate (and the baseline) and writes ModelBlessing + ModelEvaluation."""
 
@@ -94,28 +120,26 @@ class Executor(base_executor.BaseExecutor):
             # The question-only baseline needs VQA questions; another task's training split has none.
             if task is None and split != TRAIN_SPLIT and TRAIN_SPLIT in task_splits:
                 train_questions.extend(read_question_records(read_split_records(task_examples, TRAIN_SPLIT)))
-        records = evaluation_lib.EvalRecords(itertools.chain.from_iterable(serialized_splits))
+        built: List[evaluation_lib.EvalRecords] = []
+
+        def eval_records() -> evaluation_lib.EvalRecords:
+            # Read once, when a one-image model is scored (a two-image export scores only the task's records).
+            if not built:
+                built.append(evaluation_lib.EvalRecords(itertools.chain.from_iterable(serialized_splits)))
+            return built[0]
+
         model_dir = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
-        candidate_scorer = load_scorer(model_dir)
-        candidate_metrics = evaluation_lib.evaluate(candidate_scorer, records, batch_size, max_gallery_texts,
-                                                    train_questions=train_questions)
         task_files = [split_files(task_examples, split)
                       for task_examples in input_dict.get(spec_lib.TASK_EXAMPLES_KEY) or []] if task else []
-        if task is not None:
-            # The task's own metric on its eval records, streamed from the files (uniter_tf.evaluation).
-            candidate_metrics.update(evaluation_lib.evaluate_task(
-                    candidate_scorer, task, _chain_files(task_files), batch_size))
+        candidate_metrics = _model_metrics(model_dir, task, eval_records, task_files, batch_size, max_gallery_texts,
+                                           train_questions)
         logging.info("UniterEvaluator: candidate metrics %s", candidate_metrics)
 
         baseline_metrics = None
         if baseline is not None and baseline.id != model.id:
             baseline_dir = path_utils.serving_model_path(baseline.uri, path_utils.is_old_model_artifact(baseline))
-            baseline_scorer = load_scorer(baseline_dir)
-            baseline_metrics = evaluation_lib.evaluate(baseline_scorer, records, batch_size,
-                                                       max_gallery_texts, train_questions=train_questions)
-            if task is not None:
-                baseline_metrics.update(evaluation_lib.evaluate_task(
-                        baseline_scorer, task, _chain_files(task_files), batch_size))
+            baseline_metrics = _model_metrics(baseline_dir, task, eval_records, task_files, batch_size,
+                                              max_gallery_texts, train_questions)
             logging.info("UniterEvaluator: baseline (model id %s) metrics %s", baseline.id, baseline_metrics)
 
         blessed, reasons = evaluation_lib.bless(candidate_metrics, lower_bounds, baseline_metrics, max_regression)

@@ -70,11 +70,12 @@ def resolve_saved_model(run: str) -> str:
                      f"export a training run first with `uniter export`")
 
 
-def saved_model_scorer(model_dir: str) -> Scorer:
+def saved_model_scorer(model_dir: str, required_output: str = ITM_LOGITS) -> Scorer:
     """Loads a SavedModel (any path :func:`resolve_saved_model` accepts) and scores with its records signature.
 
     The signature is ``serve_examples`` when present, else any whose only input is a string tensor and
-    whose outputs include ``itm_logits``. Long texts are truncated by the signature (its ``max_text_length``).
+    whose outputs include ``required_output`` (``itm_logits``; ``task_logits`` for a two-image export, which
+    has no ITM outputs). Long texts are truncated by the signature (its ``max_text_length``).
 
     Raises:
         ValueError: no SavedModel at ``model_dir``, or it has no such signature.
@@ -90,7 +91,7 @@ def saved_model_scorer(model_dir: str) -> Scorer:
         _, input_specs = function.structured_input_signature
         output_names = set(function.structured_outputs)
         if (len(input_specs) == 1 and next(iter(input_specs.values())).dtype == tf.string
-                and ITM_LOGITS in output_names):
+                and required_output in output_names):
             input_name = next(iter(input_specs))
             _LOG.info("evaluation: scoring %s with signature %r", model_dir, name)
 
@@ -102,7 +103,7 @@ def saved_model_scorer(model_dir: str) -> Scorer:
             scorer.model_dir = model_dir
             return scorer
     raise ValueError(f"the SavedModel at {model_dir} has no signature that takes serialized records and "
-                     f"returns {ITM_LOGITS!r}; signatures: {sorted(loaded.signatures)}")
+                     f"returns {required_output!r}; signatures: {sorted(loaded.signatures)}")
 
 
 def keras_scorer(backbone, itm_head, model_config, task_head=None, max_text_length: int = 60) -> Scorer:

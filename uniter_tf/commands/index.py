@@ -23,6 +23,11 @@ def add_arguments(parser):
     parser.add_argument("--first-stage-batch-size", type=int, default=32,
                         help="Distinct images per first-stage batch (default 32).")
     parser.add_argument("--batch-size", type=int, default=128, help="Images per embedding call (default 128).")
+    parser.add_argument("--backend", choices=("auto", "exact", "ivf"), default="auto",
+                        help="auto (default): exact below 200,000 images, faiss IVF from there on; exact: always "
+                             "exact inner product (slower, recall 1); ivf: always the inverted file.")
+    parser.add_argument("--nprobe", type=int, default=16,
+                        help="IVF lists probed per query (default 16; more: higher recall, slower).")
 
 
 def run(args) -> int:
@@ -35,6 +40,8 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.nprobe < 1:
+        raise ValueError(f"--nprobe must be >= 1, got {args.nprobe}")
     if not os.path.isdir(args.run):
         raise ValueError(f"--run {args.run}: no such directory")
     stage_dir = first_stage_lib.first_stage_dir(args.run)
@@ -53,8 +60,9 @@ def run(args) -> int:
     embeddings = stage.embed_images(gallery.region_features, gallery.region_positions, batch_size=args.batch_size)
     index = EmbeddingIndex(gallery.image_ids, embeddings, stage.model_version(), "image",
                            {"run": os.path.abspath(args.run), "first_stage": os.path.abspath(stage_dir),
-                            "features": [os.path.abspath(p) if "://" not in p else p for p in args.features]})
+                            "features": [os.path.abspath(p) if "://" not in p else p for p in args.features]},
+                           backend=args.backend, nprobe=args.nprobe)
     index.save(args.output)
-    print(json.dumps({"index": args.output, "images": len(index), "dim": index.dim,
+    print(json.dumps({"index": args.output, "images": len(index), "dim": index.dim, "backend": index.backend,
                       "model_version": index.model_version, "seconds": round(time.perf_counter() - start, 2)}))
     return 0

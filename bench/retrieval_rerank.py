@@ -19,7 +19,8 @@ random 256-d unit vectors.
 Run (the sample gallery of docs/performance.md, after configs/finetune_itm_tiny.json's ``_command``):
 ``.venv/bin/python bench/retrieval_rerank.py --run runs/finetune_itm_tiny --train-files
 'runs/sample_records/train-*' --eval-files 'runs/sample_records/eval-*' --output-json
-runs/retrieval_rerank.json --plot docs/images/retrieval_rerank.png``
+runs/retrieval_rerank_60.json --plot docs/images/retrieval_rerank_60.png``; the 1000-image gallery of
+docs/performance.md adds ``--eval-files 'runs/sample_big_records/eval-*' --max-queries 300 --synthetic-num 0``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 NAME = "index"
+#: Flags this command does not define go to Beam (``--beam`` runs the embedding pass as a Beam pipeline).
+BEAM_FLAGS = True
 HELP = ("Build the image index of retrieve-then-rerank: the run's first stage (trained first with --train-files "
         "if the run has none) embeds every image of --features; writes INDEX (embeddings, ids, model version).")
 
@@ -26,6 +28,10 @@ def add_arguments(parser):
     parser.add_argument("--backend", choices=("auto", "exact", "ivf"), default="auto",
                         help="auto (default): exact below 200,000 images, faiss IVF from there on; exact: always "
                              "exact inner product (slower, recall 1); ivf: always the inverted file.")
+    parser.add_argument("--beam", action="store_true",
+                        help="Run the embedding pass as an Apache Beam pipeline (DirectRunner by default; Beam flags "
+                             "such as --runner=DataflowRunner pass through) instead of in this process.")
+    parser.set_defaults(beam_args=[])
     parser.add_argument("--nprobe", type=int, default=16,
                         help="IVF lists probed per query (default 16; more: higher recall, slower).")
 
@@ -55,10 +61,25 @@ def run(args) -> int:
                                           log=lambda line: print(line, flush=True))
     stage = first_stage_lib.load_first_stage(stage_dir)
     start = time.perf_counter()
-    gallery = first_stage_lib.read_gallery(args.features, feature_dim=stage.model_config.region_feature_dim,
-                                           require_captions=False)
-    embeddings = stage.embed_images(gallery.region_features, gallery.region_positions, batch_size=args.batch_size)
-    index = EmbeddingIndex(gallery.image_ids, embeddings, stage.model_version(), "image",
+    if args.beam:
+        import shutil
+        import tempfile
+
+        from uniter_tf.retrieval import beam_index
+
+        scratch = tempfile.mkdtemp(prefix="uniter-index-")
+        try:
+            shards = beam_index.embed_gallery_with_beam(args.features, stage_dir, os.path.join(scratch, "embeddings"),
+                                                        beam_args=args.beam_args, batch_size=args.batch_size)
+            image_ids, embeddings = beam_index.read_embedding_shards(shards)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        gallery = first_stage_lib.read_gallery(args.features, feature_dim=stage.model_config.region_feature_dim,
+                                               require_captions=False)
+        image_ids = gallery.image_ids
+        embeddings = stage.embed_images(gallery.region_features, gallery.region_positions, batch_size=args.batch_size)
+    index = EmbeddingIndex(image_ids, embeddings, stage.model_version(), "image",
                            {"run": os.path.abspath(args.run), "first_stage": os.path.abspath(stage_dir),
                             "features": [os.path.abspath(p) if "://" not in p else p for p in args.features]},
                            backend=args.backend, nprobe=args.nprobe)

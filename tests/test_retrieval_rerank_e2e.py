@@ -1,7 +1,8 @@
 """Retrieve-then-rerank end to end (issue 13) through the real commands on rendered sample records.
 
 A retrieval run trains a few updates from scratch (`uniter train`), `uniter index --train-files` trains its
-first stage briefly (InfoNCE) and indexes the held-out images, `uniter retrieve` answers a caption with and
+first stage briefly (InfoNCE) and indexes the held-out images (also with `--beam`: the same embeddings),
+`uniter retrieve` answers a caption with and
 without `--rerank`. Checked: the reranked answers are the first stage's top K put in the cross-encoder's
 order (scores recomputed independently), the index refuses another first stage, and over every held-out
 caption the rerank's R@10 equals the cross-encoder's R@10 restricted to the first-stage candidates. The
@@ -53,6 +54,15 @@ def test_index_retrieve_and_rerank_through_the_cli(tmp_path, capsys):
     norms = np.linalg.norm(index.embeddings, axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-5)
     assert np.ptp((index.embeddings @ index.embeddings[0])[1:]) > 1e-5  # the other images are told apart
+
+    # The Beam embedding pass (DirectRunner) gives the same index, ids sorted.
+    assert cli.main(["index", "--features", *written["eval"], "--run", str(run), "--output", str(tmp_path / "beam"),
+                     "--beam", "--batch-size", "5"]) == 0
+    capsys.readouterr()
+    beam_index = EmbeddingIndex.load(str(tmp_path / "beam"), expected_model_version=index.model_version)
+    assert beam_index.ids == sorted(index.ids)
+    np.testing.assert_allclose(beam_index.embeddings, index.embeddings[[index.ids.index(i) for i in beam_index.ids]],
+                               atol=1e-5)
 
     gallery = first_stage.read_gallery(written["eval"])
     query = gallery.texts[0]

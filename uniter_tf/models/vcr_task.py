@@ -478,8 +478,11 @@ class VcrTask(DownstreamTask):
         source = DownstreamTask.build_model(self, standard)
         DownstreamTask.initialize(self, source, init, init_path, log=log)
         grow_backbone_for_vcr(source.backbone, model.backbone, seed=0)
-        log("grew the word table by 81 reference rows and the type table to 4 rows (init_word_embedding / "
-            "init_type_embedding)")
+        if source.backbone.config.type_vocab_size == len(VCR_TYPE_ROWS):
+            log("the source is already VCR-sized (a second-stage run): copied as it is")
+        else:
+            log("grew the word table by 81 reference rows and the type table to 4 rows (init_word_embedding / "
+                "init_type_embedding)")
 
     def evaluate(self, model, files=None, max_batches=None, *, seed: int = 43, output_dir=None, step=None):
         """``acc_qa``, ``acc_qar``, ``acc`` and the per-format losses (means over questions) on ``files``.

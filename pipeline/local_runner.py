@@ -7,6 +7,14 @@
 Settings come from :mod:`pipeline.configs` (override with ``UNITER_*`` environment variables). The
 sample data is generated into ``UNITER_SAMPLE_DATA_DIR`` with ``uniter sample-data`` when it is absent.
 
+With the TFX CLI: ``tfx pipeline create`` runs this file once with a patched runner (nothing is executed) and
+records the pipeline's name, root and this file's path under ``$LOCAL_HOME/<name>/`` (default
+``~/tfx/local/``); ``tfx run create`` then runs this file again with ``python`` in the caller's environment,
+so the ``UNITER_*`` variables of *that* command are the run's settings (the recorded root is not re-read).
+It prints the run's library log (absl INFO) and exits 0, or exits 1 with ``Error while running "..."`` when
+a component fails, and with ``Pipeline "<name>" does not exist.`` before a ``tfx pipeline create``.
+``tests/test_pipeline_fingerprint.py`` runs the whole pipeline this way to a pushed model.
+
 The file imports only from the installed ``pipeline`` package (``pip install -e .``): the TFX CLI runs it
 as a script with ``pipeline/`` first on ``sys.path``, and nothing in that folder is named like a package it
 imports (the factory is ``pipeline/definition.py``), so no ``sys.path`` edit is needed.

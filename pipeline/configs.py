@@ -371,9 +371,9 @@ def data_config_from_env(data_root: Optional[str] = None, **changes: Any) -> Dat
     ``UNITER_MIN_BOXES`` / ``UNITER_MAX_BOXES``, ``UNITER_CAPTION_SCHEMA_FILE`` / ``UNITER_VQA_SCHEMA_FILE``;
     ``changes`` replace any of them."""
     values: Dict[str, Any] = dict(
-            ground_truth_boxes=GROUND_TRUTH_BOXES, detector_path=DETECTOR_PATH, num_detector_classes=NUM_DETECTOR_CLASSES,
-            min_boxes=MIN_BOXES, max_boxes=MAX_BOXES, caption_schema_file=CAPTION_SCHEMA_PATH,
-            vqa_schema_file=VQA_SCHEMA_PATH)
+            ground_truth_boxes=GROUND_TRUTH_BOXES, detector_path=DETECTOR_PATH,
+            num_detector_classes=NUM_DETECTOR_CLASSES, min_boxes=MIN_BOXES, max_boxes=MAX_BOXES,
+            caption_schema_file=CAPTION_SCHEMA_PATH, vqa_schema_file=VQA_SCHEMA_PATH)
     values.update(changes)
     return DataConfig(data_root=data_root or SAMPLE_DATA_DIR, **values)
 

@@ -12,7 +12,7 @@ validation). The export serves the sigmoid of each class under its label name, a
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping
 
 import keras
 import numpy as np
@@ -107,23 +107,6 @@ class SnliVeTask(DownstreamTask):
     def answer_strings(self, logits) -> list:
         """The predicted label name of every hypothesis (the run's ``results_{step}.json`` values)."""
         return [VE_LABELS[int(index)] for index in np.argmax(np.asarray(logits), axis=-1)]
-
-    def initialize(self, model, init: Optional[str] = None, init_path: Optional[str] = None, log=print) -> None:
-        """The base initialisation, then the region-feature standardisation's statistics for a new backbone.
-
-        With ``UniterConfig.region_feature_standardization`` on and an ``init`` other than ``pretrained``
-        (a pretraining run's checkpoint carries its own statistics as non-trainable weights), the per-channel
-        mean and scale come from the task's training records (:mod:`uniter_tf.data.feature_stats`), once;
-        checkpoints and the export then carry them.
-        """
-        super().initialize(model, init, init_path, log=log)
-        init = init or self.params["init"]
-        if init != "pretrained" and model.backbone.config.region_feature_standardization:
-            from uniter_tf.data import feature_stats  # pylint: disable=import-outside-toplevel
-
-            if not self.train_files:
-                raise ValueError("task 've': region_feature_standardization needs train_files for its statistics")
-            feature_stats.initialize_standardization(model.backbone, list(self.train_files), log=log)
 
     def export_outputs(self) -> ExportOutputs:
         # Trained with per-class BCE: each class's probability is its sigmoid (they need not sum to 1).

@@ -279,11 +279,13 @@ class DownstreamTask(Task):
     def initialize(self, model, init: Optional[str] = None, init_path: Optional[str] = None,
                    log=print) -> None:
         """``pretrained``: backbone + ITM head from a pretraining run (partial restore); ``official`` /
-        ``bert``: :func:`uniter_tf.training.checkpointing.initialize_backbone`; ``scratch``: nothing."""
+        ``bert``: :func:`uniter_tf.training.checkpointing.initialize_backbone`; ``scratch``: nothing. Except after
+        ``pretrained``, :meth:`initialize_feature_standardization` then sets the region-feature statistics."""
         init = init or self.params["init"]
         init_path = init_path if init_path is not None else self.params["init_path"]
         pretraining_model = self.pretraining_model(model)
         if init == "scratch":
+            self.initialize_feature_standardization(pretraining_model.backbone, log=log)
             return
         if init == "pretrained":
             from uniter_tf.training.finetune import restore_pretrained_weights  # pylint: disable=import-outside-toplevel
@@ -296,6 +298,25 @@ class DownstreamTask(Task):
 
         checkpointing.initialize_backbone(pretraining_model, init, init_path, log=log)
         self.restored_from = init_path
+        self.initialize_feature_standardization(pretraining_model.backbone, log=log)
+
+    def initialize_feature_standardization(self, backbone, log=print) -> None:
+        """Sets ``region_feature_standardization``'s statistics from the task's training records.
+
+        For a backbone that does not come from a pretraining run (``scratch``, ``bert``, ``official``: none
+        carries statistics; a pretraining run's checkpoint brings its own as non-trainable weights). Does
+        nothing with the option off. Checkpoints and the export then carry the statistics.
+
+        Raises:
+            ValueError: the option is on and the task has no training records.
+        """
+        if not backbone.config.region_feature_standardization:
+            return
+        from uniter_tf.data import feature_stats  # pylint: disable=import-outside-toplevel
+
+        if not self.train_files:
+            raise ValueError(f"task {self.name!r}: region_feature_standardization needs train_files for its statistics")
+        feature_stats.initialize_standardization(backbone, list(self.train_files), log=log)
 
     def checkpoint_items(self, model) -> Dict[str, Any]:
         """``backbone`` (by path), ``head``, ``itm_head``: :func:`uniter_tf.runs.task_checkpoint`'s layout,

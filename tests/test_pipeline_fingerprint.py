@@ -1,5 +1,6 @@
 """Fingerprinted pipeline inputs: changed annotation files or images re-run their nodes, unchanged ones are cached."""
 
+import glob
 import json
 import os
 
@@ -191,55 +192,120 @@ def test_changed_caption_or_image_reruns_downstream_and_unchanged_inputs_are_cac
     assert len(vqa) == 2 and vqa[0] == vqa[1] and vqa[0] not in caption
 
 
+def _tfx_cli(tmp_path, env, *arguments, timeout=900):
+    """Runs ``tfx <arguments>`` (the venv's TFX CLI) from ``tmp_path``; its output goes to a log file there,
+    the tail of which comes back for assertion messages."""
+    import subprocess
+    import sys
+
+    log = tmp_path / f"tfx-{len(list(tmp_path.glob('tfx-*.log')))}.log"
+    with open(log, "w", encoding="utf-8") as handle:
+        completed = subprocess.run([os.path.join(os.path.dirname(sys.executable), "tfx"), *arguments],
+                                   cwd=str(tmp_path), env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                   timeout=timeout, check=False)
+    return completed.returncode, log.read_text(encoding="utf-8", errors="replace")
+
+
+def _pushed_versions(serving_dir):
+    if not os.path.isdir(serving_dir):
+        return []
+    return sorted(entry for entry in os.listdir(serving_dir)
+                  if os.path.exists(os.path.join(serving_dir, entry, "saved_model.pb")))
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_whole_pipeline_caption_edit_reruns_trainers_gate_and_pusher(tmp_path):
-    """The whole pipeline (toy detector, 2 updates per trainer, a gate nothing passes) three times: fresh,
-    a caption edited (CaptionExampleGen and everything downstream of it run again), unchanged (all cached)."""
-    from tfx import v1 as tfx
+def test_tfx_cli_runs_whole_pipeline_to_a_pushed_model_and_caption_edit_reruns_downstream(tmp_path):
+    """The whole pipeline through the TFX CLI, as a platform engineer runs it: ``tfx pipeline create
+    --engine=local --pipeline_path=pipeline/local_runner.py`` once, then ``tfx run create --engine=local``
+    three times (fresh; a caption edited: CaptionExampleGen and everything downstream run again; unchanged:
+    all cached). Every setting reaches the runner through ``UNITER_*`` environment variables
+    (pipeline/configs.py), every root under tmp_path: toy detector, 8 sample images, 2 updates per trainer.
+
+    Test-specific gate: the demo's thresholds (``configs.EVAL_LOWER_BOUNDS``) refuse a 2-update model,
+    so the first run's gate only requires ``itm_accuracy`` and ``vqa_score`` to be computed (>= 0.0: a
+    missing or NaN figure fails) and the model is pushed; the next runs set a bound nothing reaches
+    (``itm_accuracy`` >= 1.01), so the edited run's model is refused and not pushed, and the third run sees
+    the same baseline (the one blessed model) and is served from the cache. The real thresholds are tested
+    in tests/test_evaluator_gate.py and tests/test_pipeline_local_e2e.py."""
+    import json as json_lib
 
     from pipeline import configs
     from pipeline import local_runner
-    from pipeline import definition as pipeline_lib
     from uniter_tf.data import sample_data
     from uniter_tf.extraction import toy_detector
 
+    name = "uniter-cli-all"
     data_root = str(tmp_path / "data")
     sample_data.generate(data_root, sample_data.SampleDataConfig(num_images=8, seed=0))
     detector = toy_detector.write_toy_detector(str(tmp_path / "detector"))
-    metadata_path = str(tmp_path / "metadata.sqlite")
-
     data = toy_data_config(tmp_path, data_root, detector)
+    metadata_path = str(tmp_path / "metadata.sqlite")
+    serving_dir = str(tmp_path / "serving")
+    env = dict(os.environ, LOCAL_HOME=str(tmp_path / "tfx_home"), **{f"UNITER_{key}": str(value) for key, value in {
+            "PIPELINE_NAME": name, "PIPELINE_ROOT": tmp_path / "root", "METADATA_PATH": metadata_path,
+            "SERVING_MODEL_DIR": serving_dir, "SAMPLE_DATA_DIR": data_root, "SAMPLE_NUM_IMAGES": 8,
+            "SAMPLE_PRESENCE_QUESTIONS": 0, "GROUND_TRUTH_BOXES": 0, "FINETUNE_TASK": "vqa",
+            "DETECTOR_PATH": detector, "NUM_DETECTOR_CLASSES": data.num_detector_classes,
+            "MIN_BOXES": data.min_boxes, "MAX_BOXES": data.max_boxes,
+            "CAPTION_SCHEMA_FILE": data.caption_schema_file, "VQA_SCHEMA_FILE": data.vqa_schema_file,
+            "MODEL_OVERRIDES": json_lib.dumps({**configs.MODEL_OVERRIDES,
+                                               "region_feature_dim": toy_detector.FEATURE_DIM,
+                                               "num_soft_labels": toy_detector.NUM_CLASSES}),
+            "PRETRAIN_CONFIG": json_lib.dumps({**configs.PRETRAIN_CONFIG, "warmup_steps": 1}),
+            "FINETUNE_CONFIG": json_lib.dumps({**configs.FINETUNE_CONFIG, "valid_steps": 2, "log_every": 1}),
+            "PRETRAIN_TRAIN_STEPS": 2, "FINETUNE_TRAIN_STEPS": 2, "EVAL_STEPS": 1, "BATCH_SIZE": 4,
+            "EVAL_LOWER_BOUNDS": json_lib.dumps({"itm_accuracy": 0.0, "vqa_score": 0.0}),
+            "EVAL_MAX_REGRESSION": "{}"}.items()})
+    runner_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipeline",
+                               "local_runner.py")
+
+    status, output = _tfx_cli(tmp_path, env, "pipeline", "create", "--engine=local", f"--pipeline_path={runner_path}")
+    assert status == 0 and f'Pipeline "{name}" created successfully.' in output, output[-3000:]
 
     def run():
-        pipeline = pipeline_lib.create_pipeline(
-                pipeline_name="uniter-fingerprint-all", pipeline_root=str(tmp_path / "root"), data=data,
-                training=configs.TrainingConfig(
-                        model_overrides={**configs.MODEL_OVERRIDES, "region_feature_dim": toy_detector.FEATURE_DIM,
-                                         "num_soft_labels": toy_detector.NUM_CLASSES},
-                        pretrain_config={**configs.PRETRAIN_CONFIG, "warmup_steps": 1},
-                        finetune_config={**configs.FINETUNE_CONFIG, "valid_steps": 2},
-                        pretrain_steps=2, finetune_steps=2, eval_steps=1, batch_size=4),
-                serving_model_dir=str(tmp_path / "serving"),
-                # Nothing is blessed, so the resolver's baseline stays empty and a rerun is fully cached.
-                gate=configs.GateConfig(lower_bounds={"itm_accuracy": 1.01}, max_regression={}),
-                beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
-                metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-                        metadata_path))
-        tfx.orchestration.LocalDagRunner().run(pipeline)
-        states = local_runner.node_states(metadata_path, "uniter-fingerprint-all")
-        return {node: node_states[-1] for node, node_states in states.items()}
+        status, output = _tfx_cli(tmp_path, env, "run", "create", "--engine=local", f"--pipeline_name={name}")
+        assert status == 0, output[-5000:]
+        states = local_runner.node_states(metadata_path, name)
+        return {node: node_states[-1] for node, node_states in states.items()}, {
+                node: len(node_states) for node, node_states in states.items()}
 
     executed = ("CaptionExampleGen", "StatisticsGen", "ExampleValidator", "DataGate", "PretrainTrainer",
                 "FinetuneTrainer", "UniterEvaluator", "Pusher")
     unchanged = ("ImageImporter", "RegionFeatureExtractor", "VqaExampleGen", "VqaStatisticsGen", "VqaExampleValidator",
                  "SchemaGen", "VqaSchemaGen")
-    first = run()
-    assert {node: first[node] for node in executed + unchanged} == dict.fromkeys(executed + unchanged, "COMPLETE")
+    nodes = executed + unchanged
+    # `tfx run create` reports a failed run only by its exit status (1; docs/pipeline.md "Running with the TFX
+    # CLI"), which run() checks; the node states in ML Metadata say what ran.
+    first, counts = run()
+    assert {node: (first[node], counts[node]) for node in nodes} == dict.fromkeys(nodes, ("COMPLETE", 1))
+    # Pushed in TF Serving's layout: <base>/<version>/saved_model.pb, the fine-tuning Trainer's SavedModel.
+    (version,) = _pushed_versions(serving_dir)
+    trained = glob.glob(str(tmp_path / "root" / "FinetuneTrainer" / "model" / "*" / "Format-Serving"
+                            / "saved_model.pb"))
+    assert len(trained) == 1
+    with open(trained[0], "rb") as source, open(os.path.join(serving_dir, version, "saved_model.pb"), "rb") as pushed:
+        assert source.read() == pushed.read()
+    assert os.path.isdir(os.path.join(serving_dir, version, "variables"))
+
+    env["UNITER_EVAL_LOWER_BOUNDS"] = json_lib.dumps({"itm_accuracy": 1.01})
     _caption_edit(data_root)
-    second = run()
-    assert {node: second[node] for node in executed + unchanged} == {
-            **dict.fromkeys(executed, "COMPLETE"), **dict.fromkeys(unchanged, "CACHED")}
-    third = run()
-    assert {node: third[node] for node in executed + unchanged} == dict.fromkeys(executed + unchanged, "CACHED")
-    assert not os.path.exists(str(tmp_path / "serving")) or not os.listdir(str(tmp_path / "serving"))
+    second, _ = run()
+    assert {node: second[node] for node in nodes} == {**dict.fromkeys(executed, "COMPLETE"),
+                                                      **dict.fromkeys(unchanged, "CACHED")}
+    reports = sorted(glob.glob(str(tmp_path / "root" / "UniterEvaluator" / "evaluation" / "*" / "metrics.json")),
+                     key=lambda path: int(path.split(os.sep)[-2]))
+    assert len(reports) == 2
+    with open(reports[0], encoding="utf-8") as handle:
+        blessed = json_lib.load(handle)
+    with open(reports[1], encoding="utf-8") as handle:
+        refused = json_lib.load(handle)
+    assert blessed["blessed"] is True and not refused["blessed"], (blessed, refused)
+    assert refused["failed_checks"] == [f"itm_accuracy = {refused['metrics']['itm_accuracy']:.4f} < threshold 1.0100"]
+    # The edited run was judged against the pushed model (the resolver's last blessed one).
+    assert refused["baseline_model_id"] is not None and refused["baseline_model_id"] != blessed["baseline_model_id"]
+    assert _pushed_versions(serving_dir) == [version]
+
+    third, counts = run()
+    assert {node: (third[node], counts[node]) for node in nodes} == dict.fromkeys(nodes, ("CACHED", 3))
+    assert _pushed_versions(serving_dir) == [version]

@@ -76,3 +76,35 @@ def test_missing_training_records_name_the_task(tmp_path):
     model = task.build_model()
     with pytest.raises(ValueError, match="task 've': region_feature_standardization needs train_files"):
         task.initialize(model, log=lambda *_: None)
+
+
+def test_nlvr2_scratch_backbone_gets_the_statistics_too(tmp_path):
+    # Nlvr2Task overrides initialize (the official type-table growth); its scratch path must not skip the statistics.
+    _write_ve_records(tmp_path / "train.tfrecord.gz")
+    task = get_task("nlvr2", model="tiny", init="scratch", train_files=[str(tmp_path / "train.tfrecord.gz")],
+                    eval_files=[str(tmp_path / "train.tfrecord.gz")],
+                    model_overrides={"region_feature_dim": DIM, "region_feature_standardization": True})
+    model = task.build_model()
+    task.initialize(model, log=lambda *_: None)
+    expected = feature_stats.compute_feature_statistics(str(tmp_path / "train.tfrecord.gz"))
+    embeddings = task.pretraining_model(model).backbone.region_embeddings
+    np.testing.assert_allclose(embeddings.feature_mean.numpy(), expected.mean, rtol=1e-6)
+    np.testing.assert_allclose(embeddings.feature_scale.numpy(), expected.scale(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("scheme", ["nlvr2", "vcr"])
+def test_official_type_table_growth_keeps_the_statistics(scheme):
+    # init_type_embedding rebuilds the backbone from the official variable map, which has no statistics.
+    from uniter_tf.config import UniterConfig
+    from uniter_tf.models import official_init
+    from uniter_tf.models.backbone import UniterBackbone
+
+    backbone = UniterBackbone(UniterConfig.from_preset("tiny", region_feature_dim=DIM,
+                                                         region_feature_standardization=True))
+    backbone.region_embeddings.build()
+    rng = np.random.default_rng(3)
+    mean, scale = rng.normal(size=DIM).astype(np.float32), rng.uniform(0.5, 2.0, DIM).astype(np.float32)
+    backbone.region_embeddings.set_feature_statistics(mean, scale)
+    grown = official_init.init_type_embedding(backbone, scheme)
+    np.testing.assert_array_equal(grown.region_embeddings.feature_mean.numpy(), mean)
+    np.testing.assert_array_equal(grown.region_embeddings.feature_scale.numpy(), scale)

@@ -410,6 +410,8 @@ class Nlvr2Task(DownstreamTask):
         """
         init = init or self.params["init"]
         if init == "scratch":
+            # The 3-row type table is already the model's; only the feature statistics (when enabled) remain.
+            self.initialize_feature_standardization(self.pretraining_model(model).backbone, log=log)
             return
         from uniter_tf.checkpoints.official import backbone_variable_map  # pylint: disable=import-outside-toplevel
         from uniter_tf.models import official_init  # pylint: disable=import-outside-toplevel
@@ -425,6 +427,12 @@ class Nlvr2Task(DownstreamTask):
         for key, (variable, _) in target_map.items():
             variable.assign(tf.cast(source_map[key][0], variable.dtype))
         target.itm_head.set_weights(grown.itm_head.get_weights())
+        if target.backbone.config.region_feature_standardization:
+            # Not an official weight, so not in the variable map: the statistics (restored from the pretraining
+            # run or computed on the training records by the initialisation above) are carried over here.
+            source_region, target_region = grown.backbone.region_embeddings, target.backbone.region_embeddings
+            target_region.set_feature_statistics(source_region.feature_mean.numpy(),
+                                                 source_region.feature_scale.numpy())
         log(f"grew the type table to {NLVR2_TYPE_VOCAB_SIZE} rows (row 2 = row 1, official init_type_embedding)")
 
     # ------------------------------------------------------------------------ data, loss, metrics

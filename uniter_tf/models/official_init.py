@@ -60,6 +60,10 @@ def _rebuild_backbone(backbone: UniterBackbone, replaced_tables: dict, **config_
     for key, (new_variable, _) in new_map.items():
         value = replaced_tables[key] if key in replaced_tables else old_map[key][0].numpy()
         new_variable.assign(np.asarray(value, dtype=np.dtype(new_variable.dtype)))
+    if grown.config.region_feature_standardization:
+        # Not an official weight (so not in the variable map): the region-feature statistics move with the model.
+        old_region, new_region = backbone.region_embeddings, grown.region_embeddings
+        new_region.set_feature_statistics(old_region.feature_mean.numpy(), old_region.feature_scale.numpy())
     return grown
 
 

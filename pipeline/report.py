@@ -277,6 +277,10 @@ def write_report(path: str, *, title: str, gate: Optional[Mapping[str, Any]], me
                 parts.append(f"<tr><td>{html.escape(itm['image'])}</td><td>{html.escape(caption)} ({kind})</td>"
                              f"<td>{score:.3f}</td></tr>")
             parts.append("</table>")
+            if "pairs" in itm:
+                parts.append(f"<p>The same pair on every held-out image (its first caption against the next "
+                             f"image's): the matching caption scored higher on <b>{itm['pairs_won']}</b> of "
+                             f"{itm['pairs']}.</p>")
     for note in notes:
         parts.append(f"<p class='note'>{html.escape(note)}</p>")
     parts.append("</body></html>")

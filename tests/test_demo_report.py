@@ -67,7 +67,8 @@ def test_report_page_inlines_figures_and_shows_the_gate(tmp_path):
               "rows": [{"image": "sample_000004.png", "question": "What color is the <circle>?", "true": "red",
                         "answers": [("red", 0.9), ("blue", 0.05)], "score": 1.0}],
               "itm": {"image": "sample_000004.png", "matching": "A red circle.", "mismatched": "A blue square.",
-                      "matching_score": 0.93, "mismatched_score": 0.08}}
+                      "matching_score": 0.93, "mismatched_score": 0.08, "pairs": 50,
+                      "pairs_won": 44}}
     path = report_lib.write_report(str(tmp_path / "out" / "report.html"), title="demo", gate=gate, metric_rows=rows,
                                    pushed=None, curve_pngs=[png, str(tmp_path / "missing.png")], example=None,
                                    served=served, notes=["a note"])
@@ -85,6 +86,7 @@ def test_report_page_inlines_figures_and_shows_the_gate(tmp_path):
     assert "retrieval</td><td>-</td><td></td><td></td><td></td>" in page
     assert "What color is the &lt;circle&gt;?" in page and "red (0.90), blue (0.05)" in page
     assert "gRPC <b>0.610</b>, REST <b>0.610</b>" in page and "0.930" in page and "0.080" in page
+    assert "the matching caption scored higher on <b>44</b> of 50" in page
     assert "pushed: <code>nothing</code>" in page
 
 

@@ -209,7 +209,6 @@ class PairServingGraph(ServingGraph):
     def serve_examples(self, examples):
         """Serialized canonical pair records (the right image in the ``*_2`` fields)."""
         from uniter_tf.data import schema
-        from uniter_tf.tokenization import pack_token_ids
 
         feature_dim = self.feature_dim
         image_keys = (schema.REGION_FEATURES, schema.REGION_POSITIONS, schema.REGION_FEATURES_2,
@@ -227,21 +226,7 @@ class PairServingGraph(ServingGraph):
                 schema.TOKEN_IDS: tf.RaggedTensorSpec([None], tf.int32, ragged_rank=0),
                 **{key: tf.RaggedTensorSpec([None, width], tf.float32, ragged_rank=0)
                    for key, width in widths.items()}})
-        record_ids = parsed[schema.TOKEN_IDS]
-        # Records that carry only raw text are tokenised here (as the one-image serve_examples).
-        has_ids = record_ids.row_lengths() > 0
-        tokenized = self.tokenizer.tokenize(parsed[schema.TEXT])
-        word_ids = tf.concat([
-                tf.ragged.boolean_mask(record_ids, record_ids.with_flat_values(
-                        tf.repeat(has_ids, record_ids.row_lengths()))),
-                tf.ragged.boolean_mask(tokenized, tokenized.with_flat_values(
-                        tf.repeat(tf.logical_not(has_ids), tokenized.row_lengths())))], axis=1)
-        token_ids, text_mask = pack_token_ids(word_ids, self.max_text_length, cls_id=self.tokenizer.cls_id,
-                                              sep_id=self.tokenizer.sep_id, pad_id=self.tokenizer.pad_id,
-                                              padded_length=tf.minimum(
-                                                      tf.cast(tf.reduce_max(tf.concat(
-                                                              [word_ids.row_lengths(), [0]], 0)), tf.int32) + 2,
-                                                      self.max_text_length))
+        token_ids, text_mask = self._record_token_ids(parsed[schema.TOKEN_IDS], parsed[schema.TEXT])
         images = []
         for features_key, positions_key in ((schema.REGION_FEATURES, schema.REGION_POSITIONS),
                                             (schema.REGION_FEATURES_2, schema.REGION_POSITIONS_2)):

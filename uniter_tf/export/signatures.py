@@ -294,10 +294,27 @@ class ServingGraph:
         """Pre-tokenised backbone inputs."""
         return self.score(token_ids, text_mask, region_features, region_positions, region_mask)
 
+    def _record_token_ids(self, record_ids: tf.RaggedTensor, texts: tf.Tensor):
+        """Packed ``[CLS] ... [SEP]`` ids and mask of parsed records: their ``token_ids``, or for records that
+        carry only raw ``text``, the text tokenised here (``serve_examples`` of one- and two-image exports)."""
+        from uniter_tf.tokenization import pack_token_ids
+
+        has_ids = record_ids.row_lengths() > 0
+        tokenized = self.tokenizer.tokenize(texts)
+        word_ids = tf.concat([
+                tf.ragged.boolean_mask(record_ids, record_ids.with_flat_values(
+                        tf.repeat(has_ids, record_ids.row_lengths()))),
+                tf.ragged.boolean_mask(tokenized, tokenized.with_flat_values(
+                        tf.repeat(tf.logical_not(has_ids), tokenized.row_lengths())))], axis=1)
+        return pack_token_ids(word_ids, self.max_text_length, cls_id=self.tokenizer.cls_id,
+                              sep_id=self.tokenizer.sep_id, pad_id=self.tokenizer.pad_id,
+                              padded_length=tf.minimum(
+                                      tf.cast(tf.reduce_max(tf.concat([word_ids.row_lengths(), [0]], 0)), tf.int32)
+                                      + 2, self.max_text_length))
+
     def serve_examples(self, examples):
         """Serialized canonical ``tf.Example`` records (``uniter_tf.data.schema``)."""
         from uniter_tf.data import schema
-        from uniter_tf.tokenization import pack_token_ids
 
         feature_dim = self.feature_dim
 
@@ -313,21 +330,7 @@ class ServingGraph:
                 schema.REGION_FEATURES: tf.RaggedTensorSpec([None, feature_dim], tf.float32, ragged_rank=0),
                 schema.REGION_POSITIONS: tf.RaggedTensorSpec([None, 7], tf.float32, ragged_rank=0),
         })
-        record_ids = parsed[schema.TOKEN_IDS]
-        # Records that carry only raw text are tokenised here.
-        has_ids = record_ids.row_lengths() > 0
-        tokenized = self.tokenizer.tokenize(parsed[schema.TEXT])
-        word_ids = tf.concat([
-                tf.ragged.boolean_mask(record_ids, record_ids.with_flat_values(
-                        tf.repeat(has_ids, record_ids.row_lengths()))),
-                tf.ragged.boolean_mask(tokenized, tokenized.with_flat_values(
-                        tf.repeat(tf.logical_not(has_ids), tokenized.row_lengths())))], axis=1)
-        token_ids, text_mask = pack_token_ids(word_ids, self.max_text_length, cls_id=self.tokenizer.cls_id,
-                                              sep_id=self.tokenizer.sep_id, pad_id=self.tokenizer.pad_id,
-                                              padded_length=tf.minimum(
-                                                      tf.cast(tf.reduce_max(tf.concat(
-                                                              [word_ids.row_lengths(), [0]], 0)), tf.int32) + 2,
-                                                      self.max_text_length))
+        token_ids, text_mask = self._record_token_ids(parsed[schema.TOKEN_IDS], parsed[schema.TEXT])
         region_counts = tf.cast(parsed[schema.REGION_FEATURES].row_lengths(), tf.int32)
         region_features = parsed[schema.REGION_FEATURES].to_tensor()
         region_positions = parsed[schema.REGION_POSITIONS].to_tensor()

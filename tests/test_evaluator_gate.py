@@ -37,11 +37,12 @@ def _artifact(artifact_class, uri, artifact_id):
     return artifact
 
 
-def _evaluate(examples, model, tmp_path, name, lower_bounds):
+def _evaluate(examples, model, tmp_path, name, lower_bounds, baseline=None):
     blessing = _artifact(standard_artifacts.ModelBlessing, tmp_path / name / "blessing", 100)
     evaluation = _artifact(standard_artifacts.ModelEvaluation, tmp_path / name / "evaluation", 101)
+    baseline_inputs = {spec_lib.BASELINE_MODEL_KEY: [baseline]} if baseline is not None else {}
     evaluator_executor.Executor().Do(
-            {spec_lib.EXAMPLES_KEY: [examples], spec_lib.MODEL_KEY: [model]},
+            {spec_lib.EXAMPLES_KEY: [examples], spec_lib.MODEL_KEY: [model], **baseline_inputs},
             {spec_lib.BLESSING_KEY: [blessing], spec_lib.EVALUATION_KEY: [evaluation]},
             {spec_lib.EVAL_SPLIT_KEY: "eval", spec_lib.LOWER_BOUNDS_KEY: json.dumps(lower_bounds),
              spec_lib.MAX_REGRESSION_KEY: "{}", spec_lib.BATCH_SIZE_KEY: 32, spec_lib.MAX_GALLERY_TEXTS_KEY: 100})
@@ -90,10 +91,20 @@ def test_model_below_threshold_is_not_pushed_and_blessed_model_is(tmp_path):
     assert not serving_dir.exists() or not any(serving_dir.iterdir())
 
     # Reachable thresholds: blessed and pushed in TF Serving's layout.
-    blessing, _ = _evaluate(examples, model, tmp_path, "lenient", {"itm_accuracy": 0.0, "vqa_score": 0.0})
+    blessing, evaluation = _evaluate(examples, model, tmp_path, "lenient", {"itm_accuracy": 0.0, "vqa_score": 0.0})
     assert blessing.get_int_custom_property("blessed") == 1
+    with open(os.path.join(evaluation.uri, "metrics.json"), encoding="utf-8") as handle:
+        assert json.load(handle)["message"] == "blessed: thresholds met (no blessed baseline yet)"
     pushed = _push(model, blessing, tmp_path, "lenient", serving_dir)
     assert pushed.get_int_custom_property("pushed") == 1
     versions = [entry.name for entry in serving_dir.iterdir()]
     assert len(versions) == 1 and versions[0].isdigit()
     assert (serving_dir / versions[0] / "saved_model.pb").exists()
+
+    # A cached Trainer hands the evaluator the last blessed model itself as the candidate: not compared with
+    # itself, and the report says so instead of claiming there is no baseline.
+    _, evaluation = _evaluate(examples, model, tmp_path, "rerun", {"itm_accuracy": 0.0}, baseline=model)
+    with open(os.path.join(evaluation.uri, "metrics.json"), encoding="utf-8") as handle:
+        report = json.load(handle)
+    assert report["blessed"] is True and report["baseline_metrics"] is None and report["baseline_model_id"] == 7
+    assert report["message"] == "blessed: thresholds met (the candidate is the last blessed model)"

@@ -144,9 +144,14 @@ class Executor(base_executor.BaseExecutor):
 
         blessed, reasons = evaluation_lib.bless(candidate_metrics, lower_bounds, baseline_metrics, max_regression)
         if blessed:
-            message = ("blessed: thresholds met" + (" and no regression against the last blessed model"
-                                                    if baseline_metrics is not None else
-                                                    " (no blessed baseline yet)"))
+            if baseline_metrics is not None:
+                comparison = " and no regression against the last blessed model"
+            elif baseline is not None:
+                # A cached Trainer hands the evaluator the model that is already the last blessed one.
+                comparison = " (the candidate is the last blessed model)"
+            else:
+                comparison = " (no blessed baseline yet)"
+            message = "blessed: thresholds met" + comparison
         else:
             message = "not blessed: " + "; ".join(reasons)
         logging.info("UniterEvaluator: %s", message)

@@ -73,25 +73,6 @@ class PairServingGraph(ServingGraph):
 
     # --------------------------------------------------------------------------------- the core
 
-    def _text_checks(self, token_ids, text_mask):
-        text_lengths = tf.reduce_sum(text_mask, axis=1)
-        longest_text = tf.reduce_max(tf.concat([text_lengths, [1]], axis=0))
-        checks = [
-                tf.debugging.assert_less_equal(
-                        longest_text, tf.constant(self.max_text_length, tf.int32),
-                        message=f"text_mask: a text has more than {self.max_text_length} tokens "
-                                f"([CLS] and [SEP] included)"),
-                tf.debugging.assert_greater_equal(
-                        tf.reduce_min(tf.concat([text_lengths, [2]], axis=0)), 2,
-                        message="text_mask: every text needs at least [CLS] and [SEP]"),
-                tf.debugging.assert_non_negative(token_ids, message="token_ids: negative token id"),
-                tf.debugging.assert_less(
-                        token_ids, tf.constant(int(self.backbone.config.vocab_size), tf.int32),
-                        message=f"token_ids: a token id is outside the vocabulary "
-                                f"[0, {self.backbone.config.vocab_size})"),
-        ]
-        return longest_text, checks
-
     def _image_checks(self, region_counts, count_name: str):
         most_regions = tf.reduce_max(tf.concat([region_counts, [0]], axis=0))
         image = "right" if count_name.endswith(SECOND) else "left"

@@ -148,6 +148,26 @@ class ServingGraph:
 
     # --------------------------------------------------------------------------------- the core
 
+    def _text_checks(self, token_ids, text_mask):
+        """The longest text (≥ 1) and the assertions every scoring graph runs on packed text inputs."""
+        text_lengths = tf.reduce_sum(text_mask, axis=1)
+        longest_text = tf.reduce_max(tf.concat([text_lengths, [1]], axis=0))
+        checks = [
+                tf.debugging.assert_less_equal(
+                        longest_text, tf.constant(self.max_text_length, tf.int32),
+                        message=f"text_mask: a text has more than {self.max_text_length} tokens "
+                                f"([CLS] and [SEP] included)"),
+                tf.debugging.assert_greater_equal(
+                        tf.reduce_min(tf.concat([text_lengths, [2]], axis=0)), 2,
+                        message="text_mask: every text needs at least [CLS] and [SEP]"),
+                tf.debugging.assert_non_negative(token_ids, message="token_ids: negative token id"),
+                tf.debugging.assert_less(
+                        token_ids, tf.constant(int(self.backbone.config.vocab_size), tf.int32),
+                        message=f"token_ids: a token id is outside the vocabulary "
+                                f"[0, {self.backbone.config.vocab_size})"),
+        ]
+        return longest_text, checks
+
     def score(self, token_ids, text_mask, region_features, region_positions, region_mask) -> Dict[str, tf.Tensor]:
         """Checks, buckets and scores a batch given as backbone inputs (masks are prefixes of ones)."""
         token_ids = tf.cast(token_ids, tf.int32)
@@ -155,28 +175,15 @@ class ServingGraph:
         region_mask = tf.cast(region_mask, tf.int32)
         region_features = tf.cast(region_features, tf.float32)
         region_positions = tf.cast(region_positions, tf.float32)
-        text_lengths = tf.reduce_sum(text_mask, axis=1)
         region_counts = tf.reduce_sum(region_mask, axis=1)
-        longest_text = tf.reduce_max(tf.concat([text_lengths, [1]], axis=0))
         most_regions = tf.reduce_max(tf.concat([region_counts, [0]], axis=0))
-        checks = [
-                tf.debugging.assert_less_equal(
-                        longest_text, tf.constant(self.max_text_length, tf.int32),
-                        message=f"text_mask: a text has more than {self.max_text_length} tokens "
-                                f"([CLS] and [SEP] included)"),
+        longest_text, checks = self._text_checks(token_ids, text_mask)
+        checks += [
                 tf.debugging.assert_less_equal(
                         most_regions, tf.constant(self.options.max_regions, tf.int32),
                         message=f"region_mask / num_regions: an example has more than {self.options.max_regions} "
                                 f"regions"),
-                tf.debugging.assert_greater_equal(
-                        tf.reduce_min(tf.concat([text_lengths, [2]], axis=0)), 2,
-                        message="text_mask: every text needs at least [CLS] and [SEP]"),
-                tf.debugging.assert_non_negative(token_ids, message="token_ids: negative token id"),
                 *self._region_choice_checks(region_counts),
-                tf.debugging.assert_less(
-                        token_ids, tf.constant(int(self.backbone.config.vocab_size), tf.int32),
-                        message=f"token_ids: a token id is outside the vocabulary "
-                                f"[0, {self.backbone.config.vocab_size})"),
         ]
         with tf.control_dependencies(checks):
             text_width = _bucket_width(longest_text, tf.constant(self.options.text_buckets, tf.int32))

@@ -61,18 +61,14 @@ def standardization_scale(std, min_std: float = DEFAULT_MIN_STD) -> np.ndarray:
 
 
 def _record_files(file_patterns: FilePatterns) -> List[str]:
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    # The evaluation library's expansion (every pattern must match a file); imported here because
+    # uniter_tf.evaluation imports this package.
+    from uniter_tf.evaluation.records import list_record_files  # pylint: disable=import-outside-toplevel
 
-    patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
-    if not patterns:
-        raise ValueError("feature statistics: no record files given")
-    files = set()
-    for pattern in patterns:
-        matched = [path for path in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(path)]
-        if not matched:
-            raise ValueError(f"feature statistics: no record files match {pattern!r}")
-        files.update(matched)
-    return sorted(files)
+    try:
+        return list_record_files(file_patterns)
+    except ValueError as error:
+        raise ValueError(f"feature statistics: {error}") from None
 
 
 def _is_gzip(path: str) -> bool:

@@ -99,6 +99,8 @@ class PretrainingTask(Task):
     """
 
     name = "pretraining"
+    #: Parameters a subclass adds to COMMON_PARAMS + OWN_PARAMS (accepted by :meth:`from_config`).
+    EXTRA_PARAMS: tuple = ()
 
     def __init__(self, model: Any = "tiny", model_overrides: Optional[Mapping[str, Any]] = None,
                  train_files: Any = (), eval_files: Any = (), init: str = "scratch", init_path: str = "",
@@ -136,10 +138,10 @@ class PretrainingTask(Task):
             ValueError: unknown keys (named) or invalid values.
         """
         values = {key: value for key, value in dict(config).items() if not str(key).startswith("_")}
-        unknown = sorted(set(values) - set(COMMON_PARAMS) - set(OWN_PARAMS))
+        known = COMMON_PARAMS + OWN_PARAMS + cls.EXTRA_PARAMS
+        unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ValueError(f"unknown parameters {unknown} for task 'pretraining'; known: "
-                             f"{sorted(COMMON_PARAMS + OWN_PARAMS)}")
+            raise ValueError(f"unknown parameters {unknown} for task {cls.name!r}; known: {sorted(known)}")
         return cls(**values)
 
     def get_config(self) -> Dict[str, Any]:

@@ -45,6 +45,7 @@ class VcrPretrainingTask(PretrainingTask):
     """
 
     name = "vcr_pretraining"
+    EXTRA_PARAMS = ("formats",)
 
     def __init__(self, formats=("qa", "qar"), task_ratios: Optional[Mapping[str, float]] = None, **kwargs):
         from uniter_tf.data.vcr_pretraining_inputs import FORMATS, VCR_PRETRAINING_TASKS
@@ -60,23 +61,6 @@ class VcrPretrainingTask(PretrainingTask):
         if not formats or sorted(set(formats) - set(FORMATS)):
             raise ValueError(f"task 'vcr_pretraining': formats must be among {sorted(FORMATS)}, got {formats}")
         self.formats = formats
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "VcrPretrainingTask":
-        """Builds the task from its parameters (``_``-prefixed keys are comments).
-
-        Raises:
-            ValueError: unknown keys (named) or invalid values.
-        """
-        from uniter_tf.tasks.base_task import COMMON_PARAMS
-        from uniter_tf.tasks.pretraining import OWN_PARAMS
-
-        values = {key: value for key, value in dict(config).items() if not str(key).startswith("_")}
-        unknown = sorted(set(values) - set(COMMON_PARAMS) - set(OWN_PARAMS) - {"formats"})
-        if unknown:
-            raise ValueError(f"unknown parameters {unknown} for task 'vcr_pretraining'; known: "
-                             f"{sorted(COMMON_PARAMS + OWN_PARAMS + ('formats',))}")
-        return cls(**values)
 
     def get_config(self) -> Dict[str, Any]:
         config = super().get_config()

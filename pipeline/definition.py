@@ -276,7 +276,9 @@ def create_pipeline(
             caption_anomalies=contract["caption"][2].outputs["anomalies"],
             vqa_anomalies=contract[task_data.name][2].outputs["anomalies"],
             caption_schema=contract["caption"][1].outputs["schema"],
-            vqa_schema=contract[task_data.name][1].outputs["schema"]).with_id(DATA_GATE)
+            vqa_schema=contract[task_data.name][1].outputs["schema"],
+            # The anomaly messages name the task's own example set; VQA's gate keeps its graph (no parameter).
+            **({} if is_vqa else {"task_example_set": task_data.name})).with_id(DATA_GATE)
 
     data_components = [image_importer, feature_extractor, caption_example_gen, vqa_example_gen,
                        *contract["caption"], *contract[task_data.name], data_gate]

@@ -140,3 +140,49 @@ def test_pretraining_run_fn_stops_before_training_on_records_that_break_its_sche
     with pytest.raises(SchemaMismatchError, match="lacks feature 'answers', required by .*schema.pbtxt"):
         run_fn(fn_args)
     assert not os.path.exists(fn_args.model_run_dir) or not os.listdir(fn_args.model_run_dir)
+
+
+@pytest.mark.parametrize("task", ["ve", "nlvr2", "refcoco"])
+def test_the_pipelines_gate_names_the_fine_tuning_tasks_own_example_set(tmp_path, task):
+    """The gate's second slot holds the task's examples: its anomaly lines say ``ve``, not ``vqa``."""
+    from pipeline import configs
+    from pipeline import definition as pipeline_lib
+
+    def data_gate(task_name):
+        pipeline = pipeline_lib.create_pipeline(
+                pipeline_name="uniter-test", pipeline_root=str(tmp_path / task_name / "root"),
+                data=configs.DataConfig(data_root=str(tmp_path / "data")),
+                training=configs.TrainingConfig(finetune_task=task_name),
+                serving_model_dir=str(tmp_path / task_name / "serving"))
+        (component,) = [node for node in pipeline.components if node.id == pipeline_lib.DATA_GATE]
+        return component
+
+    # VQA's gate is built as before (no parameter, so its compiled graph and cache keys are unchanged).
+    assert "task_example_set" not in data_gate("vqa").exec_properties
+    component = data_gate(task)
+    assert component.exec_properties["task_example_set"] == task
+    clean = _anomalies_artifact(tmp_path / "clean", {"train": {}, "eval": {}})
+    broken = _anomalies_artifact(tmp_path / "broken", {"train": {
+            "label": ("Out-of-range values", "Unexpectedly large value: 7.")}, "eval": {}})
+    schemas = {name: _schema_artifact(tmp_path / name) for name in ("caption_schema", "vqa_schema")}
+    outputs = {name: [_schema_artifact(tmp_path / name, write=False)]
+               for name in ("caption_schema_out", "vqa_schema_out")}
+    executor = component.executor_spec.executor_class()
+    with pytest.raises(gate.DataContractError) as raised:
+        executor.Do({"caption_anomalies": [clean], "vqa_anomalies": [broken],
+                     **{name: [artifact] for name, artifact in schemas.items()}}, outputs,
+                    dict(component.exec_properties))
+    message = str(raised.value)
+    assert f"{task} split train: feature 'label': Out-of-range values" in message, message
+    assert "vqa" not in message, message
+
+
+def _schema_artifact(folder, write=True):
+    from tfx.types import standard_artifacts
+
+    artifact = standard_artifacts.Schema()
+    artifact.uri = str(folder)
+    if write:
+        os.makedirs(folder, exist_ok=True)
+        (folder / "schema.pbtxt").write_text("")
+    return artifact

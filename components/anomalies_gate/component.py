@@ -15,7 +15,7 @@ pretraining, VQA questions for fine-tuning) and either
 import os
 from typing import Any, Dict, List, Sequence, Tuple
 
-from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils
 from tfx.types.standard_artifacts import ExampleAnomalies, Schema
@@ -102,8 +102,14 @@ def DataGate(  # pylint: disable=invalid-name  (a component class, named as TFX 
         vqa_schema: InputArtifact[Schema],
         caption_schema_out: OutputArtifact[Schema],
         vqa_schema_out: OutputArtifact[Schema],
+        task_example_set: Parameter[str] = "vqa",
 ):
-    """Fails on any anomaly of the caption or VQA examples; else passes both schemas on to the Trainers."""
-    check_example_sets([("captions", caption_anomalies), ("vqa", vqa_anomalies)])
+    """Fails on any anomaly of the caption or fine-tuning examples; else passes both schemas on to the Trainers.
+
+    The ``vqa_*`` slots hold the fine-tuning task's example set whatever the task (their names are kept so a
+    VQA pipeline's graph and cache are unchanged); ``task_example_set`` is that set's name in the messages
+    (``ve``, ``nlvr2``, ``refcoco``).
+    """
+    check_example_sets([("captions", caption_anomalies), (task_example_set, vqa_anomalies)])
     _pass_schema(caption_schema, caption_schema_out)
     _pass_schema(vqa_schema, vqa_schema_out)

@@ -393,6 +393,34 @@ class UniterClient:
         inputs.update({f"{name}_2": value for name, value in right_inputs.items() if name != "text"})
         return signature, inputs
 
+    def retrieve(self, text: str, k: int = 10, rerank: int = 0) -> List[Dict[str, object]]:
+        """Text → the ``k`` best images of the served version's index (signature ``retrieve``, issue 13).
+
+        Args:
+            text: the query.
+            k: answers (1 ≤ k ≤ the gallery).
+            rerank: 0 for the first stage alone, else ``rerank`` ≥ ``k`` candidates rescored by the
+                cross-encoder.
+
+        Returns:
+            ``[{"rank", "image_id", "score", "first_stage_score", "reranked"}]``, best first; ``last_version``
+            says which version (model and index) answered.
+
+        Raises:
+            ServingRequestError: INVALID_ARGUMENT naming the input (empty text, k or rerank out of range), or
+                NOT_FOUND when the served version has no index.
+        """
+        outputs = self.predict({"text": np.asarray(text.encode("utf-8"), dtype=object),
+                                "k": np.asarray(k, np.int32), "rerank": np.asarray(rerank, np.int32)},
+                               signature_name="retrieve")
+        ids = [value.decode("utf-8") if isinstance(value, bytes) else str(value)
+               for value in np.asarray(outputs["image_ids"]).reshape(-1)]
+        scores = np.asarray(outputs["scores"], np.float64).reshape(-1)
+        first_stage = np.asarray(outputs["first_stage_scores"], np.float64).reshape(-1)
+        return [{"rank": rank + 1, "image_id": image_id, "score": float(scores[rank]),
+                 "first_stage_score": float(first_stage[rank]), "reranked": bool(rerank)}
+                for rank, image_id in enumerate(ids)]
+
     def score_examples(self, serialized_examples: Sequence[bytes]) -> Dict[str, np.ndarray]:
         """Scores serialized canonical ``tf.Example`` records (the ``serve_examples`` signature)."""
         return self.predict({"examples": np.array(list(serialized_examples), dtype=object)}, "serve_examples")

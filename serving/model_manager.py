@@ -254,7 +254,12 @@ def load_saved_model(model_name: str, version: int, path: str) -> ServableVersio
         output_names = tuple(sorted(outputs)) if isinstance(outputs, dict) else ("output_0",)
         signatures[name] = Signature(name=name, function=function, inputs=inputs, output_names=output_names,
                                      flat_order=flat_argument_order(function, inputs))
-    return ServableVersion(model_name, version, path, signatures, signature_def_map, handle=handle)
+    servable = ServableVersion(model_name, version, path, signatures, signature_def_map, handle=handle)
+    # A version exported with an index also answers `retrieve` from that index (loaded and swapped with it).
+    from serving.retrieval import attach_retrieval
+
+    attach_retrieval(servable)
+    return servable
 
 
 class ModelManager:

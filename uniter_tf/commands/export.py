@@ -35,6 +35,14 @@ def add_arguments(parser):
                         help="Compile the model part of the scoring signatures with XLA (faster inference; each "
                              "new batch/text/region bucket compiles on first use; tensorflow_model_server needs "
                              "--xla_cpu_compilation_enabled=true).")
+    parser.add_argument("--index", default=None,
+                        help="An image index of the run's first stage (uniter index): it and its images' regions go "
+                             "into the version's assets.extra/retrieval so the server answers retrieval requests "
+                             "(the run's first stage adds embed_text / embed_image whether or not --index is given).")
+    parser.add_argument("--index-features", nargs="+", default=None,
+                        help="The gallery's region records for --index (default: those the index was built from).")
+    parser.add_argument("--no-first-stage", action="store_true",
+                        help="Leave the run's retrieval first stage (embed_text / embed_image) out of the export.")
 
 
 def run(args) -> int:
@@ -46,7 +54,9 @@ def run(args) -> int:
                               text_buckets=_sizes(args.text_buckets) if args.text_buckets else None,
                               region_buckets=_sizes(args.region_buckets) if args.region_buckets
                               else DEFAULT_REGION_BUCKETS,
-                              warmup=not args.no_warmup, jit_compile=args.jit_compile)
+                              warmup=not args.no_warmup, jit_compile=args.jit_compile,
+                              first_stage=False if args.no_first_stage else None, index=args.index,
+                              index_features=args.index_features)
     ops = result.metadata.get("non_core_ops", [])
     print(f"exported the {result.kind} model from {result.source} to {result.path}")
     print(f"signatures: {', '.join(sorted(result.metadata['signatures']))}")

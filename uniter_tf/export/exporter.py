@@ -39,6 +39,8 @@ from uniter_tf.export.pair_signatures import PairServingGraph, is_image_pair
 # Multiple-choice tasks (a multiple_choice declaration: VCR) get the choice signatures (choice_signatures.py).
 from uniter_tf.export.choice_signatures import ChoiceServingGraph, is_multiple_choice
 from uniter_tf.export.task_heads import TaskHeadExport
+# A run with a retrieval first stage gets embed_text / embed_image (embedding_signatures.py).
+from uniter_tf.export.embedding_signatures import EmbeddingSignatures
 
 EXPORT_METADATA_FILE = "uniter_export.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -145,7 +147,7 @@ def _text_file_table(path: str, key_is_line_number: bool = True):
 
 def export_uniter(output_dir: str, backbone, itm_head, preprocessor=None, task: Optional[TaskHeadExport] = None,
                   options: Optional[ExportOptions] = None, version: Optional[int] = None,
-                  record_ops: bool = False) -> str:
+                  record_ops: bool = False, first_stage=None, before_publish=None) -> str:
     """Exports a UNITER model as a servable SavedModel version ``output_dir/<version>``.
 
     Args:
@@ -159,6 +161,10 @@ def export_uniter(output_dir: str, backbone, itm_head, preprocessor=None, task: 
         version: the version number; by default one more than the newest under ``output_dir``.
         record_ops: list the ops outside core TensorFlow in the metadata (``non_core_ops``; runs a
             subprocess, see :mod:`uniter_tf.export.op_inventory`).
+        first_stage: a retrieval :class:`~uniter_tf.retrieval.first_stage.FirstStage`: adds the ``embed_text``
+            / ``embed_image`` signatures (:mod:`uniter_tf.export.embedding_signatures`).
+        before_publish: ``(staged SavedModel directory) -> None``, run after everything else is written and
+            before the version is moved into place (``uniter export --index`` writes the retrieval assets).
 
     Returns:
         The path of the written version.
@@ -174,11 +180,12 @@ def export_uniter(output_dir: str, backbone, itm_head, preprocessor=None, task: 
     if tf.io.gfile.exists(target):
         raise FileExistsError(f"version {version} already exists at {target}; pick another --version")
     return write_saved_model(target, backbone, itm_head, preprocessor=preprocessor, task=task, options=options,
-                             record_ops=record_ops)
+                             record_ops=record_ops, first_stage=first_stage, before_publish=before_publish)
 
 
 def write_saved_model(target: str, backbone, itm_head, preprocessor=None, task: Optional[TaskHeadExport] = None,
-                      options: Optional[ExportOptions] = None, record_ops: bool = False) -> str:
+                      options: Optional[ExportOptions] = None, record_ops: bool = False, first_stage=None,
+                      before_publish=None) -> str:
     """Writes the SavedModel exactly at ``target`` (what a TFX Trainer's ``serving_model_dir`` wants).
 
     The SavedModel is written beside the target and moved into place (:func:`_move_directory`: one
@@ -237,8 +244,15 @@ def write_saved_model(target: str, backbone, itm_head, preprocessor=None, task: 
             archive.track(resource)
         if task is not None:
             archive.track(task.head)
-        functions = graph.functions()
-        for name, specs in graph.input_signatures().items():
+        functions, signature_specs = graph.functions(), dict(graph.input_signatures())
+        embeddings = None
+        if first_stage is not None:
+            embeddings = EmbeddingSignatures(first_stage, graph)
+            for resource in embeddings.resources():
+                archive.track(resource)
+            functions.update(embeddings.functions())
+            signature_specs.update(embeddings.input_signatures())
+        for name, specs in signature_specs.items():
             archive.add_endpoint(name=name, fn=functions[name], input_signature=list(specs))
         saved_model_dir = posixpath.join(staging_root, "saved_model")
         archive.write_out(saved_model_dir, verbose=False)
@@ -246,8 +260,7 @@ def write_saved_model(target: str, backbone, itm_head, preprocessor=None, task: 
         extra = posixpath.join(saved_model_dir, "assets.extra")
         tf.io.gfile.makedirs(extra)
         metadata = {
-                "signatures": {name: [spec.name for spec in specs]
-                               for name, specs in graph.input_signatures().items()},
+                "signatures": {name: [spec.name for spec in specs] for name, specs in signature_specs.items()},
                 "region_feature_dim": int(config.region_feature_dim),
                 "hidden_size": int(config.hidden_size),
                 "max_regions": options.max_regions,
@@ -263,6 +276,7 @@ def write_saved_model(target: str, backbone, itm_head, preprocessor=None, task: 
                         "image_pair": is_image_pair(task),
                         "multiple_choice": is_multiple_choice(task)},
                 "model_config": config.to_dict(),
+                "first_stage": None if embeddings is None else embeddings.metadata(),
         }
         if record_ops:
             from uniter_tf.export.op_inventory import non_core_ops
@@ -274,6 +288,8 @@ def write_saved_model(target: str, backbone, itm_head, preprocessor=None, task: 
             write_warmup_requests(posixpath.join(extra, WARMUP_FILE), int(config.region_feature_dim),
                                   image_pair=is_image_pair(task),
                                   num_choices=int(task.outputs.num_choices) if is_multiple_choice(task) else 0)
+        if before_publish is not None:
+            before_publish(saved_model_dir)
         if tf.io.gfile.isdir(target):
             _remove_tree(target)  # empty (checked above): TFX may create serving_model_dir beforehand
         _move_directory(saved_model_dir, target)

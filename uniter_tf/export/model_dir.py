@@ -155,7 +155,8 @@ def export_model_dir(model_dir: str, output: str, *, version: Optional[int] = No
                      config=None, top_k: int = 5, max_text_length: Optional[int] = None,
                      text_buckets: Optional[Sequence[int]] = None,
                      region_buckets: Sequence[int] = DEFAULT_REGION_BUCKETS, warmup: bool = True,
-                     jit_compile: bool = False, record_ops: bool = True) -> ExportResult:
+                     jit_compile: bool = False, record_ops: bool = True, first_stage: Optional[bool] = None,
+                     index: Optional[str] = None, index_features: Optional[Sequence[str]] = None) -> ExportResult:
     """Exports the model of a trained run (or converted) directory: the one export entry point.
 
     Args:
@@ -174,20 +175,40 @@ def export_model_dir(model_dir: str, output: str, *, version: Optional[int] = No
         warmup: write TF Serving warm-up requests.
         jit_compile: XLA-compile the model part of the scoring signatures.
         record_ops: record the ops outside core TensorFlow in the metadata (``non_core_ops``).
+        first_stage: add the retrieval first stage's ``embed_text`` / ``embed_image`` signatures
+            (:mod:`uniter_tf.export.embedding_signatures`): ``None`` (default) when the task run has
+            ``first_stage/``, ``True`` to require it, ``False`` never.
+        index: an image index of that first stage (``uniter index``): it and its images' regions go into the
+            version's ``assets.extra/retrieval/`` before the version is published, so a server loads the
+            model and its index together (:func:`uniter_tf.retrieval.serving_assets.write_retrieval_assets`).
+        index_features: the gallery's region records (default: those the index was built from).
 
     Returns:
         Where it went and what it holds.
 
     Raises:
-        FileNotFoundError / ValueError: as :func:`load_exportable_model`; FileExistsError: the version
-        (or the flat target) exists.
+        FileNotFoundError / ValueError: as :func:`load_exportable_model`, or a first stage / index asked
+        for and missing; IndexVersionError: the index is not of the run's first stage; FileExistsError: the
+        version (or the flat target) exists.
     """
     from uniter_tf.export.exporter import export_uniter, read_metadata, write_saved_model
     from uniter_tf.export.signatures import ExportOptions
 
     if flat and version is not None:
         raise ValueError("export_model_dir: a flat export has no version")
+    if index is not None and first_stage is False:
+        raise ValueError("export_model_dir: an index needs the first stage's embed_text (first_stage=False given)")
     model = load_exportable_model(model_dir, config=config, top_k=top_k)
+    stage = _first_stage_of(model_dir, model.kind, first_stage or index is not None, first_stage is not False)
+    before_publish = None
+    if index is not None:
+        from uniter_tf.retrieval.index import EmbeddingIndex
+        from uniter_tf.retrieval.serving_assets import write_retrieval_assets
+
+        EmbeddingIndex.load(index, expected_model_version=stage.model_version())  # refuse before the export
+
+        def before_publish(staged_dir: str) -> None:
+            write_retrieval_assets(staged_dir, index, index_features, expected_model_version=stage.model_version())
     limit = max_text_length or model.max_text_length or DEFAULT_MAX_TEXT_LENGTH
     limit = min(limit, int(model.backbone.config.max_position_embeddings))
     options = ExportOptions(max_text_length=limit,
@@ -196,9 +217,32 @@ def export_model_dir(model_dir: str, output: str, *, version: Optional[int] = No
                             jit_compile=jit_compile)
     if flat:
         path = write_saved_model(output, model.backbone, model.itm_head, task=model.task, options=options,
-                                 record_ops=record_ops)
+                                 record_ops=record_ops, first_stage=stage, before_publish=before_publish)
     else:
         path = export_uniter(output, model.backbone, model.itm_head, task=model.task, options=options,
-                             version=version, record_ops=record_ops)
+                             version=version, record_ops=record_ops, first_stage=stage,
+                             before_publish=before_publish)
     _LOG.info("exported the %s model from %s to %s", model.kind, model.source, path)
     return ExportResult(path=path, kind=model.kind, source=model.source, metadata=read_metadata(path))
+
+
+def _first_stage_of(model_dir: str, kind: str, required: bool, allowed: bool):
+    """The retrieval first stage of a task run (``RUN/first_stage``), or ``None``.
+
+    Raises:
+        ValueError: ``required`` and the directory has none.
+    """
+    import tensorflow as tf
+
+    from uniter_tf.retrieval import first_stage as first_stage_lib
+
+    if not allowed:
+        return None
+    present = kind == "finetune" and tf.io.gfile.exists(
+            os.path.join(first_stage_lib.first_stage_dir(model_dir), first_stage_lib.CONFIG_FILE))
+    if not present:
+        if required:
+            raise ValueError(f"{model_dir!r} has no retrieval first stage ({first_stage_lib.FIRST_STAGE_SUBDIR}/"
+                             f"{first_stage_lib.CONFIG_FILE}); train one with `uniter index --train-files ...`")
+        return None
+    return first_stage_lib.load_first_stage(model_dir)

@@ -1,0 +1,224 @@
+"""Retrieval served (issue 13): embedding signatures, the `retrieve` endpoint, and model + index swapped together.
+
+One slow module: a retrieval run trains 2 updates on rendered sample records (`uniter train`; the numbers are
+checked, not the learning), `uniter index --train-files` trains its first stage briefly and indexes the held-out
+images, `export_model_dir(..., index=...)` exports it with `embed_text` / `embed_image` and the index + regions
+in `assets.extra/retrieval`, and `uniter serve`'s server serves it on 127.0.0.1. Checked:
+
+* the served embeddings equal FirstStage.embed_texts / embed_images within 1e-5;
+* `retrieve` over gRPC and REST equals the in-process `uniter_tf.retrieval.rerank.retrieve` (ids, scores);
+* bad input (empty text, k <= 0, k > gallery, rerank < k) is INVALID_ARGUMENT naming the input, and the server
+  keeps answering;
+* version 2 (another first stage, its own index) pushed under retrieve traffic: 0 failed requests, every answer
+  is exactly version 1's or version 2's in-process answer for the version the response names; a version 3
+  whose index is of another first stage is refused at load and version 2 keeps serving.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CONFIG = str(REPO / "configs" / "finetune_itm_tiny.json")
+K, RERANK = 3, 6
+
+
+def _index(run, features, output, train_files=None):
+    from uniter_tf import cli
+
+    arguments = ["index", "--features", *features, "--run", str(run), "--output", str(output)]
+    if train_files:
+        arguments += ["--train-files", *train_files, "--first-stage-steps", "6", "--first-stage-batch-size", "8"]
+    assert cli.main(arguments) == 0
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from uniter_tf import cli
+    from uniter_tf.config import UniterConfig
+    from uniter_tf.data import sample_data
+    from uniter_tf.data.sample_records import write_sample_pretraining_records
+    from uniter_tf.export.model_dir import export_model_dir
+    from uniter_tf.retrieval import first_stage
+
+    root = tmp_path_factory.mktemp("retrieval_serving")
+    sample_data.generate(str(root / "sample"), sample_data.SampleDataConfig(num_images=30, seed=0))
+    written = write_sample_pretraining_records(str(root / "sample"), str(root / "records"),
+                                               UniterConfig.resolve("tiny"), eval_every=3, num_shards=1)
+    run = root / "run"
+    overrides = [f"task.train_files={json.dumps(written['train'])}", "task.eval_files=[]", "task.init=scratch",
+                 "task.train_batch_size=4", "trainer.num_train_steps=2", "trainer.warmup_steps=1",
+                 "trainer.checkpoint_every=2", "trainer.eval_every=0", "trainer.progress_bar=false",
+                 f"runtime.output_dir={run}"]
+    assert cli.main(["train", "--config", CONFIG] + sum((["--set", item] for item in overrides), [])) == 0
+    _index(run, written["eval"], root / "index", train_files=written["train"])
+
+    # Version 2's run: the same cross-encoder with another first stage (perturbed projections), its own index.
+    run2 = root / "run2"
+    shutil.copytree(run, run2)
+    stage2 = first_stage.load_first_stage(str(run2))
+    rng = np.random.default_rng(5)
+    for layer in (stage2.text_projection, stage2.image_projection):
+        layer.kernel.assign(layer.kernel.numpy() + rng.normal(0, 0.2, layer.kernel.shape).astype(np.float32))
+    first_stage.save_first_stage(stage2, str(run2 / "first_stage"), source_run=str(run2))
+    _index(run2, written["eval"], root / "index2")
+
+    base = root / "export"
+    export = export_model_dir(str(run), str(base), index=str(root / "index"), record_ops=False)
+    # Version 2 is exported beside the base path and moved in under load (one atomic rename).
+    staged2 = export_model_dir(str(run2), str(root / "staged"), version=2, index=str(root / "index2"),
+                               record_ops=False)
+    return {"root": root, "run": run, "run2": run2, "eval": written["eval"], "base": base, "export": export,
+            "staged2": staged2.path}
+
+
+@pytest.fixture(scope="module")
+def in_process(built):
+    from uniter_tf.retrieval import first_stage, rerank
+    from uniter_tf.retrieval.index import EmbeddingIndex
+
+    gallery = first_stage.read_gallery(built["eval"])
+    cross_encoder = rerank.CrossEncoder.from_run(str(built["run"]))
+    versions = {}
+    for number, run, index_dir in ((1, built["run"], "index"), (2, built["run2"], "index2")):
+        stage = first_stage.load_first_stage(str(run))
+        versions[number] = {"stage": stage, "index": EmbeddingIndex.load(str(built["root"] / index_dir),
+                                                                         expected_model_version=stage.model_version())}
+
+    def answer(version, text, k=K, rerank_count=RERANK):
+        pieces = versions[version]
+        return rerank.retrieve(text, pieces["stage"], pieces["index"], k=k, rerank=rerank_count,
+                               cross_encoder=cross_encoder, image_parts=gallery.image_parts)
+
+    return {"gallery": gallery, "versions": versions, "answer": answer}
+
+
+@pytest.fixture(scope="module")
+def served(built):
+    from serving.server import ModelServer, ServerConfig
+
+    server = ModelServer(ServerConfig(model_name="uniter", model_base_path=str(built["base"]), port=0,
+                                      rest_api_port=0, poll_interval_s=0.2, grpc_threads=4)).start()
+    yield {"server": server, "target": f"127.0.0.1:{server.grpc_port}", "rest": f"http://127.0.0.1:{server.rest_port}"}
+    server.stop()
+
+
+def _check_same(answers, expected):
+    assert [item["image_id"] for item in answers] == [item.image_id for item in expected]
+    np.testing.assert_allclose([item["score"] for item in answers], [item.score for item in expected], atol=1e-4)
+    np.testing.assert_allclose([item["first_stage_score"] for item in answers],
+                               [item.first_stage_score for item in expected], atol=1e-5)
+
+
+def test_served_embeddings_and_retrieve_equal_the_in_process_first_stage_and_rerank(built, in_process, served):
+    from serving.client import UniterClient, UniterRestClient
+
+    metadata = built["export"].metadata
+    stage = in_process["versions"][1]["stage"]
+    assert {"embed_text", "embed_image", "score_positions"} <= set(metadata["signatures"])
+    assert metadata["first_stage"]["model_version"] == stage.model_version()
+    gallery = in_process["gallery"]
+    texts = gallery.texts[:4]
+    with UniterClient(served["target"]) as client:
+        served_text = client.predict({"text": np.asarray([t.encode() for t in texts], object)}, "embed_text")
+        np.testing.assert_allclose(served_text["embeddings"], stage.embed_texts(texts), atol=1e-5)
+        features, positions = gallery.region_features[:3], gallery.region_positions[:3]
+        width = max(len(rows) for rows in features)
+        padded = np.zeros([3, width, features[0].shape[1]], np.float32)
+        padded_positions = np.zeros([3, width, 7], np.float32)
+        for row, (image, boxes) in enumerate(zip(features, positions)):
+            padded[row, :len(image)], padded_positions[row, :len(boxes)] = image, boxes
+        served_image = client.predict({"region_features": padded, "region_positions": padded_positions,
+                                       "num_regions": np.asarray([len(rows) for rows in features], np.int32)},
+                                      "embed_image")
+        np.testing.assert_allclose(served_image["embeddings"], stage.embed_images(features, positions), atol=1e-5)
+        assert "retrieve" in client.signature_defs()
+
+        for text in texts[:2]:
+            expected = in_process["answer"](1, text)
+            _check_same(client.retrieve(text, k=K, rerank=RERANK), expected)
+            assert client.last_version == 1
+            _check_same(UniterRestClient(served["rest"]).retrieve(text, k=K, rerank=RERANK), expected)
+        # The first stage alone (rerank 0).
+        _check_same(client.retrieve(texts[0], k=K), in_process["answer"](1, texts[0], rerank_count=0))
+
+
+def test_bad_retrieve_input_is_invalid_argument_naming_it_and_the_server_keeps_serving(built, in_process, served):
+    from serving.client import ServingRequestError, UniterClient, UniterRestClient
+
+    size = len(in_process["versions"][1]["index"])
+    cases = [(dict(text="   ", k=2, rerank=0), "'text' is empty"), (dict(text="a red circle", k=0, rerank=0), "'k'"),
+             (dict(text="a red circle", k=size + 1, rerank=0), "'k'"),
+             (dict(text="a red circle", k=3, rerank=2), "'rerank' \\(2\\) must be at least 'k'"),
+             (dict(text="a red circle", k=3, rerank=size + 1), "'rerank'")]
+    with UniterClient(served["target"]) as client:
+        for kwargs, message in cases:
+            for front_end in (client, UniterRestClient(served["rest"])):
+                with pytest.raises(ServingRequestError, match=message) as raised:
+                    front_end.retrieve(**kwargs)
+                assert raised.value.code == "INVALID_ARGUMENT"
+        with pytest.raises(ServingRequestError, match="'text'") as raised:  # the input, as a batch: wrong rank
+            client.predict({"text": np.asarray([b"a", b"b"], object), "k": np.asarray(1, np.int32),
+                            "rerank": np.asarray(0, np.int32)}, "retrieve")
+        assert raised.value.code == "INVALID_ARGUMENT"
+        assert len(client.retrieve(in_process["gallery"].texts[0], k=2, rerank=3)) == 2  # still serving
+
+
+def test_version_2_with_its_own_index_swaps_in_under_load_and_a_mismatched_index_is_refused(built, in_process, served):
+    from serving.client import UniterClient
+    from serving.loadgen import run_load
+
+    text = in_process["gallery"].texts[1]
+    expected = {version: in_process["answer"](version, text) for version in (1, 2)}
+    as_tuples = {version: [(item.image_id, round(item.score, 4), round(item.first_stage_score, 4))
+                           for item in answers] for version, answers in expected.items()}
+    assert as_tuples[1] != as_tuples[2]  # the two versions are told apart by their answers
+    clients = [UniterClient(served["target"]) for _ in range(2)]
+    mismatches, lock = [], threading.Lock()
+    seen = set()
+
+    def call(client_index):
+        client = clients[client_index]
+        answers = client.retrieve(text, k=K, rerank=RERANK)
+        version = client.last_version
+        got = [(item["image_id"], round(item["score"], 4), round(item["first_stage_score"], 4)) for item in answers]
+        if [row[0] for row in got] != [row[0] for row in as_tuples[version]] or not np.allclose(
+                [row[1:] for row in got], [row[1:] for row in as_tuples[version]], atol=2e-4):
+            with lock:
+                mismatches.append((version, got))
+        seen.add(version)
+        return version
+
+    base = built["base"]
+    try:
+        result = run_load(call, concurrency=2, duration_s=2.0,
+                          midpoint=lambda: os.rename(built["staged2"], str(base / "2")), midpoint_fraction=0.3,
+                          until=lambda: 2 in seen, max_duration_s=60.0)
+    finally:
+        for client in clients:
+            client.close()
+    assert result.errors == [], result.errors[:3]
+    assert mismatches == []
+    assert set(result.versions) == {1, 2} and result.versions[2] > 0, result.summary()
+
+    # Version 3: version 2's model with version 1's index (another first stage): refused, version 2 serves on.
+    staging = built["root"] / ".v3"
+    shutil.copytree(base / "2", staging)
+    shutil.rmtree(staging / "assets.extra" / "retrieval" / "index")
+    shutil.copytree(built["root"] / "index", staging / "assets.extra" / "retrieval" / "index")
+    os.rename(staging, base / "3")
+    manager = served["server"].managers["uniter"]
+    manager.poll_once()
+    states = {version: (state, message) for version, state, _, message in manager.status()}
+    assert states[3][0] == "END" and "first-stage model version" in states[3][1], states[3]
+    assert manager.available_versions() == [2]
+    with UniterClient(served["target"]) as client:
+        _check_same(client.retrieve(text, k=K, rerank=RERANK), expected[2])
+        assert client.last_version == 2

@@ -9,9 +9,9 @@ in `assets.extra/retrieval`, and `uniter serve`'s server serves it on 127.0.0.1.
 * `retrieve` over gRPC and REST equals the in-process `uniter_tf.retrieval.rerank.retrieve` (ids, scores);
 * bad input (empty text, k <= 0, k > gallery, rerank < k) is INVALID_ARGUMENT naming the input, and the server
   keeps answering;
-* version 2 (another first stage, its own index) pushed under retrieve traffic: 0 failed requests, every answer
-  is exactly version 1's or version 2's in-process answer for the version the response names; a version 3
-  whose index is of another first stage is refused at load and version 2 keeps serving.
+* version 2 (the same model with its own index: a smaller gallery) pushed under retrieve traffic: 0 failed
+  requests, every answer is version 1's or version 2's in-process answer for the version the response names;
+  a version 3 whose index is of another first stage is refused at load and version 2 keeps serving.
 """
 
 import json
@@ -30,15 +30,6 @@ CONFIG = str(REPO / "configs" / "finetune_itm_tiny.json")
 K, RERANK = 3, 6
 
 
-def _index(run, features, output, train_files=None):
-    from uniter_tf import cli
-
-    arguments = ["index", "--features", *features, "--run", str(run), "--output", str(output)]
-    if train_files:
-        arguments += ["--train-files", *train_files, "--first-stage-steps", "6", "--first-stage-batch-size", "8"]
-    assert cli.main(arguments) == 0
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     from uniter_tf import cli
@@ -46,7 +37,6 @@ def built(tmp_path_factory):
     from uniter_tf.data import sample_data
     from uniter_tf.data.sample_records import write_sample_pretraining_records
     from uniter_tf.export.model_dir import export_model_dir
-    from uniter_tf.retrieval import first_stage
 
     root = tmp_path_factory.mktemp("retrieval_serving")
     sample_data.generate(str(root / "sample"), sample_data.SampleDataConfig(num_images=30, seed=0))
@@ -58,25 +48,12 @@ def built(tmp_path_factory):
                  "trainer.checkpoint_every=2", "trainer.eval_every=0", "trainer.progress_bar=false",
                  f"runtime.output_dir={run}"]
     assert cli.main(["train", "--config", CONFIG] + sum((["--set", item] for item in overrides), [])) == 0
-    _index(run, written["eval"], root / "index", train_files=written["train"])
-
-    # Version 2's run: the same cross-encoder with another first stage (perturbed projections), its own index.
-    run2 = root / "run2"
-    shutil.copytree(run, run2)
-    stage2 = first_stage.load_first_stage(str(run2))
-    rng = np.random.default_rng(5)
-    for layer in (stage2.text_projection, stage2.image_projection):
-        layer.kernel.assign(layer.kernel.numpy() + rng.normal(0, 0.2, layer.kernel.shape).astype(np.float32))
-    first_stage.save_first_stage(stage2, str(run2 / "first_stage"), source_run=str(run2))
-    _index(run2, written["eval"], root / "index2")
-
+    assert cli.main(["index", "--features", *written["eval"], "--run", str(run), "--output", str(root / "index"),
+                     "--train-files", *written["train"], "--first-stage-steps", "4",
+                     "--first-stage-batch-size", "8"]) == 0
     base = root / "export"
     export = export_model_dir(str(run), str(base), index=str(root / "index"), record_ops=False)
-    # Version 2 is exported beside the base path and moved in under load (one atomic rename).
-    staged2 = export_model_dir(str(run2), str(root / "staged"), version=2, index=str(root / "index2"),
-                               record_ops=False)
-    return {"root": root, "run": run, "run2": run2, "eval": written["eval"], "base": base, "export": export,
-            "staged2": staged2.path}
+    return {"root": root, "run": run, "eval": written["eval"], "base": base, "export": export}
 
 
 @pytest.fixture(scope="module")
@@ -86,18 +63,15 @@ def in_process(built):
 
     gallery = first_stage.read_gallery(built["eval"])
     cross_encoder = rerank.CrossEncoder.from_run(str(built["run"]))
-    versions = {}
-    for number, run, index_dir in ((1, built["run"], "index"), (2, built["run2"], "index2")):
-        stage = first_stage.load_first_stage(str(run))
-        versions[number] = {"stage": stage, "index": EmbeddingIndex.load(str(built["root"] / index_dir),
-                                                                         expected_model_version=stage.model_version())}
+    stage = first_stage.load_first_stage(str(built["run"]))
+    index = EmbeddingIndex.load(str(built["root"] / "index"), expected_model_version=stage.model_version())
+    indexes = {1: index}
 
     def answer(version, text, k=K, rerank_count=RERANK):
-        pieces = versions[version]
-        return rerank.retrieve(text, pieces["stage"], pieces["index"], k=k, rerank=rerank_count,
-                               cross_encoder=cross_encoder, image_parts=gallery.image_parts)
+        return rerank.retrieve(text, stage, indexes[version], k=k, rerank=rerank_count, cross_encoder=cross_encoder,
+                               image_parts=gallery.image_parts)
 
-    return {"gallery": gallery, "versions": versions, "answer": answer}
+    return {"gallery": gallery, "stage": stage, "indexes": indexes, "answer": answer}
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +95,7 @@ def test_served_embeddings_and_retrieve_equal_the_in_process_first_stage_and_rer
     from serving.client import UniterClient, UniterRestClient
 
     metadata = built["export"].metadata
-    stage = in_process["versions"][1]["stage"]
+    stage = in_process["stage"]
     assert {"embed_text", "embed_image", "score_positions"} <= set(metadata["signatures"])
     assert metadata["first_stage"]["model_version"] == stage.model_version()
     gallery = in_process["gallery"]
@@ -153,7 +127,7 @@ def test_served_embeddings_and_retrieve_equal_the_in_process_first_stage_and_rer
 def test_bad_retrieve_input_is_invalid_argument_naming_it_and_the_server_keeps_serving(built, in_process, served):
     from serving.client import ServingRequestError, UniterClient, UniterRestClient
 
-    size = len(in_process["versions"][1]["index"])
+    size = len(in_process["indexes"][1])
     cases = [(dict(text="   ", k=2, rerank=0), "'text' is empty"), (dict(text="a red circle", k=0, rerank=0), "'k'"),
              (dict(text="a red circle", k=size + 1, rerank=0), "'k'"),
              (dict(text="a red circle", k=3, rerank=2), "'rerank' \\(2\\) must be at least 'k'"),
@@ -174,33 +148,44 @@ def test_bad_retrieve_input_is_invalid_argument_naming_it_and_the_server_keeps_s
 def test_version_2_with_its_own_index_swaps_in_under_load_and_a_mismatched_index_is_refused(built, in_process, served):
     from serving.client import UniterClient
     from serving.loadgen import run_load
+    from uniter_tf.retrieval.index import EmbeddingIndex
+    from uniter_tf.retrieval.serving_assets import RETRIEVAL_ASSETS_SUBDIR, write_retrieval_assets
 
+    # Version 2: the same SavedModel with its own gallery, version 1's without the query's best image, so
+    # an answer tells the versions apart. Staged beside the base path, moved in under load (one rename).
     text = in_process["gallery"].texts[1]
+    index = in_process["indexes"][1]
+    dropped = in_process["answer"](1, text)[0].image_id
+    kept = [row for row, image_id in enumerate(index.ids) if image_id != dropped]
+    smaller = EmbeddingIndex([index.ids[row] for row in kept], index.embeddings[kept], index.model_version, "image",
+                             index.metadata)
+    smaller.save(str(built["root"] / "index2"))
+    in_process["indexes"][2] = smaller
+    staged = built["root"] / ".staged2"
+    shutil.copytree(built["export"].path, staged, ignore=shutil.ignore_patterns("retrieval"))
+    write_retrieval_assets(str(staged), str(built["root"] / "index2"))
     expected = {version: in_process["answer"](version, text) for version in (1, 2)}
-    as_tuples = {version: [(item.image_id, round(item.score, 4), round(item.first_stage_score, 4))
-                           for item in answers] for version, answers in expected.items()}
-    assert as_tuples[1] != as_tuples[2]  # the two versions are told apart by their answers
+    assert expected[1][0].image_id == dropped and dropped not in [item.image_id for item in expected[2]]
+
     clients = [UniterClient(served["target"]) for _ in range(2)]
-    mismatches, lock = [], threading.Lock()
-    seen = set()
+    mismatches, lock, seen = [], threading.Lock(), set()
 
     def call(client_index):
         client = clients[client_index]
         answers = client.retrieve(text, k=K, rerank=RERANK)
         version = client.last_version
-        got = [(item["image_id"], round(item["score"], 4), round(item["first_stage_score"], 4)) for item in answers]
-        if [row[0] for row in got] != [row[0] for row in as_tuples[version]] or not np.allclose(
-                [row[1:] for row in got], [row[1:] for row in as_tuples[version]], atol=2e-4):
+        try:
+            _check_same(answers, expected[version])
+        except AssertionError as error:
             with lock:
-                mismatches.append((version, got))
+                mismatches.append((version, str(error)))
         seen.add(version)
         return version
 
     base = built["base"]
     try:
-        result = run_load(call, concurrency=2, duration_s=2.0,
-                          midpoint=lambda: os.rename(built["staged2"], str(base / "2")), midpoint_fraction=0.3,
-                          until=lambda: 2 in seen, max_duration_s=60.0)
+        result = run_load(call, concurrency=2, duration_s=2.0, midpoint=lambda: os.rename(staged, base / "2"),
+                          midpoint_fraction=0.3, until=lambda: 2 in seen, max_duration_s=60.0)
     finally:
         for client in clients:
             client.close()
@@ -208,16 +193,17 @@ def test_version_2_with_its_own_index_swaps_in_under_load_and_a_mismatched_index
     assert mismatches == []
     assert set(result.versions) == {1, 2} and result.versions[2] > 0, result.summary()
 
-    # Version 3: version 2's model with version 1's index (another first stage): refused, version 2 serves on.
-    staging = built["root"] / ".v3"
+    # Version 3: version 2 with an index of another first stage: refused at load, version 2 serves on.
+    staging = built["root"] / ".staged3"
     shutil.copytree(base / "2", staging)
-    shutil.rmtree(staging / "assets.extra" / "retrieval" / "index")
-    shutil.copytree(built["root"] / "index", staging / "assets.extra" / "retrieval" / "index")
+    foreign = EmbeddingIndex(smaller.ids, smaller.embeddings, "another-first-stage", "image")
+    shutil.rmtree(staging / RETRIEVAL_ASSETS_SUBDIR / "index")
+    foreign.save(str(staging / RETRIEVAL_ASSETS_SUBDIR / "index"))
     os.rename(staging, base / "3")
     manager = served["server"].managers["uniter"]
     manager.poll_once()
     states = {version: (state, message) for version, state, _, message in manager.status()}
-    assert states[3][0] == "END" and "first-stage model version" in states[3][1], states[3]
+    assert states[3][0] == "END" and "first-stage model version another-first-stage" in states[3][1], states[3]
     assert manager.available_versions() == [2]
     with UniterClient(served["target"]) as client:
         _check_same(client.retrieve(text, k=K, rerank=RERANK), expected[2])

@@ -158,7 +158,7 @@ CAPTION_SCHEMA_PATH = _env("CAPTION_SCHEMA_FILE", CAPTION_SCHEMA_FILE)
 VQA_SCHEMA_PATH = _env("VQA_SCHEMA_FILE", VQA_SCHEMA_FILE)
 
 
-#: The fine-tuning task of the embedded run (``vqa``, ``ve``, ``nlvr2`` or ``refcoco``;
+#: The fine-tuning task of the embedded run (``vqa``, ``ve``, ``nlvr2``, ``refcoco`` or ``retrieval``;
 #: :data:`FINETUNE_TASKS`). It selects the task's ExampleGen (format, annotation files), its curated schema,
 #: the fine-tuning Trainer's task and the gate's metric. A compile-time choice: the task changes the graph
 #: (node ids, reader, schema), which a Kubeflow runtime parameter cannot.
@@ -185,6 +185,13 @@ class DownstreamTaskData:
         max_regression: the gate's change thresholds when none are configured.
         learning_rate: the embedded run's fine-tuning rate for the task (None: the VQA recipe's); the rate of
             the task's tiny config (``configs/finetune_<task>_tiny.json``), which learns it on the sample data.
+        trains_on_captions: the task trains on the caption examples the pipeline already has (retrieval:
+            captions + regions), so no ExampleGen, statistics, schema or validator of its own is built.
+        task_config: the task's own arguments of the fine-tuning Trainer (``custom_config["task_config"]``),
+            under any given in ``TrainingConfig.finetune_config``.
+        first_stage_steps: > 0: the fine-tuning Trainer also trains the retrieve-then-rerank first stage for
+            this many updates and ships its embedding signatures and the eval gallery's image index with the
+            model (retrieval).
     """
 
     name: str
@@ -198,6 +205,23 @@ class DownstreamTaskData:
     lower_bounds: Mapping[str, float]
     max_regression: Mapping[str, float]
     learning_rate: Optional[float] = None
+    trains_on_captions: bool = False
+    task_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    first_stage_steps: int = 0
+
+
+#: The retrieval gate (issue 13): the full-gallery ``r_mean`` of the candidate's rank score. Chance on the
+#: local sample data's held-out gallery (~50 images, a few captions each) is ~0.15-0.2; the pipeline's
+#: pretraining recipe alone reaches ~0.65 zero-shot (docs/pipeline.md), so 0.3 refuses a model that ranks
+#: at chance, and a drop of more than 5 points against the last blessed model is refused.
+RETRIEVAL_MIN_R_MEAN = 0.3
+RETRIEVAL_MAX_R_MEAN_DROP = 0.05
+#: The retrieval task's local arguments, those of ``configs/finetune_itm_tiny.json`` (standard mode, 2 image
+#: + 2 text negatives per caption, hinge margin 0.2, lr 5e-4; a test keeps them equal to the file).
+RETRIEVAL_TASK_CONFIG: Dict[str, Any] = {"mode": "standard", "negative_size": 2, "margin": 0.2}
+RETRIEVAL_LEARNING_RATE = 5e-4
+#: First-stage (dual encoder) updates of the pipeline's retrieval Trainer: a few, locally (2 cores).
+RETRIEVAL_FIRST_STAGE_STEPS = _env_int("RETRIEVAL_FIRST_STAGE_STEPS", 100)
 
 
 _PIPELINE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -228,6 +252,15 @@ FINETUNE_TASKS: Dict[str, DownstreamTaskData] = {
                 schema_file=os.path.join(_PIPELINE_DIR, "refcoco_schema.pbtxt"), node_prefix="Refcoco",
                 lower_bounds={"refcoco_accuracy": 0.5}, max_regression={"refcoco_accuracy": 0.05},
                 learning_rate=1e-3),
+        "retrieval": DownstreamTaskData(
+                # Image-text retrieval trains on the caption examples (captions + regions): the caption
+                # ExampleGen and contract serve both Trainers.
+                name="retrieval", annotation_format="coco", annotations=("captions.json",), annotations2=(),
+                image_key_mode="numeric", schema_kind="captions", schema_file=CAPTION_SCHEMA_FILE,
+                node_prefix="Caption", lower_bounds={"r_mean": RETRIEVAL_MIN_R_MEAN},
+                max_regression={"r_mean": RETRIEVAL_MAX_R_MEAN_DROP}, learning_rate=RETRIEVAL_LEARNING_RATE,
+                trains_on_captions=True, task_config=RETRIEVAL_TASK_CONFIG,
+                first_stage_steps=RETRIEVAL_FIRST_STAGE_STEPS),
 }
 
 
@@ -313,7 +346,7 @@ class TrainingConfig:
         resources: a KFP ``ResourceSpec`` (CPU, memory, accelerator) of both Trainers' containers (Kubeflow V2 /
             Vertex; the local runner ignores it).
         finetune_task: the fine-tuning task, a key of :data:`FINETUNE_TASKS` (``vqa``, ``ve``, ``nlvr2``,
-            ``refcoco``): its examples, Trainer task and gate metric.
+            ``refcoco``, ``retrieval``): its examples, Trainer task and gate metric.
     """
 
     model_preset: str = "tiny"

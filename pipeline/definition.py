@@ -16,7 +16,10 @@ another fine-tuning task instead of VQA (``ve``, ``nlvr2``, ``refcoco``; :data:`
 its ExampleGen reads the task's annotation format and files (nodes ``VeExampleGen`` ... , see
 :func:`task_node_ids`), its examples are checked against the task's curated schema, the fine-tuning Trainer
 runs that task, and the evaluator adds the task's metric (``ve_accuracy``, ``nlvr2_accuracy`` /
-``nlvr2_consistency``, ``refcoco_accuracy``) for the gate's thresholds. The data components run on Beam (``beam_pipeline_args`` select
+``nlvr2_consistency``, ``refcoco_accuracy``) for the gate's thresholds. ``retrieval`` trains on the caption
+examples (no ExampleGen of its own), gates on the full-gallery ``r_mean`` of its rank score, and its Trainer
+also trains the first stage and puts the eval gallery's image index into the exported model, so the Pusher
+pushes model and index as one version. The data components run on Beam (``beam_pipeline_args`` select
 DirectRunner, Dataflow, Flink or Spark); the same factory serves the local runner, the TFX CLI and the
 Kubeflow V2 / Vertex compilation.
 
@@ -245,24 +248,29 @@ def create_pipeline(
     is_vqa = task_data.name == "vqa"
     task_ids = task_node_ids(task_data.name)
     task_options = dict(ingest_options, image_key_mode=task_data.image_key_mode)
-    vqa_example_gen = UniterExampleGen(
-            annotation_format=task_data.annotation_format,
-            annotations=list(task_data.annotations if is_vqa or data.task_annotations is None
-                             else data.task_annotations),
-            annotations2=list(task_data.annotations2 if is_vqa or data.task_annotations2 is None
-                              else data.task_annotations2),
-            input_base=input_base, features=feature_extractor.outputs["region_features"],
-            ingest_options=task_options).with_id(task_ids["example_gen"])
+    if task_data.trains_on_captions:
+        # Retrieval trains on the caption examples: no example set, contract or node of its own.
+        vqa_example_gen = caption_example_gen
+    else:
+        vqa_example_gen = UniterExampleGen(
+                annotation_format=task_data.annotation_format,
+                annotations=list(task_data.annotations if is_vqa or data.task_annotations is None
+                                 else data.task_annotations),
+                annotations2=list(task_data.annotations2 if is_vqa or data.task_annotations2 is None
+                                  else data.task_annotations2),
+                input_base=input_base, features=feature_extractor.outputs["region_features"],
+                ingest_options=task_options).with_id(task_ids["example_gen"])
 
     # The data contract: each example set's statistics are validated against its curated schema (imported,
     # never inferred from the data it checks), and the gate stops the run on any anomaly.
     contract = {}
-    for name, example_gen, schema_file, ids in (
-            ("caption", caption_example_gen, data.caption_schema_file,
-             (STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR)),
-            (task_data.name, vqa_example_gen,
-             data.vqa_schema_file if is_vqa else (data.task_schema_file or task_data.schema_file),
-             (task_ids["statistics_gen"], task_ids["schema_gen"], task_ids["example_validator"]))):
+    example_sets = [("caption", caption_example_gen, data.caption_schema_file,
+                     (STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR))]
+    if not task_data.trains_on_captions:
+        example_sets.append((task_data.name, vqa_example_gen,
+                             data.vqa_schema_file if is_vqa else (data.task_schema_file or task_data.schema_file),
+                             (task_ids["statistics_gen"], task_ids["schema_gen"], task_ids["example_validator"])))
+    for name, example_gen, schema_file, ids in example_sets:
         statistics_gen = tfx.components.StatisticsGen(
                 examples=example_gen.outputs["examples"]).with_id(ids[0])
         schema_gen = tfx.components.ImportSchemaGen(
@@ -271,17 +279,20 @@ def create_pipeline(
                 statistics=statistics_gen.outputs["statistics"],
                 schema=schema_gen.outputs["schema"]).with_id(ids[2])
         contract[name] = (statistics_gen, schema_gen, example_validator)
-    # DataGate's second slot takes the fine-tuning task's example set (named "vqa" since VQA came first).
+    # DataGate's second slot takes the fine-tuning task's example set (named "vqa" since VQA came first); a
+    # task trained on the captions gives the caption set's report and schema in both slots.
+    task_contract = contract["caption" if task_data.trains_on_captions else task_data.name]
     data_gate = DataGate(
             caption_anomalies=contract["caption"][2].outputs["anomalies"],
-            vqa_anomalies=contract[task_data.name][2].outputs["anomalies"],
+            vqa_anomalies=task_contract[2].outputs["anomalies"],
             caption_schema=contract["caption"][1].outputs["schema"],
-            vqa_schema=contract[task_data.name][1].outputs["schema"],
+            vqa_schema=task_contract[1].outputs["schema"],
             # The anomaly messages name the task's own example set; VQA's gate keeps its graph (no parameter).
             **({} if is_vqa else {"task_example_set": task_data.name})).with_id(DATA_GATE)
 
-    data_components = [image_importer, feature_extractor, caption_example_gen, vqa_example_gen,
-                       *contract["caption"], *contract[task_data.name], data_gate]
+    data_components = [image_importer, feature_extractor, caption_example_gen,
+                       *([] if task_data.trains_on_captions else [vqa_example_gen]),
+                       *contract["caption"], *([] if task_data.trains_on_captions else task_contract), data_gate]
     if not training.enabled:
         # Nothing downstream is even constructed: a consumer registers itself on its producers.
         return _assemble(pipeline_name, pipeline_root, data_components, enable_cache, metadata_connection_config,
@@ -313,6 +324,13 @@ def create_pipeline(
             "log_every": max(1, finetune_steps // 4),
     }
     finetune_custom_config.update(training.finetune_config or {})
+    if task_data.task_config:
+        # The task's local arguments, under those the caller gives (retrieval: configs/finetune_itm_tiny.json's).
+        finetune_custom_config["task_config"] = {**task_data.task_config,
+                                                 **(finetune_custom_config.get("task_config") or {})}
+    if task_data.first_stage_steps:
+        # Retrieval: the Trainer also trains the first stage and ships the eval gallery's index with the model.
+        finetune_custom_config.setdefault("first_stage_steps", task_data.first_stage_steps)
     finetune_trainer = tfx.components.Trainer(
             run_fn=FINETUNE_RUN_FN,
             examples=vqa_example_gen.outputs["examples"],
@@ -330,7 +348,8 @@ def create_pipeline(
     ).with_id(BLESSED_MODEL_RESOLVER)
     evaluator = UniterEvaluator(
             examples=caption_example_gen.outputs["examples"],
-            task_examples=vqa_example_gen.outputs["examples"],
+            # A task trained on the captions is evaluated on them (``examples``), not on a second copy.
+            task_examples=None if task_data.trains_on_captions else vqa_example_gen.outputs["examples"],
             model=finetune_trainer.outputs["model"],
             baseline_model=blessed_model_resolver.outputs["model"],
             lower_bounds=None if gate.lower_bounds is None else dict(gate.lower_bounds),

@@ -14,6 +14,12 @@ one :class:`~uniter_tf.training.trainer.Trainer`. The flat ``custom_config`` key
 * ``valid_steps`` → ``trainer.eval_every`` and ``trainer.checkpoint_every``; ``max_eval_batches`` →
   ``trainer.eval_batches``; the other :class:`~uniter_tf.training.trainer_config.TrainerConfig` fields →
   ``trainer``; ``strategy``, ``logical_cpus``, ``tpu_address`` → ``runtime``;
+* ``first_stage_steps`` (retrieval, > 0): after training, the run_fn also trains the retrieve-then-rerank
+  first stage (:func:`uniter_tf.retrieval.first_stage.train_first_stage`) on the training captions for this
+  many updates (``first_stage_batch_size`` distinct images a batch, default 32), embeds the eval split's
+  images into an image index (``<model_run_dir>/image_index``) and exports the model with the
+  ``embed_text`` / ``embed_image`` signatures and that index under ``assets.extra/retrieval/``, so the
+  Pusher pushes model and index as one version (:func:`train_first_stage_and_index`);
 * any other key is an error naming it.
 
 Training writes its run directory (checkpoints, ``metrics.jsonl``, ``experiment.json``, predictions) to
@@ -114,6 +120,10 @@ FINETUNE_DEFAULTS: Dict[str, Any] = {
         "trainer": {"learning_rate": 8e-5, "grad_norm": 2.0, "num_train_steps": 6000, "warmup_steps": 600,
                     "checkpoint_every": 500, "eval_every": 500, "eval_batches": 0, "progress_bar": False},
 }
+#: custom_config keys of the retrieval first stage, read by :func:`run_fn` (not experiment settings).
+FIRST_STAGE_KEYS = ("first_stage_steps", "first_stage_batch_size")
+#: Where the retrieval Trainer writes the eval gallery's image index inside its run directory.
+IMAGE_INDEX_SUBDIR = "image_index"
 #: custom_config keys named differently in the experiment config (``valid_steps`` sets two fields).
 FINETUNE_RENAMED = {"task": "task.name", "model_config": "task.model", "max_eval_batches": "trainer.eval_batches",
                     "valid_steps": "trainer.eval_every"}
@@ -131,7 +141,8 @@ def experiment_from_fn_args(fn_args) -> "Any":
     from uniter_tf.tasks.base_task import COMMON_PARAMS
     from uniter_tf.training.experiment import ExperimentConfig
 
-    custom: Dict[str, Any] = dict(fn_args.custom_config or {})
+    custom: Dict[str, Any] = {key: value for key, value in (fn_args.custom_config or {}).items()
+                              if key not in FIRST_STAGE_KEYS}
     task_config = dict(custom.pop("task_config", None) or {})
     pretrained = custom.pop("pretrained_checkpoint", None)
     sections = sort_into_sections(custom, COMMON_PARAMS + tuple(DOWNSTREAM_PARAMS), FINETUNE_RENAMED,
@@ -184,8 +195,45 @@ def experiment_from_fn_args(fn_args) -> "Any":
     return ExperimentConfig.from_dict(FINETUNE_DEFAULTS, source="FinetuneTrainer custom_config").with_overrides(changes)
 
 
+def train_first_stage_and_index(fn_args, run_dir: str, train_files) -> Optional[str]:
+    """Retrieval: trains the run's first stage and indexes the eval split's images with it.
+
+    Args:
+        fn_args: the Trainer's arguments (``custom_config["first_stage_steps"]`` /
+            ``["first_stage_batch_size"]``, ``eval_files``).
+        run_dir: the fine-tuned run (its backbone initialises the first stage, saved to ``run_dir/first_stage``).
+        train_files: the caption records the run was trained on.
+
+    Returns:
+        The image index directory, or None when ``first_stage_steps`` is not set (or 0).
+
+    Raises:
+        ValueError: a bad first-stage setting (named), or no eval files to index.
+    """
+    from uniter_tf.retrieval.first_stage import train_first_stage
+    from uniter_tf.retrieval.index import build_image_index
+
+    custom = fn_args.custom_config or {}
+    steps, batch_size = custom.get("first_stage_steps") or 0, custom.get("first_stage_batch_size", 32)
+    for key, value in (("first_stage_steps", steps), ("first_stage_batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"custom_config of the FinetuneTrainer: {key} must be a non-negative integer, "
+                             f"got {value!r}")
+    if not steps:
+        return None
+    if not fn_args.eval_files:
+        raise ValueError("custom_config of the FinetuneTrainer: first_stage_steps needs an eval split to index")
+    train_first_stage(run_dir, list(train_files), steps=steps, batch_size=batch_size, log=_LOG.info)
+    index_dir = os.path.join(run_dir, IMAGE_INDEX_SUBDIR)
+    index = build_image_index(run_dir, list(fn_args.eval_files), run=run_dir)
+    index.save(index_dir)
+    _LOG.info("indexed the %d eval images with first stage %s in %s", len(index), index.model_version, index_dir)
+    return index_dir
+
+
 def run_fn(fn_args) -> None:
-    """Fine-tunes the task, then exports the run directory into ``fn_args.serving_model_dir``."""
+    """Fine-tunes the task, then exports the run directory into ``fn_args.serving_model_dir`` (with a
+    retrieval run's first stage and eval-gallery index when ``first_stage_steps`` is set)."""
     from pipeline.pretrain_module import check_data_contract
     from uniter_tf.export.model_dir import export_model_dir
     from uniter_tf.training.experiment import prepare_experiment
@@ -207,5 +255,10 @@ def run_fn(fn_args) -> None:
         _LOG.info("fine-tuning done: step %d, eval %s", summary["final_step"], summary["evaluation"])
     if not trainer.is_chief:
         return
-    exported = export_model_dir(config.runtime.output_dir, fn_args.serving_model_dir, flat=True)
+    index_dir = train_first_stage_and_index(fn_args, config.runtime.output_dir, config.task["train_files"])
+    # The index is written into the export before it is published (export_model_dir's staging directory), so
+    # the model directory the Pusher copies already holds it: model and index are pushed as one version.
+    index_options = {} if index_dir is None else {"first_stage": True, "index": index_dir,
+                                                  "index_features": list(fn_args.eval_files)}
+    exported = export_model_dir(config.runtime.output_dir, fn_args.serving_model_dir, flat=True, **index_options)
     _LOG.info("exported %s to %s", exported.source, exported.path)

@@ -97,7 +97,8 @@ def test_an_unknown_task_is_named_before_any_component_exists(tmp_path):
     from pipeline import configs
     from components.uniter_evaluator.component import UniterEvaluator
 
-    with pytest.raises(ValueError, match=r"unknown fine-tuning task 'vcr'.*\['nlvr2', 'refcoco', 've', 'vqa'\]"):
+    with pytest.raises(ValueError,
+                       match=r"unknown fine-tuning task 'vcr'.*\['nlvr2', 'refcoco', 'retrieval', 've', 'vqa'\]"):
         configs.TrainingConfig(finetune_task="vcr")
     with pytest.raises(ValueError, match="unknown fine-tuning task 'snli'"):
         configs.gate_config_from_env("snli")

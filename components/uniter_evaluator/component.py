@@ -38,8 +38,9 @@ class UniterEvaluator(base_component.BaseComponent):
         batch_size: pairs scored per model call.
         max_gallery_texts: at most this many texts enter retrieval (the gallery is their images).
         task: the fine-tuning task whose metric the gate adds from ``task_examples`` (``ve``: ``ve_accuracy``;
-            ``nlvr2``: ``nlvr2_accuracy``, ``nlvr2_consistency``; ``refcoco``: ``refcoco_accuracy``, IoU > 0.5);
-            None for VQA (``vqa_score``, from the general routine).
+            ``nlvr2``: ``nlvr2_accuracy``, ``nlvr2_consistency``; ``refcoco``: ``refcoco_accuracy``, IoU > 0.5;
+            ``retrieval``: the full gallery of ``examples`` scored by the rank logit, ``r_mean`` and the
+            recalls, no ``task_examples``); None for VQA (``vqa_score``, from the general routine).
 
     Raises:
         ValueError: an unknown ``task`` (named), or ``task`` without ``task_examples``.
@@ -57,10 +58,10 @@ class UniterEvaluator(base_component.BaseComponent):
         if task is not None:
             from uniter_tf.evaluation.task_metrics import TASK_METRICS  # pylint: disable=import-outside-toplevel
 
-            if task not in TASK_METRICS:
+            if task not in TASK_METRICS and task != executor.RETRIEVAL_TASK:
                 raise ValueError(f"UniterEvaluator: unknown task {task!r}; task metrics exist for "
-                                 f"{sorted(TASK_METRICS)} (VQA: leave task unset)")
-            if task_examples is None:
+                                 f"{sorted([*TASK_METRICS, executor.RETRIEVAL_TASK])} (VQA: leave task unset)")
+            if task_examples is None and task != executor.RETRIEVAL_TASK:
                 raise ValueError(f"UniterEvaluator: task {task!r} needs task_examples (its eval records)")
         spec = spec_lib.UniterEvaluatorSpec(
                 examples=examples,

@@ -20,6 +20,7 @@ from tfx.utils import io_utils, path_utils
 
 from components.uniter_evaluator import spec as spec_lib
 from uniter_tf import evaluation as evaluation_lib
+from uniter_tf.evaluation.metrics import gate_checks
 
 # The custom properties TFX's Evaluator sets on its ModelBlessing (tfx.components.evaluator.constants);
 # Pusher reads `blessed`, LatestBlessedModelStrategy reads `blessed` and `current_model_id`.
@@ -34,6 +35,15 @@ NOT_BLESSED_FILE_NAME = "NOT_BLESSED"
 METRICS_FILE_NAME = "metrics.json"
 #: The split whose questions give the question-only baseline (the split the model was trained on).
 TRAIN_SPLIT = "train"
+#: The task evaluated on the caption examples themselves: the full gallery of the eval split, every caption
+#: against every image, scored by the model's rank logit (uniter_tf.retrieval.gallery).
+RETRIEVAL_TASK = "retrieval"
+#: With the retrieval task, ``r_mean`` and the recalls are the full gallery's; the general routine's figures
+#: (ITM match logit, first ``max_gallery_texts`` captions) are kept under this prefix.
+ITM_MATCH_PREFIX = "itm_match_"
+#: The full gallery's score matrix and ids, written beside ``metrics.json`` (``retrieval_scores.npy`` float16
+#: ``[n_text, n_image]``, ``retrieval_ids.json``, ``retrieval.json``).
+GALLERY_OUTPUT_NAME = "retrieval"
 
 
 def split_files(examples_artifact: types.Artifact, split: str) -> List[str]:
@@ -76,7 +86,35 @@ def is_pair_model(model_dir: str) -> bool:
         return False
 
 
-def _model_metrics(model_dir, task, eval_records, task_files, batch_size, max_gallery_texts, train_questions):
+def retrieval_task_metrics(scorer, general_metrics, records, batch_size, gallery_output_prefix=None):
+    """The retrieval task's figures: the full gallery's recalls and ``r_mean`` by the rank score replace the
+    general routine's (renamed ``itm_match_*``), so the gate's ``r_mean`` is the task's.
+
+    Args:
+        scorer: the model's serialized-records scorer.
+        general_metrics: what :func:`uniter_tf.evaluation.evaluate` returned for the model (not changed).
+        records: the eval split (caption records).
+        batch_size: pairs per scorer call.
+        gallery_output_prefix: where to write the score matrix and ids (None: not written).
+
+    Returns:
+        A new metrics dict.
+    """
+    from uniter_tf.retrieval import gallery as gallery_lib  # pylint: disable=import-outside-toplevel
+
+    renamed = {"num_gallery_images"} | {f"{side}_r{k}" for side in ("img", "txt") for k in evaluation_lib.RECALL_KS}
+    renamed |= {"img_r_mean", "txt_r_mean", "r_mean"}
+    metrics = {(ITM_MATCH_PREFIX + key if key in renamed else key): value for key, value in general_metrics.items()}
+    gallery = gallery_lib.evaluate_scorer_gallery(scorer, records, batch_size=batch_size,
+                                                  output_prefix=gallery_output_prefix)
+    metrics["num_gallery_texts"] = gallery.pop("num_texts")
+    metrics["num_gallery_images"] = gallery.pop("num_images")
+    metrics.update(gallery)
+    return metrics
+
+
+def _model_metrics(model_dir, task, eval_records, task_files, batch_size, max_gallery_texts, train_questions,
+                   gallery_output_prefix=None):
     """The general figures (ITM, retrieval, VQA) and, with ``task``, the task's own; a two-image export has
     only the task's (its signatures cannot score a caption with one image)."""
     if task is not None and is_pair_model(model_dir):
@@ -85,6 +123,8 @@ def _model_metrics(model_dir, task, eval_records, task_files, batch_size, max_ga
         scorer = load_scorer(model_dir)
         metrics = evaluation_lib.evaluate(scorer, eval_records(), batch_size, max_gallery_texts,
                                           train_questions=train_questions)
+    if task == RETRIEVAL_TASK:
+        return retrieval_task_metrics(scorer, metrics, eval_records(), batch_size, gallery_output_prefix)
     if task is not None:
         # The task's own metric on its eval records, streamed from the files (uniter_tf.evaluation).
         metrics.update(evaluation_lib.evaluate_task(scorer, task, _chain_files(task_files), batch_size))
@@ -132,7 +172,8 @@ class Executor(base_executor.BaseExecutor):
         task_files = [split_files(task_examples, split)
                       for task_examples in input_dict.get(spec_lib.TASK_EXAMPLES_KEY) or []] if task else []
         candidate_metrics = _model_metrics(model_dir, task, eval_records, task_files, batch_size, max_gallery_texts,
-                                           train_questions)
+                                           train_questions,
+                                           os.path.join(evaluation_artifact.uri, GALLERY_OUTPUT_NAME))
         logging.info("UniterEvaluator: candidate metrics %s", candidate_metrics)
 
         baseline_metrics = None
@@ -143,6 +184,8 @@ class Executor(base_executor.BaseExecutor):
             logging.info("UniterEvaluator: baseline (model id %s) metrics %s", baseline.id, baseline_metrics)
 
         blessed, reasons = evaluation_lib.bless(candidate_metrics, lower_bounds, baseline_metrics, max_regression)
+        passed_checks = [text for passed, text in gate_checks(candidate_metrics, lower_bounds, baseline_metrics,
+                                                                 max_regression) if passed]
         if blessed:
             if baseline_metrics is not None:
                 comparison = " and no regression against the last blessed model"
@@ -154,12 +197,14 @@ class Executor(base_executor.BaseExecutor):
             message = "blessed: thresholds met" + comparison
         else:
             message = "not blessed: " + "; ".join(reasons)
-        logging.info("UniterEvaluator: %s", message)
+        logging.info("UniterEvaluator: %s; checks passed: %s", message, passed_checks)
 
         report = {
                 "blessed": blessed,
                 "message": message,
                 "failed_checks": list(reasons),
+                # What a blessing rests on, each naming its metric (e.g. the retrieval gate's r_mean).
+                "passed_checks": passed_checks,
                 "eval_split": split,
                 "metrics": candidate_metrics,
                 "baseline_metrics": baseline_metrics,

@@ -42,7 +42,7 @@ def run(args) -> int:
     import time
 
     from uniter_tf.retrieval import first_stage as first_stage_lib
-    from uniter_tf.retrieval.index import EmbeddingIndex
+    from uniter_tf.retrieval.index import EmbeddingIndex, build_image_index, image_index_metadata
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -59,7 +59,6 @@ def run(args) -> int:
         first_stage_lib.train_first_stage(args.run, args.train_files, steps=args.first_stage_steps,
                                           batch_size=args.first_stage_batch_size, output_dir=stage_dir,
                                           log=lambda line: print(line, flush=True))
-    stage = first_stage_lib.load_first_stage(stage_dir)
     start = time.perf_counter()
     if args.beam:
         import shutil
@@ -67,6 +66,7 @@ def run(args) -> int:
 
         from uniter_tf.retrieval import beam_index
 
+        stage = first_stage_lib.load_first_stage(stage_dir)
         scratch = tempfile.mkdtemp(prefix="uniter-index-")
         try:
             shards = beam_index.embed_gallery_with_beam(args.features, stage_dir, os.path.join(scratch, "embeddings"),
@@ -74,15 +74,12 @@ def run(args) -> int:
             image_ids, embeddings = beam_index.read_embedding_shards(shards)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+        index = EmbeddingIndex(image_ids, embeddings, stage.model_version(), "image",
+                               image_index_metadata(args.run, stage_dir, args.features), backend=args.backend,
+                               nprobe=args.nprobe)
     else:
-        gallery = first_stage_lib.read_gallery(args.features, feature_dim=stage.model_config.region_feature_dim,
-                                               require_captions=False)
-        image_ids = gallery.image_ids
-        embeddings = stage.embed_images(gallery.region_features, gallery.region_positions, batch_size=args.batch_size)
-    index = EmbeddingIndex(image_ids, embeddings, stage.model_version(), "image",
-                           {"run": os.path.abspath(args.run), "first_stage": os.path.abspath(stage_dir),
-                            "features": [os.path.abspath(p) if "://" not in p else p for p in args.features]},
-                           backend=args.backend, nprobe=args.nprobe)
+        index = build_image_index(stage_dir, args.features, run=args.run, backend=args.backend, nprobe=args.nprobe,
+                                  batch_size=args.batch_size)
     index.save(args.output)
     print(json.dumps({"index": args.output, "images": len(index), "dim": index.dim, "backend": index.backend,
                       "model_version": index.model_version, "seconds": round(time.perf_counter() - start, 2)}))

@@ -9,7 +9,7 @@ retrieval counting bug (spec §7.20): here every caption contributes exactly onc
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -126,21 +126,39 @@ def bless(metrics: Mapping[str, float], lower_bounds: Mapping[str, float],
     Returns:
         ``(blessed, reasons)``: reasons lists every failed check (empty when blessed).
     """
-    reasons = []
+    reasons = [text for passed, text in gate_checks(metrics, lower_bounds, baseline_metrics, max_regression)
+               if not passed]
+    return not reasons, reasons
+
+
+def gate_checks(metrics: Mapping[str, float], lower_bounds: Mapping[str, float],
+                baseline_metrics: Optional[Mapping[str, float]] = None,
+                max_regression: Optional[Mapping[str, float]] = None) -> List[Tuple[bool, str]]:
+    """Every check of :func:`bless`, passed or failed, each as ``(passed, text naming the metric)``.
+
+    The failed texts are :func:`bless`'s reasons; the passed ones say what held (e.g. ``r_mean = 0.5210 >=
+    threshold 0.3000``), so a gate report names the figures a blessing rests on.
+    """
+    checks: List[Tuple[bool, str]] = []
     for name, bound in sorted(lower_bounds.items()):
         value = metrics.get(name)
         if value is None or (isinstance(value, float) and math.isnan(value)):
-            reasons.append(f"{name}: not computed for this model (threshold {bound})")
+            checks.append((False, f"{name}: not computed for this model (threshold {bound})"))
         elif value < bound:
-            reasons.append(f"{name} = {value:.4f} < threshold {bound:.4f}")
+            checks.append((False, f"{name} = {value:.4f} < threshold {bound:.4f}"))
+        else:
+            checks.append((True, f"{name} = {value:.4f} >= threshold {bound:.4f}"))
     if baseline_metrics is not None:
         for name, allowed_drop in sorted((max_regression or {}).items()):
             if name not in baseline_metrics:
                 continue
             value = metrics.get(name)
             if value is None:
-                reasons.append(f"{name}: not computed for this model but the baseline has it")
+                checks.append((False, f"{name}: not computed for this model but the baseline has it"))
             elif value < baseline_metrics[name] - allowed_drop:
-                reasons.append(f"{name} = {value:.4f} is more than {allowed_drop:.4f} below the last blessed "
-                               f"model's {baseline_metrics[name]:.4f}")
-    return not reasons, reasons
+                checks.append((False, f"{name} = {value:.4f} is more than {allowed_drop:.4f} below the last blessed "
+                                      f"model's {baseline_metrics[name]:.4f}"))
+            else:
+                checks.append((True, f"{name} = {value:.4f} is at most {allowed_drop:.4f} below the last blessed "
+                                     f"model's {baseline_metrics[name]:.4f}"))
+    return checks

@@ -137,7 +137,26 @@ def evaluate_saved_model(run: str, files, *, batch_size: int = 64, max_texts: Op
     records = EvalRecords.from_files(files)
     if not records.captions:
         raise ValueError(f"the eval files {files} hold no caption record to retrieve with")
-    scorer = saved_model_scorer(model_dir)
+    return evaluate_scorer_gallery(saved_model_scorer(model_dir), records, batch_size=batch_size,
+                                   max_texts=max_texts, output_prefix=output_prefix)
+
+
+def evaluate_scorer_gallery(scorer: Scorer, records: EvalRecords, *, batch_size: int = 64,
+                            max_texts: Optional[int] = None, output_prefix: Optional[str] = None) -> Dict[str, float]:
+    """Full-gallery recall of a model reached through ``scorer``, scored by its rank logit when it has one.
+
+    The score is the rank logit when the model's task head is a one-column retrieval head
+    (``task_logits [B, 1]``), else the ITM match logit (``itm_logits[:, 1]``: zero-shot). Used by
+    :func:`evaluate_saved_model` and by the TFX gate (``components/uniter_evaluator``, task ``retrieval``).
+
+    Returns:
+        The recalls of :func:`evaluate_gallery` plus ``score_is_rank_logit`` (1 / 0).
+
+    Raises:
+        ValueError: no caption record, or fewer than 2 images.
+    """
+    if not records.captions:
+        raise ValueError("the eval split holds no caption record to retrieve with")
     probe = scorer([records.serialized_pair(records.captions[0], records.caption_image_ids[0])])
     rank_head = VQA_LOGITS in probe and np.asarray(probe[VQA_LOGITS]).shape[-1] == 1
     output_key, column = (VQA_LOGITS, 0) if rank_head else (ITM_LOGITS, 1)
@@ -200,5 +219,5 @@ def official_itm_eval(score_matrix: np.ndarray, text_to_image: Sequence[int]) ->
     return result
 
 
-__all__ = ["evaluate_gallery", "evaluate_saved_model", "gallery_score_matrix", "official_itm_eval", "write_gallery_outputs",
+__all__ = ["evaluate_gallery", "evaluate_saved_model", "evaluate_scorer_gallery", "gallery_score_matrix", "official_itm_eval", "write_gallery_outputs",
            "ITM_LOGITS", "VQA_LOGITS", "SCORES_SUFFIX", "IDS_SUFFIX"]

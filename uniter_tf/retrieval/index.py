@@ -273,5 +273,41 @@ def check_k(k, gallery_size: int, name: str = "k") -> int:
     return int(k)
 
 
-__all__ = ["EmbeddingIndex", "IndexVersionError", "read_index_description", "check_k", "FORMAT", "KINDS", "BACKENDS",
-           "IVF_THRESHOLD"]
+def build_image_index(stage_dir: str, features: Sequence[str], *, run: Optional[str] = None, backend: str = "auto",
+                      nprobe: int = DEFAULT_NPROBE, batch_size: int = 128) -> EmbeddingIndex:
+    """Embeds every image of ``features`` with a saved first stage, in this process, and returns their index.
+
+    What ``uniter index`` runs without ``--beam``, and the pipeline's retrieval Trainer for its eval gallery.
+
+    Args:
+        stage_dir: a first-stage directory (or a run holding ``first_stage/``).
+        features: TFRecord patterns holding the images (region records or caption records; each image once).
+        run: the cross-encoder's run, recorded in the index's metadata.
+        backend, nprobe: see :class:`EmbeddingIndex`.
+        batch_size: images per embedding call.
+
+    Raises:
+        ValueError: no first stage there, or unreadable records.
+    """
+    from uniter_tf.retrieval import first_stage as first_stage_lib
+
+    stage_dir = first_stage_lib.first_stage_dir(stage_dir)
+    stage = first_stage_lib.load_first_stage(stage_dir)
+    gallery = first_stage_lib.read_gallery(features, feature_dim=stage.model_config.region_feature_dim,
+                                           require_captions=False)
+    embeddings = stage.embed_images(gallery.region_features, gallery.region_positions, batch_size=batch_size)
+    return EmbeddingIndex(gallery.image_ids, embeddings, stage.model_version(), "image",
+                          image_index_metadata(run, stage_dir, features), backend=backend, nprobe=nprobe)
+
+
+def image_index_metadata(run: Optional[str], stage_dir: str, features: Sequence[str]) -> dict:
+    """Where an image index came from: absolute local paths, remote ones (``gs://``) as given."""
+    def absolute(path):
+        return path if path is None or "://" in path else os.path.abspath(path)
+
+    patterns = [features] if isinstance(features, str) else list(features)
+    return {"run": absolute(run), "first_stage": absolute(stage_dir), "features": [absolute(p) for p in patterns]}
+
+
+__all__ = ["EmbeddingIndex", "IndexVersionError", "read_index_description", "check_k", "build_image_index",
+           "image_index_metadata", "FORMAT", "KINDS", "BACKENDS", "IVF_THRESHOLD"]

@@ -8,24 +8,10 @@ import json
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from uniter_tf.data import schema
+from helpers.retrieval_records import write_region_records
 from uniter_tf.retrieval import serving_assets
 from uniter_tf.retrieval.index import EmbeddingIndex, IndexVersionError
-
-
-def write_region_records(path, image_ids, feature_dim=8, seed=0):
-    """Per-image canonical records with 2-5 regions each; returns {image_id: (features, positions)} decoded."""
-    rng = np.random.default_rng(seed)
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for image_id in image_ids:
-            count = int(rng.integers(2, 6))
-            corners = np.sort(rng.uniform(0, 100, (count, 2, 2)), axis=1)
-            boxes = corners.reshape(count, 4)[:, [0, 2, 1, 3]].astype(np.float32)
-            features = rng.standard_normal((count, feature_dim)).astype(np.float32)
-            writer.write(schema.make_example(image_id=image_id, region_features=features, region_boxes=boxes,
-                                             image_height=100, image_width=100).SerializeToString())
 
 
 def fake_version(tmp_path, model_version):

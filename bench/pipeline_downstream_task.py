@@ -3,16 +3,19 @@
 Run (from the repository root)::
 
     .venv/bin/python bench/pipeline_downstream_task.py --task ve --output /tmp/pipeline_ve \
-        [--num-images 80] [--steps 300] [--learning-rate 5e-4] [--threshold 0.5]
+        [--num-images 80] [--steps 300] [--learning-rate 5e-4] [--threshold 0.5] [--pretrain-steps 0]
 
 It renders ``--num-images`` scenes (``uniter_tf.data.sample_data``, as ``uniter sample-data``; they hold the
 SNLI-VE hypotheses, and for ``--task refcoco`` their RefCOCO ``refs.json`` / ``instances.json`` are written
 with ``uniter_tf.data.sample_refcoco_records.write_annotations``), writes the toy detector, and runs
 ``pipeline.definition.create_pipeline`` with ``TrainingConfig(finetune_task=TASK, include_pretraining=False)``
 (the tiny model at the demo's size, fine-tuned from scratch; features pooled over the ground-truth boxes)
-with LocalDagRunner and SQLite MLMD under ``--output``, the gate at ``{"<task>_accuracy": THRESHOLD}``.
+with LocalDagRunner and SQLite MLMD under ``--output``, the gate at ``{<the task's gate metric>: THRESHOLD}``
+(``<task>_accuracy``; ``r_mean`` for ``retrieval``). ``--pretrain-steps N`` adds the pretraining Trainer (N
+updates on the captions) and fine-tunes from it (retrieval's rank head then starts from its ITM head).
 It prints the wall time, every node's state, the gate's message and task metrics, and the pushed versions.
-The slow test tests/test_pipeline_downstream_tasks.py runs the RefCOCO case with assertions.
+The slow tests tests/test_pipeline_downstream_tasks.py (RefCOCO) and tests/test_pipeline_retrieval.py
+(retrieval) run these cases with assertions.
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ MODEL_OVERRIDES = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_si
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--task", required=True, choices=("ve", "refcoco"))
+    parser.add_argument("--task", required=True, choices=("ve", "refcoco", "retrieval"))
     parser.add_argument("--output", required=True)
     parser.add_argument("--num-images", type=int, default=80)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--learning-rate", type=float, default=None, help="default: the task's (pipeline/configs.py)")
     parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--pretrain-steps", type=int, default=0, help="0: no pretraining, fine-tune from scratch")
     args = parser.parse_args(argv)
 
     from tfx import v1 as tfx
@@ -64,18 +68,22 @@ def main(argv=None) -> int:
             task_schema_file=schema_lib.write_schema(os.path.join(output, "schema", f"{args.task}.pbtxt"),
                                                      kind=configs.FINETUNE_TASKS[args.task].schema_kind, **settings))
     learning_rate = args.learning_rate or configs.FINETUNE_TASKS[args.task].learning_rate
+    metric = sorted(configs.FINETUNE_TASKS[args.task].lower_bounds)[0]
     training = configs.TrainingConfig(
-            finetune_task=args.task, include_pretraining=False, finetune_steps=args.steps, eval_steps=2,
+            finetune_task=args.task, include_pretraining=args.pretrain_steps > 0,
+            pretrain_steps=max(1, args.pretrain_steps), finetune_steps=args.steps, eval_steps=2,
             batch_size=32, model_overrides={**MODEL_OVERRIDES, "region_feature_dim": toy_detector.FEATURE_DIM,
                                             "num_soft_labels": toy_detector.NUM_CLASSES},
-            finetune_config={"learning_rate": learning_rate, "warmup_steps": 20, "dropout": 0.0, "init": "scratch",
-                             "seed": 24, "valid_steps": args.steps, "log_every": 50})
+            finetune_config={"learning_rate": learning_rate, "warmup_steps": 20, "dropout": 0.0, "seed": 24,
+                             "valid_steps": args.steps, "log_every": 50,
+                             # Without pretraining, from scratch; with it, from its checkpoint (the default).
+                             **({} if args.pretrain_steps > 0 else {"init": "scratch"})})
     metadata_path = os.path.join(output, "metadata.sqlite")
     serving_dir = os.path.join(output, "serving")
     pipeline = pipeline_lib.create_pipeline(
             pipeline_name=f"uniter-{args.task}", pipeline_root=os.path.join(output, "root"), data=data,
             training=training, serving_model_dir=serving_dir,
-            gate=configs.GateConfig(lower_bounds={f"{args.task}_accuracy": args.threshold}, max_regression={}),
+            gate=configs.GateConfig(lower_bounds={metric: args.threshold}, max_regression={}),
             beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
             metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path))
     start = time.time()
@@ -88,7 +96,8 @@ def main(argv=None) -> int:
         report = json.load(handle)
     print(report["message"])
     print(json.dumps({key: value for key, value in report["metrics"].items()
-                      if key.startswith(("num_" + args.task, args.task, "itm_accuracy"))}, sort_keys=True))
+                      if key.startswith(("num_" + args.task, args.task, "itm_", "num_gallery", "img_r", "txt_r",
+                                         metric))}, sort_keys=True))
     print("pushed versions:", sorted(os.listdir(serving_dir)) if os.path.isdir(serving_dir) else [])
     return 0
 

@@ -91,8 +91,10 @@ def _check_same(answers, expected):
                                [item.first_stage_score for item in expected], atol=1e-5)
 
 
-def test_served_embeddings_and_retrieve_equal_the_in_process_first_stage_and_rerank(built, in_process, served):
+def test_served_embeddings_and_retrieve_equal_the_in_process_first_stage_and_rerank(built, in_process, served,
+                                                                                    capsys):
     from serving.client import UniterClient, UniterRestClient
+    from uniter_tf import cli
 
     metadata = built["export"].metadata
     stage = in_process["stage"]
@@ -122,6 +124,12 @@ def test_served_embeddings_and_retrieve_equal_the_in_process_first_stage_and_rer
             _check_same(UniterRestClient(served["rest"]).retrieve(text, k=K, rerank=RERANK), expected)
         # The first stage alone (rerank 0).
         _check_same(client.retrieve(texts[0], k=K), in_process["answer"](1, texts[0], rerank_count=0))
+    capsys.readouterr()
+    assert cli.main(["query", "--target", served["target"], "--task", "retrieval", "--text", texts[0],
+                     "--k", str(K), "--rerank", str(RERANK)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["version"] == 1
+    _check_same(printed["results"], in_process["answer"](1, texts[0]))
 
 
 def test_bad_retrieve_input_is_invalid_argument_naming_it_and_the_server_keeps_serving(built, in_process, served):

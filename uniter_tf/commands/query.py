@@ -10,7 +10,8 @@ def add_arguments(parser):
     parser.add_argument("--target", default="127.0.0.1:8500", help="gRPC host:port (default 127.0.0.1:8500).")
     parser.add_argument("--model-name", default="uniter", help="Served model name (default uniter).")
     parser.add_argument("--version", type=int, default=None, help="A fixed version (default: the newest).")
-    source = parser.add_mutually_exclusive_group(required=True)
+    # One image source is required, except for --task retrieval (the gallery is the served version's index).
+    source = parser.add_mutually_exclusive_group(required=False)
     source.add_argument("--image", help="An image file; regions are extracted locally with --detector.")
     source.add_argument("--regions",
                         help="An .npz with region_features [n, D] and region_boxes [n, 4] plus image_size [2] "
@@ -29,7 +30,11 @@ def add_arguments(parser):
                         help="--task vcr: an answer choice (repeat: as many as the model's choices, 4).")
     parser.add_argument("--rationale", action="append", default=[],
                         help="--task vcr: a rationale choice (repeat, 4); with them the answer is also justified.")
-    parser.add_argument("--task", choices=("ve", "refcoco", "nlvr2", "vcr"), default=None,
+    parser.add_argument("--k", type=int, default=10, help="--task retrieval: images to answer (default 10).")
+    parser.add_argument("--rerank", type=int, default=0,
+                        help="--task retrieval: first-stage candidates the cross-encoder rescores (0: none; else "
+                             ">= --k).")
+    parser.add_argument("--task", choices=("ve", "refcoco", "nlvr2", "vcr", "retrieval"), default=None,
                         help="ve: each --text is an SNLI-VE hypothesis about the image; prints the probability "
                              "of entailment, neutral and contradiction (exports of `uniter finetune --task ve`). "
                              "refcoco: each --text is a referring expression; prints every region's score, the "
@@ -38,7 +43,9 @@ def add_arguments(parser):
                              "--image/--image-2 or --regions/--regions-2 (left, right); prints label (True/False), "
                              "p_true and the logits (exports of an nlvr2 run). vcr: one --text is the question, "
                              "--answer (and --rationale) the choices, [i] in them = region i; prints every "
-                             "choice's score and the chosen answer (and rationale) (exports of a vcr run).")
+                             "choice's score and the chosen answer (and rationale) (exports of a vcr run). "
+                             "retrieval: one --text is a query against the served version's image index (exports "
+                             "with --index); prints the --k best image ids, reranked over --rerank candidates.")
     parser.add_argument("--detector", default=None,
                         help="Detector for --image: a frozen .pb or SavedModel dir (default SSD-MobileNet-v2).")
     parser.add_argument("--timeout", type=float, default=60.0, help="Deadline per call in seconds (default 60).")
@@ -80,10 +87,18 @@ def run(args) -> int:
     from serving.client import ServingRequestError, UniterClient
     from uniter_tf.console import UserError
 
+    if args.task == "retrieval":
+        if args.image or args.regions or args.examples or len(args.text) != 1:
+            raise UserError("--task retrieval takes exactly one --text and no --image / --regions / --examples "
+                            "(the gallery is the served version's index)")
+    elif not (args.image or args.regions or args.examples):
+        raise UserError("one of the arguments --image --regions --examples is required")
     client = UniterClient(args.target, model_name=args.model_name, version=args.version, timeout_s=args.timeout,
                           max_message_bytes=args.max_message_bytes)
     try:
-        if args.examples:
+        if args.task == "retrieval":
+            result = client.retrieve(args.text[0], k=args.k, rerank=args.rerank)
+        elif args.examples:
             outputs = client.score_examples(_read_examples(args.examples))
             if "itm_score" in outputs:
                 result = [{"example_id": example_id.decode("utf-8"), "itm_score": float(score)}

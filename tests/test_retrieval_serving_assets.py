@@ -90,3 +90,21 @@ def test_tampered_gallery_files_are_named(tmp_path):
             json.dumps({"first_stage": {"model_version": "v2"}}))
     with pytest.raises(IndexVersionError):
         serving_assets.read_retrieval_assets(version)
+
+
+def test_export_with_an_index_of_another_first_stage_is_refused_before_any_model_is_loaded(tmp_path):
+    from uniter_tf.export.model_dir import export_model_dir
+    from uniter_tf.retrieval import first_stage
+
+    run = tmp_path / "run"  # only the first stage's description: the refusal must come before the model loads
+    (run / first_stage.FIRST_STAGE_SUBDIR).mkdir(parents=True)
+    (run / first_stage.FIRST_STAGE_SUBDIR / first_stage.CONFIG_FILE).write_text(
+            json.dumps({"format": first_stage.FORMAT, "model_version": "stage-a"}))
+    EmbeddingIndex(["a", "b"], np.eye(2, dtype=np.float32), "stage-b").save(str(tmp_path / "index"))
+    with pytest.raises(IndexVersionError, match="stage-b.*stage-a"):
+        export_model_dir(str(run), str(tmp_path / "export"), index=str(tmp_path / "index"))
+    with pytest.raises(ValueError, match="needs the first stage"):
+        export_model_dir(str(run), str(tmp_path / "export"), index=str(tmp_path / "index"), first_stage=False)
+    with pytest.raises(ValueError, match="no trained first stage"):
+        export_model_dir(str(tmp_path / "index"), str(tmp_path / "export"), index=str(tmp_path / "index"))
+    assert not (tmp_path / "export").exists()

@@ -196,16 +196,19 @@ def export_model_dir(model_dir: str, output: str, *, version: Optional[int] = No
 
     if flat and version is not None:
         raise ValueError("export_model_dir: a flat export has no version")
-    if index is not None and first_stage is False:
-        raise ValueError("export_model_dir: an index needs the first stage's embed_text (first_stage=False given)")
-    model = load_exportable_model(model_dir, config=config, top_k=top_k)
-    stage = _first_stage_of(model_dir, model.kind, first_stage or index is not None, first_stage is not False)
     before_publish = None
     if index is not None:
+        from uniter_tf.retrieval.first_stage import read_first_stage_description
         from uniter_tf.retrieval.index import EmbeddingIndex
         from uniter_tf.retrieval.serving_assets import write_retrieval_assets
 
-        EmbeddingIndex.load(index, expected_model_version=stage.model_version())  # refuse before the export
+        if first_stage is False:
+            raise ValueError("export_model_dir: an index needs the first stage's embed_text (first_stage=False given)")
+        # Refused before any model is loaded: the index must come from the run's recorded first stage.
+        EmbeddingIndex.load(index, expected_model_version=read_first_stage_description(model_dir)["model_version"])
+    model = load_exportable_model(model_dir, config=config, top_k=top_k)
+    stage = _first_stage_of(model_dir, model.kind, first_stage or index is not None, first_stage is not False)
+    if index is not None:
 
         def before_publish(staged_dir: str) -> None:
             write_retrieval_assets(staged_dir, index, index_features, expected_model_version=stage.model_version())

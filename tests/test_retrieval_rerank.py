@@ -195,3 +195,76 @@ def test_read_gallery_keeps_one_image_part_per_image_and_names_a_bad_record(tmp_
         read_gallery(str(bad), require_captions=False)
     with pytest.raises(ValueError, match="no record files? match"):
         read_gallery(str(tmp_path / "missing-*.gz"))
+
+
+@pytest.fixture
+def caption_gallery(tmp_path):
+    """Caption records of 4 images (2 captions each) and a run holding an untrained, saved first stage."""
+    from uniter_tf.config import UniterConfig
+    from uniter_tf.models.backbone import UniterBackbone
+    from uniter_tf.retrieval import first_stage
+    from uniter_tf.tokenization import UniterTokenizer
+
+    records = tmp_path / "captions.tfrecord.gz"
+    config = UniterConfig.resolve("tiny")
+    tokenizer = UniterTokenizer()
+    examples = []
+    for image, (first, second) in enumerate([("a red circle", "one circle"), ("a blue square", "two squares"),
+                                             ("a green triangle", "one triangle"), ("a red square", "a square")]):
+        for number, text in enumerate((first, second)):
+            examples.append(schema_example(f"img{image}", np.random.default_rng(image), config.region_feature_dim,
+                                           f"img{image}-{number}", text, tokenizer.encode(text)))
+    _write_records(records, examples)
+    stage = first_stage.FirstStage(UniterBackbone(config), config, embedding_dim=16)
+    first_stage.save_first_stage(stage, str(tmp_path / "run" / "first_stage"))
+    return tmp_path, str(records), first_stage.load_first_stage(str(tmp_path / "run"))
+
+
+def schema_example(image_id, rng, feature_dim, example_id, text, token_ids):
+    from uniter_tf.data import schema
+
+    return schema.make_example(image_id=image_id, region_features=rng.random((3, feature_dim)).astype(np.float32),
+                               region_boxes=[[0, 0, 10, 10], [5, 5, 20, 20], [1, 2, 30, 14]], image_height=32,
+                               image_width=32, example_id=example_id, text=text, token_ids=token_ids, task="caption")
+
+
+def test_caption_index_answers_an_image_with_its_nearest_captions(caption_gallery, capsys):
+    from uniter_tf.retrieval.first_stage import read_gallery
+
+    root, records, stage = caption_gallery
+    assert cli.main(["index", "--kind", "text", "--features", records, "--run", str(root / "run"),
+                     "--output", str(root / "captions")]) == 0
+    built = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert built["kind"] == "text" and built["captions"] == 8
+    index = EmbeddingIndex.load(str(root / "captions"), expected_model_version=stage.model_version())
+    assert index.kind == "text" and index.ids == [f"img{i}-{n}" for i in range(4) for n in range(2)]
+
+    assert cli.main(["retrieve", "--index", str(root / "captions"), "--image-id", "img2", "--k", "3"]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # The first stage's own cosines, computed apart from the command: image img2 against every caption.
+    gallery = read_gallery(records)
+    image = gallery.image_ids.index("img2")
+    cosines = stage.embed_word_ids(gallery.word_ids) @ stage.embed_images(
+            [gallery.region_features[image]], [gallery.region_positions[image]])[0]
+    best = np.argsort(-cosines, kind="stable")[:3]
+    assert [item["text_id"] for item in answers] == [gallery.text_ids[row] for row in best]
+    assert [item["text"] for item in answers] == [gallery.texts[row] for row in best]
+    np.testing.assert_allclose([item["score"] for item in answers], cosines[best], atol=1e-5)
+    assert [item["rank"] for item in answers] == [1, 2, 3] and not any(item["reranked"] for item in answers)
+
+    for extra, needle in [(["--image-id", "img9", "--k", "2"], "--image-id 'img9': no such image"),
+                          (["--image-id", "img2", "--k", "9"], "--k=9 is larger than the gallery (8"),
+                          (["--text", "a red circle"], "--text queries need an image index")]:
+        status = cli.main(["retrieve", "--index", str(root / "captions"), *extra])
+        error = capsys.readouterr().err.strip().splitlines()
+        assert status == 2 and len(error) == 1 and needle in error[0], (extra, error)
+
+
+def test_image_query_on_an_image_index_and_a_beam_caption_index_are_user_errors(fake_run, capsys):
+    status = cli.main(["retrieve", "--index", str(fake_run / "index"), "--image-id", "i1"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(error) == 1 and "--image-id queries need a caption index" in error[0], error
+    status = cli.main(["index", "--kind", "text", "--beam", "--features", str(fake_run / "*.gz"), "--run",
+                       str(fake_run / "run"), "--output", str(fake_run / "captions")])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(error) == 1 and "--beam embeds images only" in error[0], error

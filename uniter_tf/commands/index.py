@@ -6,7 +6,8 @@ NAME = "index"
 #: Flags this command does not define go to Beam (``--beam`` runs the embedding pass as a Beam pipeline).
 BEAM_FLAGS = True
 HELP = ("Build the image index of retrieve-then-rerank: the run's first stage (trained first with --train-files "
-        "if the run has none) embeds every image of --features; writes INDEX (embeddings, ids, model version).")
+        "if the run has none) embeds every image of --features (or, --kind text, every caption); writes INDEX "
+        "(embeddings, ids, model version).")
 
 
 def add_arguments(parser):
@@ -17,6 +18,10 @@ def add_arguments(parser):
                         help="The cross-encoder's run directory (a retrieval fine-tuning run); its first stage is "
                              "RUN/first_stage.")
     parser.add_argument("--output", required=True, help="The index directory to write.")
+    parser.add_argument("--kind", choices=("image", "text"), default="image",
+                        help="image (default): index the images of --features (text -> image retrieval); text: "
+                             "index their captions, ids = the records' example_id (image -> caption retrieval, "
+                             "`uniter retrieve --image-id`).")
     parser.add_argument("--train-files", nargs="+", default=None,
                         help="Caption records to train the first stage on (InfoNCE) when RUN has none, or with "
                              "--retrain.")
@@ -42,7 +47,8 @@ def run(args) -> int:
     import time
 
     from uniter_tf.retrieval import first_stage as first_stage_lib
-    from uniter_tf.retrieval.index import EmbeddingIndex, build_image_index, image_index_metadata
+    from uniter_tf.retrieval.index import (EmbeddingIndex, build_caption_index, build_image_index,
+                                          image_index_metadata)
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -50,6 +56,8 @@ def run(args) -> int:
         raise ValueError(f"--nprobe must be >= 1, got {args.nprobe}")
     if not os.path.isdir(args.run):
         raise ValueError(f"--run {args.run}: no such directory")
+    if args.kind == "text" and args.beam:
+        raise ValueError("--beam embeds images only; build a caption index (--kind text) without --beam")
     stage_dir = first_stage_lib.first_stage_dir(args.run)
     has_stage = os.path.exists(os.path.join(stage_dir, first_stage_lib.CONFIG_FILE))
     if args.retrain or not has_stage:
@@ -78,9 +86,12 @@ def run(args) -> int:
                                image_index_metadata(args.run, stage_dir, args.features), backend=args.backend,
                                nprobe=args.nprobe)
     else:
-        index = build_image_index(stage_dir, args.features, run=args.run, backend=args.backend, nprobe=args.nprobe,
-                                  batch_size=args.batch_size)
+        build = build_caption_index if args.kind == "text" else build_image_index
+        index = build(stage_dir, args.features, run=args.run, backend=args.backend, nprobe=args.nprobe,
+                      batch_size=args.batch_size)
     index.save(args.output)
-    print(json.dumps({"index": args.output, "images": len(index), "dim": index.dim, "backend": index.backend,
-                      "model_version": index.model_version, "seconds": round(time.perf_counter() - start, 2)}))
+    size_key = "images" if index.kind == "image" else "captions"
+    print(json.dumps({"index": args.output, "kind": index.kind, size_key: len(index), "dim": index.dim,
+                      "backend": index.backend, "model_version": index.model_version,
+                      "seconds": round(time.perf_counter() - start, 2)}))
     return 0

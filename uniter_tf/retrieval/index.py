@@ -289,19 +289,47 @@ def build_image_index(stage_dir: str, features: Sequence[str], *, run: Optional[
     Raises:
         ValueError: no first stage there, or unreadable records.
     """
+    return _build_index(stage_dir, features, "image", run=run, backend=backend, nprobe=nprobe, batch_size=batch_size)
+
+
+def build_caption_index(stage_dir: str, features: Sequence[str], *, run: Optional[str] = None, backend: str = "auto",
+                        nprobe: int = DEFAULT_NPROBE, batch_size: int = 128) -> EmbeddingIndex:
+    """Embeds every caption of ``features`` with a saved first stage and returns their index (kind ``text``).
+
+    What ``uniter index --kind text`` runs: the index of image → caption retrieval; its ids are the caption
+    records' ``example_id`` and its metadata names the records, where ``uniter retrieve --image-id`` reads the
+    captions' texts back.
+
+    Args:
+        stage_dir: a first-stage directory (or a run holding ``first_stage/``).
+        features: TFRecord patterns of caption records.
+        run, backend, nprobe, batch_size: as :func:`build_image_index` (batch_size: captions per call).
+
+    Raises:
+        ValueError: no first stage there, unreadable records, no caption record, or a repeated caption id.
+    """
+    return _build_index(stage_dir, features, "text", run=run, backend=backend, nprobe=nprobe, batch_size=batch_size)
+
+
+def _build_index(stage_dir: str, features: Sequence[str], kind: str, *, run: Optional[str], backend: str,
+                 nprobe: int, batch_size: int) -> EmbeddingIndex:
     from uniter_tf.retrieval import first_stage as first_stage_lib
 
     stage_dir = first_stage_lib.first_stage_dir(stage_dir)
     stage = first_stage_lib.load_first_stage(stage_dir)
     gallery = first_stage_lib.read_gallery(features, feature_dim=stage.model_config.region_feature_dim,
-                                           require_captions=False)
-    embeddings = stage.embed_images(gallery.region_features, gallery.region_positions, batch_size=batch_size)
-    return EmbeddingIndex(gallery.image_ids, embeddings, stage.model_version(), "image",
-                          image_index_metadata(run, stage_dir, features), backend=backend, nprobe=nprobe)
+                                           require_captions=kind == "text")
+    if kind == "text":
+        ids, embeddings = gallery.text_ids, stage.embed_word_ids(gallery.word_ids, batch_size=batch_size)
+    else:
+        ids = gallery.image_ids
+        embeddings = stage.embed_images(gallery.region_features, gallery.region_positions, batch_size=batch_size)
+    return EmbeddingIndex(ids, embeddings, stage.model_version(), kind, image_index_metadata(run, stage_dir, features),
+                          backend=backend, nprobe=nprobe)
 
 
 def image_index_metadata(run: Optional[str], stage_dir: str, features: Sequence[str]) -> dict:
-    """Where an image index came from: absolute local paths, remote ones (``gs://``) as given."""
+    """Where an index (of images, or of captions) came from: absolute local paths, remote ones (``gs://``) as given."""
     def absolute(path):
         return path if path is None or "://" in path else os.path.abspath(path)
 
@@ -310,4 +338,4 @@ def image_index_metadata(run: Optional[str], stage_dir: str, features: Sequence[
 
 
 __all__ = ["EmbeddingIndex", "IndexVersionError", "read_index_description", "check_k", "build_image_index",
-           "image_index_metadata", "FORMAT", "KINDS", "BACKENDS", "IVF_THRESHOLD"]
+           "build_caption_index", "image_index_metadata", "FORMAT", "KINDS", "BACKENDS", "IVF_THRESHOLD"]

@@ -5,6 +5,10 @@ For a text query: its first-stage embedding is searched in the image index (:mod
 ``task_logits[:, 0]``, or the ITM match logit for a run without a rank head) and put in cross-encoder order;
 images below K keep the first stage's order behind them. Cost per query: 1 text-encoder pass and ``K``
 cross-encoder passes instead of one per gallery image.
+
+For an image query (image → captions, :func:`retrieve_captions`): the image's first-stage embedding is
+searched in a caption index (kind ``text``) and the top ``K`` captions are rescored against the image the
+same way.
 """
 
 from __future__ import annotations
@@ -126,9 +130,19 @@ class CrossEncoder:
 
     def score_parts(self, text_part_serialized: bytes, image_parts: Sequence[bytes]) -> np.ndarray:
         """``[len(image_parts)]`` scores of one caption against each image part."""
+        return self._score_pairs(len(image_parts), lambda start, stop: [
+                text_part_serialized + part for part in image_parts[start:stop]])
+
+    def score_texts(self, text_parts: Sequence[bytes], image_part_serialized: bytes) -> np.ndarray:
+        """``[len(text_parts)]`` scores of each caption's text part against one image part."""
+        return self._score_pairs(len(text_parts), lambda start, stop: [
+                part + image_part_serialized for part in text_parts[start:stop]])
+
+    def _score_pairs(self, count: int, pairs_between: Callable[[int, int], List[bytes]]) -> np.ndarray:
+        # The pairs are built one batch at a time: a gallery's worth of image parts is not copied at once.
         scores = []
-        for start in range(0, len(image_parts), self.batch_size):
-            batch = [text_part_serialized + part for part in image_parts[start:start + self.batch_size]]
+        for start in range(0, count, self.batch_size):
+            batch = pairs_between(start, min(count, start + self.batch_size))
             outputs = self.scorer(batch)
             if self.output_key not in outputs:
                 raise KeyError(f"the cross-encoder has no output {self.output_key!r} (it has {sorted(outputs)})")
@@ -145,6 +159,40 @@ class RetrievedItem:
     score: float
     first_stage_score: float
     reranked: bool
+
+
+def _check_request(first_stage, index: EmbeddingIndex, kind: str, k: int, rerank: int, cross_encoder,
+                   rerank_inputs) -> tuple:
+    """``(k, rerank)`` validated against the index (kind, model version, sizes); the model-free checks."""
+    from uniter_tf.retrieval.index import IndexVersionError
+
+    if index.kind != kind:
+        query = "text → image" if kind == "image" else "image → caption"
+        raise ValueError(f"{query} retrieval needs an index of kind {kind!r}, this one holds {index.kind} embeddings")
+    if first_stage.model_version() != index.model_version:
+        raise IndexVersionError(f"the index was built with first-stage model version {index.model_version}, the "
+                                f"first stage in use is version {first_stage.model_version()}: rebuild the index")
+    k = check_k(k, len(index), "--k")
+    if rerank:
+        rerank = check_k(rerank, len(index), "--rerank")
+        if rerank < k:
+            raise ValueError(f"--rerank ({rerank}) must be at least --k ({k}): the answers come from the reranked")
+        if cross_encoder is None or rerank_inputs is None:
+            raise ValueError("reranking needs the cross-encoder and the gallery's records")
+    return k, rerank
+
+
+def _search_then_rerank(query_embedding: np.ndarray, index: EmbeddingIndex, k: int, rerank: int,
+                        cross_scores_of: Callable[[np.ndarray], np.ndarray]) -> List[tuple]:
+    """``[(row, score, first_stage_score, reranked)]`` of the top ``k``: the index's, or its top ``rerank``
+    put in cross-encoder order (``cross_scores_of(rows)``)."""
+    scores, rows = index.search(query_embedding, max(k, rerank or 0))
+    scores, rows = scores[0], rows[0]
+    if not rerank:
+        return [(row, float(score), float(score), False) for row, score in zip(rows, scores)]
+    cross = cross_scores_of(rows)
+    return [(rows[position], float(cross[position]), float(scores[position]), True)
+            for position in rerank_order(cross)[:k]]
 
 
 def retrieve(text: str, first_stage, index: EmbeddingIndex, *, k: int = 10, rerank: int = 0,
@@ -164,34 +212,72 @@ def retrieve(text: str, first_stage, index: EmbeddingIndex, *, k: int = 10, rera
         ValueError: empty text, k / rerank out of range, a candidate without image features, or an index
             of another model version (:class:`~uniter_tf.retrieval.index.IndexVersionError`).
     """
-    from uniter_tf.retrieval.index import IndexVersionError
-
-    if index.kind != "image":
-        raise ValueError(f"text → image retrieval needs an image index, this one holds {index.kind} embeddings")
-    if first_stage.model_version() != index.model_version:
-        raise IndexVersionError(f"the index was built with first-stage model version {index.model_version}, the "
-                                f"first stage in use is version {first_stage.model_version()}: rebuild the index")
-    k = check_k(k, len(index), "--k")
-    if rerank:
-        rerank = check_k(rerank, len(index), "--rerank")
-        if rerank < k:
-            raise ValueError(f"--rerank ({rerank}) must be at least --k ({k}): the answers come from the reranked")
-        if cross_encoder is None or image_parts is None:
-            raise ValueError("reranking needs the cross-encoder and the gallery's image records")
+    k, rerank = _check_request(first_stage, index, "image", k, rerank, cross_encoder, image_parts)
     part = caption_part(text, tokenizer)  # validates the text before any model call
     query = first_stage.embed_texts([text], tokenizer)[0]
-    scores, rows = index.search(query, max(k, rerank or 0))
-    scores, rows = scores[0], rows[0]
-    if not rerank:
-        return [RetrievedItem(index.ids[row], float(score), float(score), False) for row, score in zip(rows, scores)]
-    missing = [index.ids[row] for row in rows if index.ids[row] not in image_parts]
-    if missing:
-        raise ValueError(f"no region features for the indexed image(s) {missing[:5]} in the index's feature files")
-    cross = cross_encoder.score_parts(part.SerializeToString(), [image_parts[index.ids[row]] for row in rows])
-    order = rerank_order(cross)[:k]
-    return [RetrievedItem(index.ids[rows[position]], float(cross[position]), float(scores[position]), True)
-            for position in order]
+
+    def cross_scores_of(rows):
+        missing = [index.ids[row] for row in rows if index.ids[row] not in image_parts]
+        if missing:
+            raise ValueError(f"no region features for the indexed image(s) {missing[:5]} in the index's feature files")
+        return cross_encoder.score_parts(part.SerializeToString(), [image_parts[index.ids[row]] for row in rows])
+
+    return [RetrievedItem(index.ids[row], score, first_score, reranked)
+            for row, score, first_score, reranked in _search_then_rerank(query, index, k, rerank, cross_scores_of)]
+
+
+@dataclasses.dataclass
+class RetrievedCaption:
+    """One answer of :func:`retrieve_captions`: the caption's id and text, its rank score and the first stage's."""
+
+    text_id: str
+    text: str
+    score: float
+    first_stage_score: float
+    reranked: bool
+
+
+def retrieve_captions(image_id: str, first_stage, index: EmbeddingIndex, images, captions, *, k: int = 10,
+                      rerank: int = 0, cross_encoder: Optional[CrossEncoder] = None) -> List[RetrievedCaption]:
+    """Image → top ``k`` captions of a caption index, optionally after reranking the first stage's top ``rerank``.
+
+    Args:
+        image_id: the query image.
+        first_stage: a :class:`~uniter_tf.retrieval.first_stage.FirstStage` of the index's model version.
+        index: a caption index (kind ``text``, ids = the captions' ``example_id``).
+        images: a :class:`~uniter_tf.retrieval.first_stage.Gallery` holding the query image's regions.
+        captions: a ``Gallery`` holding the indexed captions (their text and text parts).
+        k: answers (1 ≤ k ≤ number of captions).
+        rerank: 0 (first stage only) or K ≥ k candidates rescored by ``cross_encoder`` against the image.
+
+    Raises:
+        ValueError: an image id not in ``images``, k / rerank out of range, an indexed caption missing from
+            ``captions``, or an index of another model version
+            (:class:`~uniter_tf.retrieval.index.IndexVersionError`).
+    """
+    k, rerank = _check_request(first_stage, index, "text", k, rerank, cross_encoder, captions)
+    if image_id not in images.image_parts:
+        raise ValueError(f"--image-id {image_id!r}: no such image in the records ({images.num_images} images, e.g. "
+                         f"{images.image_ids[:3]})")
+    column = images.image_ids.index(image_id)
+    query = first_stage.embed_images([images.region_features[column]], [images.region_positions[column]])[0]
+    row_of_text = {text_id: row for row, text_id in enumerate(captions.text_ids)}
+
+    def caption_rows(rows):
+        missing = [index.ids[row] for row in rows if index.ids[row] not in row_of_text]
+        if missing:
+            raise ValueError(f"the indexed caption(s) {missing[:5]} are not in the caption records")
+        return [row_of_text[index.ids[row]] for row in rows]
+
+    def cross_scores_of(rows):
+        return cross_encoder.score_texts([captions.text_parts[row] for row in caption_rows(rows)],
+                                         images.image_parts[image_id])
+
+    answers = _search_then_rerank(query, index, k, rerank, cross_scores_of)
+    texts = [captions.texts[row] for row in caption_rows([row for row, *_ in answers])]
+    return [RetrievedCaption(index.ids[row], text, score, first_score, reranked)
+            for (row, score, first_score, reranked), text in zip(answers, texts)]
 
 
 __all__ = ["rerank_order", "reranked_ranking", "ranks_of_truth", "recall_at", "caption_part", "CrossEncoder",
-           "RetrievedItem", "retrieve"]
+           "RetrievedItem", "retrieve", "RetrievedCaption", "retrieve_captions"]

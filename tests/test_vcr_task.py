@@ -192,6 +192,39 @@ def test_model_tables_grow_as_the_official_init_calls():
         vcr_task.grow_backbone_for_vcr(grown, standard)
 
 
+
+def test_region_feature_statistics_move_with_the_growth_and_scratch_computes_them(tmp_path):
+    """With region_feature_standardization the statistics (no official weight) follow the grown backbone
+    (first stage → VCR), and a scratch VCR model gets those of its training records."""
+    from uniter_tf.data import feature_stats
+    from uniter_tf.models.backbone import UniterBackbone
+
+    task = get_task("vcr", model="tiny", model_overrides={"region_feature_standardization": True})
+    inputs = {"token_ids": tf.constant([[101, 102]]), "text_mask": tf.ones([1, 2], tf.int32)}
+    standard = UniterBackbone(task.model_config().replace(vocab_size=28996, type_vocab_size=2))
+    standard(inputs)
+    dim = standard.config.region_feature_dim
+    standard.region_embeddings.set_feature_statistics(np.linspace(-1, 1, dim), np.linspace(0.5, 2, dim))
+    grown = UniterBackbone(task.model_config())
+    grown(inputs)
+    vcr_task.grow_backbone_for_vcr(standard, grown, seed=0)
+    np.testing.assert_array_equal(grown.region_embeddings.feature_mean.numpy(), np.linspace(-1, 1, dim, dtype=np.float32))
+    np.testing.assert_array_equal(grown.region_embeddings.feature_scale.numpy(),
+                                  np.linspace(0.5, 2, dim, dtype=np.float32))
+    plain = UniterBackbone(standard.config.replace(region_feature_standardization=False))
+    plain(inputs)
+    with pytest.raises(ValueError, match="without it"):
+        vcr_task.grow_backbone_for_vcr(plain, grown)
+
+    path = str(tmp_path / "train.tfrecord")
+    _write_records(path, [([5, 6], [[7]] * 4, [[12]] * 4, 1, 2)] * 2)
+    scratch = get_task("vcr", model="tiny", model_overrides={"region_feature_standardization": True},
+                       init="scratch", train_files=[path])
+    model = scratch.build_model()
+    scratch.initialize(model, log=lambda message: None)
+    expected = feature_stats.compute_feature_statistics([path], feature_dim=dim)
+    np.testing.assert_allclose(model.backbone.region_embeddings.feature_mean.numpy(), expected.mean, rtol=1e-6)
+
 def test_task_registered_config_round_trip_and_unknown_argument():
     task = get_task("vcr", eval_rows=20, head_learning_rate_multiplier=2.0)
     assert isinstance(task, vcr_task.VcrTask) and task.primary_metric == "acc"

@@ -337,7 +337,8 @@ def grow_backbone_for_vcr(source_backbone, target_backbone, seed: Optional[int] 
     """Copies a standard backbone into a VCR-sized one as ``init_type_embedding()`` + ``init_word_embedding(81)``.
 
     Type rows ``[T0, T1, T0, T0]``; word rows: the source's then 81 fresh N(0, initializer_range) rows. A
-    source that already has the VCR sizes (a second-stage checkpoint) is copied as it is.
+    source that already has the VCR sizes (a second-stage checkpoint) is copied as it is. With
+    ``region_feature_standardization`` the source's statistics are copied too (they are no official weight).
 
     Raises:
         ValueError: the sizes fit neither case (naming them).
@@ -360,6 +361,15 @@ def grow_backbone_for_vcr(source_backbone, target_backbone, seed: Optional[int] 
             raise ValueError(f"cannot initialise the VCR model's {key} {list(variable.shape)} from "
                              f"{list(value.shape)}")
         variable.assign(value.astype(np.dtype(variable.dtype)))
+    if config.region_feature_standardization:
+        # Not in the variable map: without this copy the VCR model would keep mean 0 / scale 1 and see its
+        # regions unstandardised while every weight was trained on standardised ones.
+        if not source_backbone.config.region_feature_standardization:
+            raise ValueError("cannot initialise a VCR model with region_feature_standardization from a backbone "
+                             "without it (no statistics to carry)")
+        source_region = source_backbone.region_embeddings
+        target_backbone.region_embeddings.set_feature_statistics(source_region.feature_mean.numpy(),
+                                                                 source_region.feature_scale.numpy())
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -463,10 +473,13 @@ class VcrTask(DownstreamTask):
         return tf.shape(targets[VCR_ANSWER_LABEL])[0]
 
     def initialize(self, model, init: Optional[str] = None, init_path: Optional[str] = None, log=print) -> None:
-        """``scratch``: nothing; otherwise the standard initialisation of a standard-size model, then
-        :func:`grow_backbone_for_vcr` into ``model`` (a second-stage VCR checkpoint is copied as it is)."""
+        """``scratch``: only the region-feature statistics of the training records (with
+        ``region_feature_standardization``); otherwise the standard initialisation of a standard-size model,
+        then :func:`grow_backbone_for_vcr` into ``model`` (a second-stage VCR checkpoint is copied as it is),
+        statistics included."""
         init = init or self.params["init"]
         if init == "scratch":
+            self.initialize_feature_standardization(model.backbone, log=log)
             return
         standard = DownstreamTask.model_config(self)
         if init == "pretrained":

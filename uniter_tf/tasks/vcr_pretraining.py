@@ -97,13 +97,16 @@ class VcrPretrainingTask(PretrainingTask):
 
     def initialize(self, model, init: Optional[str] = None, init_path: Optional[str] = None,
                    log: Callable[[str], None] = print) -> None:
-        """``scratch``: nothing. Otherwise the first-stage model is initialised at its own sizes, then grown
-        into ``model`` as ``init_type_embedding()`` + ``init_word_embedding(81)`` (module docstring)."""
+        """``scratch``: as :meth:`PretrainingTask.initialize` (the region-feature statistics of the training
+        records, with ``region_feature_standardization``). Otherwise the first-stage model is initialised at
+        its own sizes, then grown into ``model`` as ``init_type_embedding()`` + ``init_word_embedding(81)``
+        (module docstring), its region-feature statistics carried over."""
         from uniter_tf.models.vcr_task import grow_backbone_for_vcr
 
         init = init or self.params["init"]
         init_path = init_path if init_path is not None else self.params["init_path"]
         if init == "scratch":
+            PretrainingTask.initialize(self, model, init, init_path, log=log)
             return
         source = PretrainingTask.build_model(self, self._standard_config())
         restored = None

@@ -243,6 +243,9 @@ def load_saved_model(model_name: str, version: int, path: str) -> ServableVersio
         _LOG.warning("tensorflow_text is not installed; models that tokenise in-graph will not load")
     from tensorflow.python.saved_model import loader_impl
 
+    from serving.retrieval import attach_retrieval, check_retrieval_assets
+
+    check_retrieval_assets(path)  # an index of another first stage: refused before the model is loaded
     saved_model_proto = loader_impl.parse_saved_model(path)
     signature_def_map = dict(saved_model_proto.meta_graphs[0].signature_def)
     handle = tf.saved_model.load(path)
@@ -256,8 +259,6 @@ def load_saved_model(model_name: str, version: int, path: str) -> ServableVersio
                                      flat_order=flat_argument_order(function, inputs))
     servable = ServableVersion(model_name, version, path, signatures, signature_def_map, handle=handle)
     # A version exported with an index also answers `retrieve` from that index (loaded and swapped with it).
-    from serving.retrieval import attach_retrieval
-
     attach_retrieval(servable)
     return servable
 

@@ -161,6 +161,31 @@ class Retriever:
                 "first_stage_scores": tf.constant(np.asarray(first_scores[order], np.float32))}
 
 
+def check_retrieval_assets(path: str) -> None:
+    """Refuses a version directory whose index is not of its first stage, from the two JSON files alone.
+
+    Run before the SavedModel is loaded, so a mismatched version costs no model load; :func:`attach_retrieval`
+    checks again with the full assets.
+
+    Raises:
+        IndexVersionError: the index's ``model_version`` is not the export's first stage's.
+        ValueError: the version carries an index but records no first stage.
+    """
+    from uniter_tf.retrieval.index import IndexVersionError, read_index_description
+    from uniter_tf.retrieval.serving_assets import (INDEX_SUBDIR, exported_first_stage_version, has_retrieval_assets,
+                                                    retrieval_assets_dir)
+
+    if not has_retrieval_assets(path):
+        return
+    expected = exported_first_stage_version(path)
+    if expected is None:
+        raise ValueError(f"{path} carries a retrieval index but its uniter_export.json records no first stage")
+    found = read_index_description(os.path.join(retrieval_assets_dir(path), INDEX_SUBDIR))["model_version"]
+    if found != expected:
+        raise IndexVersionError(f"the retrieval index in {path} was built with first-stage model version {found}, "
+                                f"the version's embed_text is first-stage model version {expected}")
+
+
 def attach_retrieval(servable: ServableVersion) -> bool:
     """Adds the ``retrieve`` signature to a freshly loaded version that carries retrieval assets.
 
@@ -194,4 +219,4 @@ def attach_retrieval(servable: ServableVersion) -> bool:
     return True
 
 
-__all__ = ["RETRIEVE", "Retriever", "attach_retrieval"]
+__all__ = ["RETRIEVE", "Retriever", "attach_retrieval", "check_retrieval_assets"]

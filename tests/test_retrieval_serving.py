@@ -150,6 +150,9 @@ def test_bad_retrieve_input_is_invalid_argument_naming_it_and_the_server_keeps_s
             client.predict({"text": np.asarray([b"a", b"b"], object), "k": np.asarray(1, np.int32),
                             "rerank": np.asarray(0, np.int32)}, "retrieve")
         assert raised.value.code == "INVALID_ARGUMENT"
+        with pytest.raises(ServingRequestError, match="text: a text is empty") as raised:  # the in-graph check
+            client.predict({"text": np.asarray([b"a red circle", b"  "], object)}, "embed_text")
+        assert raised.value.code == "INVALID_ARGUMENT"
         assert len(client.retrieve(in_process["gallery"].texts[0], k=2, rerank=3)) == 2  # still serving
 
 

@@ -16,10 +16,10 @@ import tensorflow as tf
 from helpers.retrieval_records import write_region_records
 from serving.batching import BatchingOptions
 from serving.errors import Code, ServingError
-from serving.model_manager import InputSpec, ModelManager, ServableVersion, Signature
+from serving.model_manager import InputSpec, ModelManager, ServableVersion, Signature, load_saved_model
 from serving.predictor import Predictor
-from serving.retrieval import RETRIEVE, attach_retrieval
-from uniter_tf.retrieval.index import EmbeddingIndex
+from serving.retrieval import RETRIEVE, attach_retrieval, check_retrieval_assets
+from uniter_tf.retrieval.index import EmbeddingIndex, IndexVersionError
 from uniter_tf.retrieval.serving_assets import read_retrieval_assets, write_retrieval_assets
 
 IMAGES = [f"img{i}" for i in range(8)]
@@ -157,6 +157,10 @@ def test_a_version_with_a_foreign_index_is_refused_and_a_good_one_swaps_in_with_
     manager.poll_once()
     states = {version: (state, message) for version, state, _, message in manager.status()}
     assert states[2][0] == "END" and "first-stage model version stage-b" in states[2][1]
+    # The real loader refuses it from the JSON files, before parsing the SavedModel (an empty file here).
+    with pytest.raises(IndexVersionError, match="stage-b.*stage-a"):
+        load_saved_model("m", 2, str(base / "2"))
+    check_retrieval_assets(served["path"])  # version 1's index is its first stage's
     assert manager.available_versions() == [1] and retrieve(served["predictor"])[0] == 1
 
     # Version 3: another first stage with its own index (the gallery's embeddings reversed): swapped in whole.

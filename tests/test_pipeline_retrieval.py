@@ -248,3 +248,30 @@ def test_retrieval_pipeline_gates_on_r_mean_and_pushes_model_and_index_together(
     second_run_dir = sorted(glob.glob(os.path.join(root, "FinetuneTrainer", "model_run", "*")),
                             key=lambda path: int(os.path.basename(path)))[-1]
     assert not os.path.exists(os.path.join(second_run_dir, "first_stage"))
+
+
+def test_first_stage_settings_of_the_finetune_trainer_are_checked_and_not_experiment_keys(tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline import finetune_module
+
+    def fn_args(**custom):
+        return SimpleNamespace(custom_config={"task": "retrieval", "model_config": "tiny", **custom},
+                               train_files=[str(tmp_path / "train-*")], eval_files=[str(tmp_path / "eval-*")],
+                               model_run_dir=str(tmp_path / "run"), base_model=None, train_steps=10, eval_steps=1)
+
+    # The first-stage keys are the run_fn's, not unknown experiment keys.
+    config = finetune_module.experiment_from_fn_args(fn_args(first_stage_steps=5, first_stage_batch_size=4))
+    assert config.task_name == "retrieval" and "first_stage_steps" not in config.task
+    # 0 (or unset) leaves the first stage and the index out; a bad value is named before any training.
+    assert finetune_module.train_first_stage_and_index(fn_args(first_stage_steps=0), str(tmp_path), []) is None
+    assert finetune_module.train_first_stage_and_index(fn_args(), str(tmp_path), []) is None
+    with pytest.raises(ValueError, match="first_stage_steps must be a non-negative integer, got 'many'"):
+        finetune_module.train_first_stage_and_index(fn_args(first_stage_steps="many"), str(tmp_path), [])
+    with pytest.raises(ValueError, match="first_stage_batch_size must be a non-negative integer, got -1"):
+        finetune_module.train_first_stage_and_index(fn_args(first_stage_steps=3, first_stage_batch_size=-1),
+                                                    str(tmp_path), [])
+    empty_eval = fn_args(first_stage_steps=3)
+    empty_eval.eval_files = []
+    with pytest.raises(ValueError, match="first_stage_steps needs an eval split to index"):
+        finetune_module.train_first_stage_and_index(empty_eval, str(tmp_path), [])

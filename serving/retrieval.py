@@ -21,9 +21,11 @@ the version it had.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import threading
 from typing import Dict, Mapping
 
 import numpy as np
@@ -90,6 +92,9 @@ class Retriever:
         self.score = servable.signature(SCORE_SIGNATURE)
         self.index = assets.index
         self.gallery = assets.gallery
+        # The IVF search may widen nprobe for one call (EmbeddingIndex.search): concurrent requests take turns.
+        # The exact search only reads the embeddings and runs unlocked.
+        self._search_lock = threading.Lock() if self.index.backend == "ivf" else contextlib.nullcontext()
         self.output_key, self.column = _cross_encoder_output(metadata)
         self.max_regions = int(metadata.get("max_regions") or 0)
         counts = self.gallery.region_counts()
@@ -147,7 +152,8 @@ class Retriever:
             raise invalid_argument(f"signature '{RETRIEVE}': input 'text' is not UTF-8") from None
         k, rerank = self._check(decoded, k.numpy(), rerank.numpy())
         query = run_signature(self.embed_text, {"text": np.asarray([raw], dtype=object)})["embeddings"]
-        first_scores, rows = self.index.search(query, max(k, rerank))
+        with self._search_lock:
+            first_scores, rows = self.index.search(query, max(k, rerank))
         first_scores, rows = first_scores[0], rows[0]
         if rerank:
             cross = self._cross_scores(raw, rows)

@@ -14,7 +14,8 @@ The scoring signatures answer ``itm_score [B]`` (P(match)), ``itm_logits [B, 2]`
 ``pooled_output [B, H]``, plus ``task_logits`` / ``answers`` / ``answer_scores`` when a task head is
 given; a two-image task (an ``image_pair`` declaration: NLVR2) gets the pair signatures of
 :mod:`uniter_tf.export.pair_signatures` (the right image's inputs with the suffix ``_2``, outputs
-``p_true`` / ``label`` / ``task_logits`` / ``labels`` / ``label_scores``). The vocabulary and the
+``p_true`` / ``label`` / ``task_logits`` / ``labels`` / ``label_scores``). A run with a retrieval first
+stage adds ``embed_text`` / ``embed_image`` (:mod:`uniter_tf.export.embedding_signatures`). The vocabulary and the
 answer list are SavedModel assets; ``assets.extra`` holds TF Serving warm-up requests and
 ``uniter_export.json`` (the limits and buckets, for clients).
 

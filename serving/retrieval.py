@@ -120,21 +120,17 @@ class Retriever:
 
     def _cross_scores(self, text: bytes, rows: np.ndarray) -> np.ndarray:
         from serving.predictor import run_signature
+        from uniter_tf.retrieval.first_stage import pack_images
 
         scores = []
         for start in range(0, len(rows), RERANK_BATCH):
             chunk = rows[start:start + RERANK_BATCH]
             regions = [self.gallery.regions(int(row)) for row in chunk]
-            width = max(1, max(len(features) for features, _ in regions))
-            features = np.zeros([len(chunk), width, self.gallery.feature_dim], np.float32)
-            positions = np.zeros([len(chunk), width, 7], np.float32)
-            for slot, (image_features, image_positions) in enumerate(regions):
-                features[slot, :len(image_features)] = image_features
-                positions[slot, :len(image_positions)] = image_positions
+            features, positions, mask = pack_images([pair[0] for pair in regions], [pair[1] for pair in regions],
+                                                    max(1, max(len(pair[0]) for pair in regions)))
             outputs = run_signature(self.score, {
                     "text": np.asarray([text] * len(chunk), dtype=object), "region_features": features,
-                    "region_positions": positions,
-                    "num_regions": np.asarray([len(image_features) for image_features, _ in regions], np.int32)})
+                    "region_positions": positions, "num_regions": mask.sum(axis=1).astype(np.int32)})
             scores.append(np.asarray(outputs[self.output_key]).reshape(len(chunk), -1)[:, self.column])
         return np.concatenate(scores)
 

@@ -95,6 +95,7 @@ def test_served_embeddings_and_retrieve_equal_the_in_process_first_stage_and_rer
                                                                                     capsys):
     from serving.client import UniterClient, UniterRestClient
     from uniter_tf import cli
+    from uniter_tf.retrieval import first_stage
 
     metadata = built["export"].metadata
     stage = in_process["stage"]
@@ -106,14 +107,10 @@ def test_served_embeddings_and_retrieve_equal_the_in_process_first_stage_and_rer
         served_text = client.predict({"text": np.asarray([t.encode() for t in texts], object)}, "embed_text")
         np.testing.assert_allclose(served_text["embeddings"], stage.embed_texts(texts), atol=1e-5)
         features, positions = gallery.region_features[:3], gallery.region_positions[:3]
-        width = max(len(rows) for rows in features)
-        padded = np.zeros([3, width, features[0].shape[1]], np.float32)
-        padded_positions = np.zeros([3, width, 7], np.float32)
-        for row, (image, boxes) in enumerate(zip(features, positions)):
-            padded[row, :len(image)], padded_positions[row, :len(boxes)] = image, boxes
+        padded, padded_positions, mask = first_stage.pack_images(features, positions,
+                                                                 max(len(rows) for rows in features))
         served_image = client.predict({"region_features": padded, "region_positions": padded_positions,
-                                       "num_regions": np.asarray([len(rows) for rows in features], np.int32)},
-                                      "embed_image")
+                                       "num_regions": mask.sum(axis=1).astype(np.int32)}, "embed_image")
         np.testing.assert_allclose(served_image["embeddings"], stage.embed_images(features, positions), atol=1e-5)
         assert "retrieve" in client.signature_defs()
 

@@ -51,6 +51,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--ks", type=int, nargs="+", default=[10, 20, 50, 100])
     parser.add_argument("--first-stage-steps", type=int, default=300)
     parser.add_argument("--first-stage-batch-size", type=int, default=32)
+    parser.add_argument("--first-stage-learning-rate", type=float, default=2e-4)
+    parser.add_argument("--first-stage-head-lr-multiplier", type=float, default=1.0,
+                        help="The projections' and temperature's rate over the backbone's (train_first_stage's "
+                             "head_learning_rate_multiplier).")
     parser.add_argument("--retrain", action="store_true", help="Train the first stage even if the run has one.")
     parser.add_argument("--timed-queries", type=int, default=20)
     parser.add_argument("--captions-per-image", type=int, default=0,
@@ -71,7 +75,10 @@ def main(argv=None) -> dict:
     stage_dir = first_stage_lib.first_stage_dir(args.run)
     if args.retrain or not os.path.exists(os.path.join(stage_dir, first_stage_lib.CONFIG_FILE)):
         first_stage_lib.train_first_stage(args.run, args.train_files, steps=args.first_stage_steps,
-                                          batch_size=args.first_stage_batch_size, output_dir=stage_dir)
+                                          batch_size=args.first_stage_batch_size,
+                                          learning_rate=args.first_stage_learning_rate,
+                                          head_learning_rate_multiplier=args.first_stage_head_lr_multiplier,
+                                          output_dir=stage_dir)
     stage = first_stage_lib.load_first_stage(stage_dir)
     training = first_stage_lib.read_first_stage_description(stage_dir)["training"]
     gallery = first_stage_lib.read_gallery(args.eval_files, feature_dim=stage.model_config.region_feature_dim)

@@ -3,7 +3,7 @@
 A retrieval run trains a few updates from scratch (`uniter train`), `uniter index --train-files` trains its
 first stage briefly (InfoNCE) and indexes the held-out images (also with `--beam`: the same embeddings),
 `uniter retrieve` answers a caption with and
-without `--rerank`. Checked: the reranked answers are the first stage's top K put in the cross-encoder's
+without `--rerank`, and an image with captions from a caption index (`uniter index --kind text`). Checked: the reranked answers are the first stage's top K put in the cross-encoder's
 order (scores recomputed independently), the index refuses another first stage, and over every held-out
 caption the rerank's R@10 equals the cross-encoder's R@10 restricted to the first-stage candidates. The
 learning figures are the bench's (bench/retrieval_rerank.py, docs/performance.md), not this test's.
@@ -99,6 +99,24 @@ def test_index_retrieve_and_rerank_through_the_cli(tmp_path, capsys):
         restricted_hits.append(truth[row] in restricted[:10])
     recall = rerank.recall_at(rerank.ranks_of_truth(np.stack(rankings), truth))["r10"]
     assert recall == pytest.approx(np.mean(restricted_hits))
+
+    # Image -> captions: a caption index of the held-out captions, reranked by the same cross-encoder.
+    assert cli.main(["index", "--kind", "text", "--features", *written["eval"], "--run", str(run), "--output",
+                     str(tmp_path / "captions")]) == 0
+    assert lines_of(capsys)[-1]["captions"] == len(gallery.text_ids)
+    image = gallery.image_ids[0]
+    assert cli.main(["retrieve", "--index", str(tmp_path / "captions"), "--image-id", image, "--k", "3",
+                     "--rerank", "6"]) == 0
+    captions = lines_of(capsys)
+    caption_first = stage.embed_word_ids(gallery.word_ids) @ stage.embed_images(
+            gallery.region_features[:1], gallery.region_positions[:1])[0]
+    candidates = np.argsort(-caption_first, kind="stable")[:6]
+    caption_scores = cross_encoder.score_texts([gallery.text_parts[row] for row in candidates],
+                                               gallery.image_parts[image])
+    best = candidates[np.argsort(-caption_scores, kind="stable")[:3]]
+    assert [item["text_id"] for item in captions] == [gallery.text_ids[row] for row in best]
+    assert [item["text"] for item in captions] == [gallery.texts[row] for row in best]
+    assert all(item["reranked"] for item in captions)
 
     # An index of another first stage is refused.
     other = tmp_path / "other"

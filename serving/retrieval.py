@@ -31,7 +31,7 @@ from typing import Dict, Mapping
 import numpy as np
 
 from serving.errors import invalid_argument
-from serving.model_manager import InputSpec, ServableVersion, Signature
+from serving.model_manager import InputSpec, ServableVersion, Signature, _spec_from_tensor_spec
 
 _LOG = logging.getLogger(__name__)
 
@@ -47,9 +47,7 @@ RERANK_BATCH = 64
 def _scalar_spec(name: str, dtype) -> InputSpec:
     import tensorflow as tf
 
-    tf_dtype = tf.as_dtype(dtype)
-    numpy_dtype = np.dtype(object) if tf_dtype == tf.string else np.dtype(tf_dtype.as_numpy_dtype)
-    return InputSpec(name=name, dtype=numpy_dtype, tf_dtype_enum=tf_dtype.as_datatype_enum, shape=())
+    return _spec_from_tensor_spec(name, tf.TensorSpec([], dtype))
 
 
 def _signature_def(inputs: Mapping[str, InputSpec]):

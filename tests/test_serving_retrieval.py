@@ -16,7 +16,7 @@ import tensorflow as tf
 from helpers.retrieval_records import write_region_records
 from serving.batching import BatchingOptions
 from serving.errors import Code, ServingError
-from serving.model_manager import InputSpec, ModelManager, ServableVersion, Signature, load_saved_model
+from serving.model_manager import ModelManager, ServableVersion, Signature, _spec_from_tensor_spec, load_saved_model
 from serving.predictor import Predictor
 from serving.retrieval import RETRIEVE, attach_retrieval, check_retrieval_assets
 from uniter_tf.retrieval.index import EmbeddingIndex, IndexVersionError
@@ -27,8 +27,7 @@ QUERY = np.asarray([1.0, 0.0, 0.0, 0.0], np.float32)
 
 
 def _spec(name, dtype, shape):
-    return InputSpec(name=name, dtype=np.dtype(object) if dtype == tf.string else np.dtype(dtype.as_numpy_dtype),
-                     tf_dtype_enum=dtype.as_datatype_enum, shape=shape)
+    return _spec_from_tensor_spec(name, tf.TensorSpec(shape, dtype))
 
 
 def stand_in_servable(model_name, version, path):

@@ -1,8 +1,11 @@
 """NLVR2 learns on rendered image pairs (issue 12): sample data -> pair records -> `uniter train` config.
 
 One slow module: rendered pairs with statements comparing the shape counts of the two images
-(uniter_tf/data/sample_nlvr2.py), fine-tuned from scratch with configs/finetune_nlvr2_tiny.json (the tiny
-model, paired variant) as `uniter train --config` runs it. Held-out accuracy must beat the majority-class
+(uniter_tf/data/sample_nlvr2.py), fine-tuned with configs/finetune_nlvr2_tiny.json (the tiny model, paired
+variant) as `uniter train --config` runs it, from a short pretraining of the same model on the captions of
+the other sample scenes (tests/helpers/short_pretraining.py: same renderer and region features, other
+images, as UNITER pretrains on COCO / VG and fine-tunes on NLVR2's own images; the pretrained 2-row type
+table grows to NLVR2's 3 rows). Held-out accuracy must beat the majority-class
 baseline by MARGIN, and the answers must come from the pixels: with each pair's left and right images
 swapped (which makes every "more shapes" statement of a pair with different counts false where it was
 true and vice versa) the model's answers flip, and it is right about the swapped pairs too.
@@ -15,12 +18,15 @@ import pytest
 import tensorflow as tf
 
 from helpers import ingest_test_data as data
+from helpers.short_pretraining import short_pretraining
 
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-#: Required margin of held-out accuracy over the majority-class baseline (about 0.5 on these labels).
-MARGIN = 0.12
+#: Required margin of held-out accuracy over the majority-class baseline (about 0.5 on these labels). Measured
+#: 0.933 from the short pretraining and 0.917 from scratch (baseline 0.508, docs/tasks.md); it was 0.12 when the
+#: config's dropout 0.1 gave 0.767 from scratch and 0.658 from the pretraining.
+MARGIN = 0.2
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +36,20 @@ def trained(tmp_path_factory):
     from uniter_tf.training.experiment import load_experiment, prepare_experiment
 
     root = tmp_path_factory.mktemp("nlvr2")
+    pretraining = short_pretraining(tmp_path_factory, "finetune_nlvr2_tiny.json")
     experiment = load_experiment(str(REPO_ROOT / "configs" / "finetune_nlvr2_tiny.json"), [
             f"runtime.output_dir={root / 'run'}",
             f'task.train_files=["{root / "sample" / "records" / "train-*.tfrecord.gz"}"]',
-            f'task.eval_files=["{root / "sample" / "records" / "eval-*.tfrecord.gz"}"]'])
+            f'task.eval_files=["{root / "sample" / "records" / "eval-*.tfrecord.gz"}"]',
+            "task.init=pretrained", f"task.init_path={pretraining['run_dir']}"])
     written = sample_nlvr2.write_sample_nlvr2(str(root / "sample"), sample_nlvr2.SampleNlvr2Config(),
                                               UniterConfig.resolve(experiment.task["model"]))
     assert not written["dead_letters"]
     trainer = prepare_experiment(experiment, log=lambda *_: None)
     summary = trainer.train()
+    # Initialised (at the first train step) from the pretraining's checkpoint.
+    assert trainer.task.restored_from and trainer.task.restored_from.startswith(pretraining["run_dir"])
+    print(f"short pretraining: {pretraining['steps']} updates, {pretraining['seconds']:.0f} s")
     return {"root": root, "summary": summary, "counts": written["counts"], "experiment": experiment,
             "trainer": trainer}
 

@@ -163,11 +163,11 @@ def _write_records(path, examples):
             writer.write(example if isinstance(example, bytes) else example.SerializeToString())
 
 
-def _image_record(image_id, seed, **text):
+def _image_record(image_id, seed, feature_dim=8, **text):
     from uniter_tf.data import schema
 
     rng = np.random.default_rng(seed)
-    return schema.make_example(image_id=image_id, region_features=rng.random((3, 8)).astype(np.float32),
+    return schema.make_example(image_id=image_id, region_features=rng.random((3, feature_dim)).astype(np.float32),
                                region_boxes=[[0, 0, 10, 10], [5, 5, 20, 20], [1, 2, 3, 4]], image_height=32,
                                image_width=32, **text)
 
@@ -212,20 +212,13 @@ def caption_gallery(tmp_path):
     for image, (first, second) in enumerate([("a red circle", "one circle"), ("a blue square", "two squares"),
                                              ("a green triangle", "one triangle"), ("a red square", "a square")]):
         for number, text in enumerate((first, second)):
-            examples.append(schema_example(f"img{image}", np.random.default_rng(image), config.region_feature_dim,
-                                           f"img{image}-{number}", text, tokenizer.encode(text)))
+            examples.append(_image_record(f"img{image}", image, config.region_feature_dim,
+                                          example_id=f"img{image}-{number}", text=text,
+                                          token_ids=tokenizer.encode(text), task="caption"))
     _write_records(records, examples)
     stage = first_stage.FirstStage(UniterBackbone(config), config, embedding_dim=16)
     first_stage.save_first_stage(stage, str(tmp_path / "run" / "first_stage"))
     return tmp_path, str(records), first_stage.load_first_stage(str(tmp_path / "run"))
-
-
-def schema_example(image_id, rng, feature_dim, example_id, text, token_ids):
-    from uniter_tf.data import schema
-
-    return schema.make_example(image_id=image_id, region_features=rng.random((3, feature_dim)).astype(np.float32),
-                               region_boxes=[[0, 0, 10, 10], [5, 5, 20, 20], [1, 2, 30, 14]], image_height=32,
-                               image_width=32, example_id=example_id, text=text, token_ids=token_ids, task="caption")
 
 
 def test_caption_index_answers_an_image_with_its_nearest_captions(caption_gallery, capsys):

@@ -456,14 +456,9 @@ def read_first_stage_description(path: str) -> dict:
     if not tf.io.gfile.exists(config_path):
         raise ValueError(f"{path} holds no trained first stage ({config_path} is missing; train one with "
                          f"`uniter index --train-files ...` or uniter_tf.retrieval.first_stage.train_first_stage)")
-    with tf.io.gfile.GFile(config_path) as handle:
-        try:
-            description = json.loads(handle.read())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{config_path} is not JSON: {error}") from error
-    if not isinstance(description, dict) or description.get("format") != FORMAT:
-        raise ValueError(f"{config_path} is not a first-stage description (format {FORMAT!r})")
-    return description
+    from uniter_tf.retrieval.index import read_format_json
+
+    return read_format_json(config_path, FORMAT, "a first-stage description")
 
 
 def load_first_stage(path: str) -> FirstStage:

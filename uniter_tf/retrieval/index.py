@@ -234,6 +234,30 @@ class EmbeddingIndex:
                    nprobe=int(description.get("nprobe", DEFAULT_NPROBE)), centroids=centroids)
 
 
+
+def read_format_json(path: str, expected_format: str, what: str) -> Dict:
+    """A JSON description file whose ``format`` key must be ``expected_format`` (index, gallery, first stage).
+
+    Args:
+        path: the file (local or a ``tf.io.gfile`` URL); the caller has checked that it exists, so its own
+            message can say how to make one.
+        expected_format: the required value of the ``format`` key.
+        what: the kind of description, for the error (e.g. ``"an embedding index"``).
+
+    Raises:
+        ValueError: the file is not JSON, not an object, or of another format (the path is named).
+    """
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path) as handle:
+        try:
+            description = json.loads(handle.read())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not JSON: {error}") from error
+    if not isinstance(description, dict) or description.get("format") != expected_format:
+        raise ValueError(f"{path} is not {what} of format {expected_format!r}")
+    return description
+
 def read_index_description(directory: str) -> Dict:
     """``index.json`` of an index directory.
 
@@ -245,13 +269,7 @@ def read_index_description(directory: str) -> Dict:
     path = os.path.join(directory, INDEX_FILE)
     if not tf.io.gfile.exists(path):
         raise ValueError(f"--index {directory}: no index there ({INDEX_FILE} is missing)")
-    with tf.io.gfile.GFile(path) as handle:
-        try:
-            description = json.loads(handle.read())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not JSON: {error}") from error
-    if not isinstance(description, dict) or description.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an embedding index of format {FORMAT!r}")
+    description = read_format_json(path, FORMAT, "an embedding index")
     for key in ("model_version", "kind", "size", "dim"):
         if key not in description:
             raise ValueError(f"{path} lacks {key!r}")

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from uniter_tf.retrieval.index import EmbeddingIndex
+from uniter_tf.retrieval.index import EmbeddingIndex, read_format_json
 
 #: Where the assets live inside a SavedModel version directory.
 RETRIEVAL_ASSETS_SUBDIR = posixpath.join("assets.extra", "retrieval")
@@ -232,13 +232,7 @@ def read_retrieval_assets(version_dir: str, expected_model_version: Optional[str
     description_path = posixpath.join(gallery_dir, GALLERY_FILE)
     if not tf.io.gfile.exists(description_path):
         raise ValueError(f"{gallery_dir}: no gallery ({GALLERY_FILE} is missing)")
-    with tf.io.gfile.GFile(description_path) as handle:
-        try:
-            description = json.loads(handle.read())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{description_path} is not JSON: {error}") from error
-    if not isinstance(description, dict) or description.get("format") != GALLERY_FORMAT:
-        raise ValueError(f"{description_path} is not a retrieval gallery of format {GALLERY_FORMAT!r}")
+    description = read_format_json(description_path, GALLERY_FORMAT, "a retrieval gallery")
     if description.get("ids") != index.ids:
         raise ValueError(f"{description_path}: the gallery's ids are not the index's (same ids, same order)")
     features = _load_npy(posixpath.join(gallery_dir, FEATURES_FILE))

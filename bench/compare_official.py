@@ -216,9 +216,15 @@ def _pretraining_batch(task: str, model_config, workdir: str):
     return next(iter(dataset)), files, options
 
 
-def worker_train(task: str, warmup: int, steps: int, workdir: str, split: bool) -> Dict[str, object]:
-    """Our default pretraining update (``Pretrainer`` with default settings) on one fixed batch."""
-    tf = _tf_setup()
+def default_pretrainer(task: str, workdir: str):
+    """Our ``Pretrainer`` with its default settings (what ``uniter pretrain`` runs) on uniter-base, fed one
+    fixed pipeline batch of the official timing shape; call after :func:`_tf_setup`.
+
+    Returns:
+        ``(trainer, batch)``: ``trainer.train_update(task)`` runs one full update on ``batch``.
+    """
+    import tensorflow as tf
+
     from uniter_tf.config import UniterConfig
     from uniter_tf.training.pretrain_config import PretrainConfig
     from uniter_tf.training.pretrainer import Pretrainer
@@ -230,6 +236,14 @@ def worker_train(task: str, warmup: int, steps: int, workdir: str, split: bool) 
                             progress_bar=False)
     trainer = Pretrainer(config, log=lambda message: None)
     trainer._iterators[task] = iter(tf.data.Dataset.from_tensors(batch).repeat())  # pylint: disable=protected-access
+    return trainer, batch
+
+
+def worker_train(task: str, warmup: int, steps: int, workdir: str, split: bool) -> Dict[str, object]:
+    """Our default pretraining update (``Pretrainer`` with default settings) on one fixed batch."""
+    _tf_setup()
+    trainer, batch = default_pretrainer(task, workdir)
+    config = trainer.config
     start = time.perf_counter()
     trainer.train_update(task)
     first = time.perf_counter() - start

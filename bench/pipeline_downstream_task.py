@@ -7,7 +7,9 @@ Run (from the repository root)::
 
 It renders ``--num-images`` scenes (``uniter_tf.data.sample_data``, as ``uniter sample-data``; they hold the
 SNLI-VE hypotheses, and for ``--task refcoco`` their RefCOCO ``refs.json`` / ``instances.json`` are written
-with ``uniter_tf.data.sample_refcoco_records.write_annotations``), writes the toy detector, and runs
+with ``uniter_tf.data.sample_refcoco_records.write_annotations``; for ``--task nlvr2`` the local runner's
+NLVR2 image pairs and ``train.json`` / ``dev.json`` are added beside them,
+``pipeline.local_runner.ensure_task_annotations``), writes the toy detector, and runs
 ``pipeline.definition.create_pipeline`` with ``TrainingConfig(finetune_task=TASK, include_pretraining=False)``
 (the tiny model at the demo's size, fine-tuned from scratch; features pooled over the ground-truth boxes)
 with LocalDagRunner and SQLite MLMD under ``--output``, the gate at ``{<the task's gate metric>: THRESHOLD}``
@@ -34,7 +36,7 @@ MODEL_OVERRIDES = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_si
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--task", required=True, choices=("ve", "refcoco", "retrieval"))
+    parser.add_argument("--task", required=True, choices=("ve", "nlvr2", "refcoco", "retrieval"))
     parser.add_argument("--output", required=True)
     parser.add_argument("--num-images", type=int, default=80)
     parser.add_argument("--steps", type=int, default=300)

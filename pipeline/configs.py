@@ -178,6 +178,10 @@ class DownstreamTaskData:
         annotations: default annotation files, relative to ``DataConfig.data_root``.
         annotations2: default second files (VQA answers, RefCOCO ``instances.json``).
         image_key_mode: how annotation image ids meet the extracted records' ids (file stems).
+        caption_image_key_mode: the caption ExampleGen's join key while this task runs: ``numeric`` (COCO
+            image numbers, the default) or ``name`` (the captions' ``images[].file_name`` stems), for a task
+            whose images share the folder under names whose last digits are not an image number (NLVR2's
+            ``...-img0`` / ``...-img1`` would take the keys 0 and 1 of two caption scenes).
         schema_kind: ``components.uniter_example_gen.schema.build_schema`` kind of the task's contract.
         schema_file: the checked-in curated schema.
         node_prefix: prefix of the task's data node ids (``VqaExampleGen``, ``VeExampleGen``, ...).
@@ -208,6 +212,7 @@ class DownstreamTaskData:
     trains_on_captions: bool = False
     task_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     first_stage_steps: int = 0
+    caption_image_key_mode: str = "numeric"
 
 
 #: The retrieval gate (issue 13): the full-gallery ``r_mean`` of the candidate's rank score. Chance on the
@@ -241,9 +246,10 @@ FINETUNE_TASKS: Dict[str, DownstreamTaskData] = {
                 schema_file=os.path.join(_PIPELINE_DIR, "ve_schema.pbtxt"), node_prefix="Ve",
                 lower_bounds={"ve_accuracy": 0.5}, max_regression={"ve_accuracy": 0.05}, learning_rate=5e-4),
         "nlvr2": DownstreamTaskData(
-                # NLVR2 image names (``train-12-3-img0``) end in the pair index, so the join is by whole name.
+                # NLVR2 image names (``train-12-3-img0``) end in the pair index, so the join is by whole name,
+                # the captions' too (their scenes' numbers 0 and 1 would clash with the pairs' img0 / img1).
                 name="nlvr2", annotation_format="nlvr2", annotations=("train.json", "dev.json"), annotations2=(),
-                image_key_mode="name", schema_kind="nlvr2",
+                image_key_mode="name", caption_image_key_mode="name", schema_kind="nlvr2",
                 schema_file=os.path.join(_PIPELINE_DIR, "nlvr2_schema.pbtxt"), node_prefix="Nlvr2",
                 lower_bounds={"nlvr2_accuracy": 0.6}, max_regression={"nlvr2_accuracy": 0.05}, learning_rate=1e-3),
         "refcoco": DownstreamTaskData(

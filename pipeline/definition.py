@@ -239,12 +239,14 @@ def create_pipeline(
     }
     # Annotation names are relative to input_base, which a runtime parameter can replace as a whole.
     input_base = parameter("data_root", data_root)
+    task_data = finetune_task_data(training.finetune_task)
+    # The captions join by number, or by file name where the task's images would share those numbers (NLVR2).
     caption_example_gen = UniterExampleGen(
             annotation_format="coco", annotations=["captions.json"], input_base=input_base,
             features=feature_extractor.outputs["region_features"],
-            ingest_options=ingest_options).with_id(CAPTION_EXAMPLE_GEN)
+            ingest_options=dict(ingest_options, image_key_mode=task_data.caption_image_key_mode)
+    ).with_id(CAPTION_EXAMPLE_GEN)
     # The fine-tuning task's examples (VQA questions by default): its reader, files and join key.
-    task_data = finetune_task_data(training.finetune_task)
     is_vqa = task_data.name == "vqa"
     task_ids = task_node_ids(task_data.name)
     task_options = dict(ingest_options, image_key_mode=task_data.image_key_mode)

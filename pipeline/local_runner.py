@@ -58,16 +58,39 @@ def ensure_sample_data(data_root: str, num_images: int = SAMPLE_NUM_IMAGES, seed
     return data_root
 
 
-def ensure_task_annotations(data_root: str, task: str) -> None:
-    """Writes the sample scenes' RefCOCO annotations (``refs.json``, ``instances.json``, the official forms)
-    into ``data_root`` when the fine-tuning task is ``refcoco`` and they are absent. The sample data already
-    holds SNLI-VE's ``snli_ve_*.jsonl``; NLVR2 needs image pairs of its own (``uniter_tf.data.sample_nlvr2``)
-    and a data root prepared for it."""
-    if task != "refcoco" or os.path.exists(os.path.join(data_root, "refs.json")):
-        return
-    from uniter_tf.data.sample_refcoco_records import write_annotations  # pylint: disable=import-outside-toplevel
+#: NLVR2 sentence sets added to the sample root for ``UNITER_FINETUNE_TASK=nlvr2`` (train, held-out ``dev``):
+#: each set is 2 sentences x 2 image pairs, so 240 / 60 statements over 480 / 120 pair images.
+SAMPLE_NLVR2_SETS = (60, 15)
 
-    write_annotations(data_root, data_root)
+
+def ensure_task_annotations(data_root: str, task: str) -> None:
+    """Writes the fine-tuning task's sample annotations into ``data_root`` when they are absent.
+
+    ``refcoco``: the sample scenes' RefCOCO annotations (``refs.json``, ``instances.json``, the official
+    forms). ``nlvr2``: rendered image pairs (:func:`uniter_tf.data.sample_nlvr2.add_to_sample_root`, the
+    official ``{split}-{set}-{pair}-img0/1`` names) into ``images/`` with their boxes in ``boxes.json``, and
+    ``train.json`` / ``dev.json`` (:data:`SAMPLE_NLVR2_SETS`); they are written again when ``boxes.json`` lost
+    them (sample data regenerated). The sample data already holds SNLI-VE's ``snli_ve_*.jsonl``; the other
+    tasks need nothing.
+    """
+    if task == "refcoco" and not os.path.exists(os.path.join(data_root, "refs.json")):
+        from uniter_tf.data.sample_refcoco_records import write_annotations  # pylint: disable=import-outside-toplevel
+
+        write_annotations(data_root, data_root)
+    elif task == "nlvr2":
+        import json  # pylint: disable=import-outside-toplevel
+
+        from uniter_tf.data import sample_nlvr2  # pylint: disable=import-outside-toplevel
+
+        with open(os.path.join(data_root, "boxes.json"), encoding="utf-8") as handle:
+            has_pairs = "train-0-0-img0.png" in json.load(handle)
+        if has_pairs and all(os.path.exists(os.path.join(data_root, name)) for name in ("train.json", "dev.json")):
+            return
+        train_sets, eval_sets = SAMPLE_NLVR2_SETS
+        written = sample_nlvr2.add_to_sample_root(
+                data_root, sample_nlvr2.SampleNlvr2Config(train_sets=train_sets, eval_sets=eval_sets))
+        logging.info("added %d NLVR2 pair images and %s to %s", written["images"],
+                     sorted(written["annotations"].values()), data_root)
 
 
 def node_states(metadata_path: str, pipeline_name: str) -> Dict[str, List[str]]:

@@ -20,6 +20,9 @@ The detector-free path from rendered pixels to ``uniter train`` for the ``nlvr2`
 
 ``train`` statements go to ``records/train-*.tfrecord.gz``, ``dev`` ones to ``records/eval-*``.
 
+For the TFX pipeline, :func:`add_to_sample_root` writes steps 1–2 only (images, boxes, json lines) into a
+``uniter sample-data`` root, beside the captioned scenes; the pipeline extracts and joins them itself.
+
 Run: ``python -m uniter_tf.data.sample_nlvr2 OUTPUT_DIR [--train-sets 150 --eval-sets 30 --model tiny]``.
 """
 
@@ -156,6 +159,86 @@ def _draw_set(rng: np.random.Generator, scene_config, config: SampleNlvr2Config)
     return pairs, sentences, labels
 
 
+def write_pair_annotations(output_dir: str, config: SampleNlvr2Config
+                           ) -> Tuple[Dict[str, str], Dict[str, Tuple[np.ndarray, np.ndarray]]]:
+    """Renders the pair images into ``output_dir/images`` and writes the NLVR2 json lines beside them.
+
+    Args:
+        output_dir: gets ``images/{split}-{set}-{pair}-img0/1.png``, ``train.json`` and ``dev.json``.
+        config: the generator settings.
+
+    Returns:
+        ``({split: json path}, {image id: (RGB pixels, boxes [n, 4] float32)})``.
+    """
+    rng = np.random.default_rng(config.seed)
+    scene_config = config.scene_config()
+    image_dir = os.path.join(output_dir, "images")
+    os.makedirs(image_dir, exist_ok=True)
+    rendered: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+    annotations: Dict[str, str] = {}
+    for split, (file_name, _) in SPLITS.items():
+        num_sets = config.train_sets if split == "train" else config.eval_sets
+        entries = []
+        for set_index in range(num_sets):
+            pairs, sentences, labels = _draw_set(rng, scene_config, config)
+            for pair_index, pair in enumerate(pairs):
+                for side, objects in enumerate(pair):
+                    image_id = f"{split}-{set_index}-{pair_index}-img{side}"
+                    image = sample_data.render_scene(objects, config.image_size, rng)
+                    image.save(os.path.join(image_dir, f"{image_id}.png"))
+                    rendered[image_id] = (np.asarray(image.convert("RGB")),
+                                          np.asarray([obj.box for obj in objects], np.float32))
+            for sentence_index, sentence in enumerate(sentences):
+                for pair_index in range(len(pairs)):
+                    entries.append({"identifier": f"{split}-{set_index}-{pair_index}-{sentence_index}",
+                                    "sentence": sentence, "label": str(labels[sentence_index][pair_index])})
+        annotations[split] = os.path.join(output_dir, file_name)
+        with open(annotations[split], "w", encoding="utf-8") as handle:
+            for entry in entries:
+                handle.write(json.dumps(entry) + "\n")
+    return annotations, rendered
+
+
+def add_to_sample_root(data_root: str, config: SampleNlvr2Config) -> Dict[str, object]:
+    """Adds the NLVR2 pairs to a ``uniter sample-data`` root, for the pipeline's ``nlvr2`` fine-tuning task.
+
+    The pair images go into the root's ``images/`` beside the captioned scenes, their ground-truth boxes into
+    its ``boxes.json`` (entries without ``image_id``: they are no caption scene), and ``train.json`` /
+    ``dev.json`` beside ``captions.json``. The pipeline's region extraction then covers both, its
+    ``Nlvr2ExampleGen`` joins the pairs by whole name, and its ``CaptionExampleGen`` joins the captions by
+    the scenes' file names (``DownstreamTaskData.caption_image_key_mode``, ``name`` for NLVR2): by the last
+    run of digits, every ``...-img0`` / ``...-img1`` would share the key of ``sample_000000`` /
+    ``sample_000001`` and ingest would reject those scenes (``duplicate_image_id``).
+
+    Args:
+        data_root: a sample-data root (``captions.json``, ``boxes.json``, ``images/``).
+        config: the generator settings.
+
+    Returns:
+        ``{"annotations": {split: path}, "images": number of pair images added}``.
+
+    Raises:
+        FileNotFoundError: ``data_root`` has no ``boxes.json`` (not a sample-data root).
+        ValueError: a pair image name is already in ``boxes.json`` with other boxes (named).
+    """
+    boxes_path = os.path.join(data_root, "boxes.json")
+    if not os.path.exists(boxes_path):
+        raise FileNotFoundError(f"{boxes_path} is missing: data_root must be a `uniter sample-data` root")
+    with open(boxes_path, encoding="utf-8") as handle:
+        boxes = json.load(handle)
+    annotations, rendered = write_pair_annotations(data_root, config)
+    for image_id, (_, image_boxes) in sorted(rendered.items()):
+        file_name = f"{image_id}.png"
+        entry = {"boxes": image_boxes.tolist()}
+        if file_name in boxes and boxes[file_name].get("boxes") != entry["boxes"]:
+            raise ValueError(f"{boxes_path}: {file_name} already has other boxes (a sample scene of that name?)")
+        boxes[file_name] = entry
+    with open(boxes_path, "w", encoding="utf-8") as handle:
+        json.dump(boxes, handle, indent=1, sort_keys=True)
+        handle.write("\n")
+    return {"annotations": annotations, "images": len(rendered)}
+
+
 def write_sample_nlvr2(output_dir: str, config: SampleNlvr2Config, model_config, *, num_shards: int = 1
                        ) -> Dict[str, object]:
     """Renders the images, writes the NLVR2 json lines and the canonical pair records.
@@ -174,38 +257,15 @@ def write_sample_nlvr2(output_dir: str, config: SampleNlvr2Config, model_config,
     from uniter_tf.data.sample_records import _box_feature  # the pretraining sample's region features
     from uniter_tf.tokenization import UniterTokenizer
 
-    rng = np.random.default_rng(config.seed)
-    scene_config = config.scene_config()
-    image_dir = os.path.join(output_dir, "images")
-    os.makedirs(image_dir, exist_ok=True)
-    images: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}  # image id -> (features, boxes)
-    result: Dict[str, object] = {"counts": {}, "dead_letters": [], "annotations": {}}
+    annotation_paths, rendered = write_pair_annotations(output_dir, config)
+    images: Dict[str, Tuple[np.ndarray, np.ndarray]] = {  # image id -> (features, boxes)
+            image_id: (np.stack([_box_feature(pixels, box, model_config.region_feature_dim) for box in boxes]), boxes)
+            for image_id, (pixels, boxes) in rendered.items()}
+    result: Dict[str, object] = {"counts": {}, "dead_letters": [], "annotations": annotation_paths}
     tokenizer = UniterTokenizer()
-    for split, (file_name, prefix) in SPLITS.items():
-        num_sets = config.train_sets if split == "train" else config.eval_sets
-        entries = []
-        for set_index in range(num_sets):
-            pairs, sentences, labels = _draw_set(rng, scene_config, config)
-            for pair_index, pair in enumerate(pairs):
-                for side, objects in enumerate(pair):
-                    image_id = f"{split}-{set_index}-{pair_index}-img{side}"
-                    image = sample_data.render_scene(objects, config.image_size, rng)
-                    image.save(os.path.join(image_dir, f"{image_id}.png"))
-                    pixels = np.asarray(image.convert("RGB"))
-                    boxes = np.asarray([obj.box for obj in objects], np.float32)
-                    features = np.stack([_box_feature(pixels, box, model_config.region_feature_dim) for box in boxes])
-                    images[image_id] = (features, boxes)
-            for sentence_index, sentence in enumerate(sentences):
-                for pair_index in range(len(pairs)):
-                    entries.append({"identifier": f"{split}-{set_index}-{pair_index}-{sentence_index}",
-                                    "sentence": sentence, "label": str(labels[sentence_index][pair_index])})
-        annotations = os.path.join(output_dir, file_name)
-        with open(annotations, "w", encoding="utf-8") as handle:
-            for entry in entries:
-                handle.write(json.dumps(entry) + "\n")
-        result["annotations"][split] = annotations
+    for split, (_, prefix) in SPLITS.items():
         items = []
-        for item in read_nlvr2(annotations):
+        for item in read_nlvr2(annotation_paths[split]):
             if isinstance(item, dead_letter.DeadLetter):
                 result["dead_letters"].append((item.record_id, item.reason))
             elif any(image_id not in images for image_id in item.image_ids):

@@ -10,27 +10,19 @@ docs/retrieval.md).
 
 import json
 import os
-import pathlib
 
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
+from helpers.retrieval_runs import RETRIEVAL_CONFIG, sample_caption_records
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-CONFIG = str(REPO / "configs" / "finetune_itm_tiny.json")
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    from uniter_tf.config import UniterConfig
-    from uniter_tf.data import sample_data
-    from uniter_tf.data.sample_records import write_sample_pretraining_records
-
     root = tmp_path_factory.mktemp("retrieval")
-    sample_data.generate(str(root / "sample"), sample_data.SampleDataConfig(num_images=24, seed=0))
-    written = write_sample_pretraining_records(str(root / "sample"), str(root / "records"),
-                                               UniterConfig.resolve("tiny"), eval_every=4, num_shards=1)
+    written = sample_caption_records(root, num_images=24, eval_every=4)
     return root, written
 
 
@@ -42,7 +34,7 @@ def train(root, written, mode_overrides, output_dir, capsys):
                  "trainer.num_train_steps=3", "trainer.warmup_steps=1", "trainer.log_every=1",
                  "trainer.checkpoint_every=3", "trainer.eval_every=0", "trainer.progress_bar=false",
                  f"runtime.output_dir={output_dir}"] + mode_overrides
-    assert cli.main(["train", "--config", CONFIG] + sum((["--set", item] for item in overrides), [])) == 0
+    assert cli.main(["train", "--config", RETRIEVAL_CONFIG] + sum((["--set", item] for item in overrides), [])) == 0
     printed = capsys.readouterr().out
     return json.loads(printed[printed.index("{"):])
 

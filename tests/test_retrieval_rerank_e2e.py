@@ -10,15 +10,13 @@ learning figures are the bench's (bench/retrieval_rerank.py, docs/performance.md
 """
 
 import json
-import pathlib
 
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
+from helpers.retrieval_runs import sample_caption_records, train_retrieval_run
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-CONFIG = str(REPO / "configs" / "finetune_itm_tiny.json")
+pytestmark = pytest.mark.slow
 
 
 def lines_of(capsys):
@@ -27,21 +25,12 @@ def lines_of(capsys):
 
 def test_index_retrieve_and_rerank_through_the_cli(tmp_path, capsys):
     from uniter_tf import cli
-    from uniter_tf.config import UniterConfig
-    from uniter_tf.data import sample_data
-    from uniter_tf.data.sample_records import write_sample_pretraining_records
     from uniter_tf.retrieval import first_stage, rerank
     from uniter_tf.retrieval.index import EmbeddingIndex, IndexVersionError
 
-    sample_data.generate(str(tmp_path / "sample"), sample_data.SampleDataConfig(num_images=48, seed=0))
-    written = write_sample_pretraining_records(str(tmp_path / "sample"), str(tmp_path / "records"),
-                                               UniterConfig.resolve("tiny"), eval_every=3, num_shards=1)
+    written = sample_caption_records(tmp_path, num_images=48, eval_every=3)
     run = tmp_path / "run"
-    overrides = [f"task.train_files={json.dumps(written['train'])}", "task.eval_files=[]", "task.init=scratch",
-                 "task.train_batch_size=4", "trainer.num_train_steps=2", "trainer.warmup_steps=1",
-                 "trainer.checkpoint_every=2", "trainer.eval_every=0", "trainer.progress_bar=false",
-                 f"runtime.output_dir={run}"]
-    assert cli.main(["train", "--config", CONFIG] + sum((["--set", item] for item in overrides), [])) == 0
+    train_retrieval_run(run, written["train"])
     capsys.readouterr()
 
     index_dir = tmp_path / "index"

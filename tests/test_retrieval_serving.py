@@ -16,38 +16,28 @@ in `assets.extra/retrieval`, and `uniter serve`'s server serves it on 127.0.0.1.
 
 import json
 import os
-import pathlib
 import shutil
 import threading
 
 import numpy as np
 import pytest
 
+from helpers.retrieval_runs import sample_caption_records, train_retrieval_run
+
 pytestmark = pytest.mark.slow
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-CONFIG = str(REPO / "configs" / "finetune_itm_tiny.json")
 K, RERANK = 3, 6
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     from uniter_tf import cli
-    from uniter_tf.config import UniterConfig
-    from uniter_tf.data import sample_data
-    from uniter_tf.data.sample_records import write_sample_pretraining_records
     from uniter_tf.export.model_dir import export_model_dir
 
     root = tmp_path_factory.mktemp("retrieval_serving")
-    sample_data.generate(str(root / "sample"), sample_data.SampleDataConfig(num_images=30, seed=0))
-    written = write_sample_pretraining_records(str(root / "sample"), str(root / "records"),
-                                               UniterConfig.resolve("tiny"), eval_every=3, num_shards=1)
+    written = sample_caption_records(root, num_images=30, eval_every=3)
     run = root / "run"
-    overrides = [f"task.train_files={json.dumps(written['train'])}", "task.eval_files=[]", "task.init=scratch",
-                 "task.train_batch_size=4", "trainer.num_train_steps=2", "trainer.warmup_steps=1",
-                 "trainer.checkpoint_every=2", "trainer.eval_every=0", "trainer.progress_bar=false",
-                 f"runtime.output_dir={run}"]
-    assert cli.main(["train", "--config", CONFIG] + sum((["--set", item] for item in overrides), [])) == 0
+    train_retrieval_run(run, written["train"])
     assert cli.main(["index", "--features", *written["eval"], "--run", str(run), "--output", str(root / "index"),
                      "--train-files", *written["train"], "--first-stage-steps", "4",
                      "--first-stage-batch-size", "8"]) == 0

@@ -357,3 +357,45 @@ def test_sample_items_are_decided_by_the_picture_and_read_back_without_dead_lett
     for colour in sample_data.COLORS:
         share = right.get(colour, 0) / (right.get(colour, 0) + wrong.get(colour, 0))
         assert 0.1 < share < 0.45, (colour, right, wrong)
+
+
+# ------------------------------------------------------------------------------------------------ shipped configs
+def _set_value(command, key):
+    """The value of ``--set KEY=VALUE`` in a config's ``_command``."""
+    import re
+
+    found = re.findall(rf"--set {re.escape(key)}=(\S+)", command)
+    assert len(found) == 1, (key, command)
+    return found[0]
+
+
+def test_shipped_vcr_chain_is_one_standardised_model():
+    """The chain a user follows from the configs' _command lines (first stage -> second stage -> fine-tuning,
+    docs/tasks.md VCR) only learns with region-feature standardisation in every stage and one model: the
+    second stage starts from a shipped standardised first stage's output_dir, the documented fine-tuning from
+    the second stage's, and the three configs name the same model (dropout aside: the fine-tuning sets it
+    with task.dropout)."""
+    import pathlib
+
+    shipped = {f"configs/{path.name}": json.loads(path.read_text())
+               for path in (pathlib.Path(__file__).resolve().parent.parent / "configs").glob("*.json")}
+    second, finetune = shipped["configs/pretrain_vcr_2nd_stage_tiny.json"], shipped["configs/finetune_vcr_tiny.json"]
+    first = [name for name, config in shipped.items() if config["task"]["name"] == "pretraining"
+             and config["runtime"]["output_dir"] == second["task"]["init_path"]]
+    assert len(first) == 1, second["task"]["init_path"]
+    assert f"--config {first[0]}" in second["_command"]
+    first = shipped[first[0]]
+    assert "--config configs/pretrain_vcr_2nd_stage_tiny.json" in second["_command"]
+    assert _set_value(finetune["_command"], "task.init") == "pretrained"
+    assert _set_value(finetune["_command"], "task.init_path") == second["runtime"]["output_dir"]
+    assert _set_value(finetune["_command"], "runtime.output_dir") != finetune["runtime"]["output_dir"]
+
+    dropout_keys = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+    models = []
+    for config in (first, second, finetune):
+        overrides = dict(config["task"]["model_overrides"])
+        assert overrides.get("region_feature_standardization") is True, config["runtime"]["output_dir"]
+        for key in dropout_keys:
+            assert overrides.pop(key, finetune["task"]["dropout"]) == finetune["task"]["dropout"], key
+        models.append((config["task"]["model"], overrides))
+    assert models[0] == models[1] == models[2], models

@@ -110,3 +110,13 @@ def test_every_caption_of_the_shared_root_arrives_with_the_nlvr2_pipelines_capti
     _, numeric_letters = run("numeric", "by_number")
     assert numeric_letters and {letter.reason for letter in numeric_letters} == {dead_letter.IMAGE_REJECTED}
     assert all("duplicate_image_id" in letter.detail for letter in numeric_letters)
+
+
+def test_a_root_with_the_pairs_still_gets_refcoco_annotations_for_its_scenes_only(nlvr2_root):
+    from pipeline import local_runner
+
+    local_runner.ensure_task_annotations(nlvr2_root, "refcoco")
+    with open(os.path.join(nlvr2_root, "instances.json"), encoding="utf-8") as handle:
+        instances = json.load(handle)
+    assert sorted(image["file_name"] for image in instances["images"]) == [
+            f"sample_{index:06d}.png" for index in range(4)]

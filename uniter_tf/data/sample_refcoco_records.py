@@ -64,13 +64,16 @@ def make_expressions(labels: List[str], boxes: List[List[float]]) -> List[Tuple[
 def write_annotations(sample_dir: str, annotation_dir: str) -> Dict[str, str]:
     """Writes ``refs.json`` and ``instances.json`` (the official formats) for the sample images.
 
+    Entries of ``boxes.json`` without an ``image_id`` are no sample scene (the NLVR2 pairs that
+    :func:`uniter_tf.data.sample_nlvr2.add_to_sample_root` adds) and get no expressions.
+
     Returns:
         ``{"refs": path, "instances": path}``.
     """
     with open(os.path.join(sample_dir, "boxes.json"), encoding="utf-8") as handle:
         boxes = json.load(handle)
     images, annotations, refs = [], [], []
-    for file_name in sorted(boxes):
+    for file_name in sorted(name for name, entry in boxes.items() if "image_id" in entry):
         entry = boxes[file_name]
         image_id = int(entry["image_id"])
         from PIL import Image  # the size is read, not assumed

@@ -233,9 +233,7 @@ def add_to_sample_root(data_root: str, config: SampleNlvr2Config) -> Dict[str, o
         if file_name in boxes and boxes[file_name].get("boxes") != entry["boxes"]:
             raise ValueError(f"{boxes_path}: {file_name} already has other boxes (a sample scene of that name?)")
         boxes[file_name] = entry
-    with open(boxes_path, "w", encoding="utf-8") as handle:
-        json.dump(boxes, handle, indent=1, sort_keys=True)
-        handle.write("\n")
+    sample_data._write_json(boxes_path, boxes)  # pylint: disable=protected-access  (the sample root's format)
     return {"annotations": annotations, "images": len(rendered)}
 
 

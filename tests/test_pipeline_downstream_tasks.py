@@ -13,6 +13,8 @@ import pytest
 
 import tfx  # noqa: F401  (a broken install must fail, not skip)
 
+from helpers.local_pipelines import run_pipeline_once
+
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -269,12 +271,8 @@ def test_refcoco_pipeline_trains_gates_on_its_accuracy_and_pushes_only_when_bles
     and pushes; the same model against an impossible 1.01 is refused and nothing more is pushed. The gate's
     accuracy equals the one recomputed from the pushed SavedModel's own ``chosen_region`` with the task
     model's IoU."""
-    from tfx import v1 as tfx
-
     from components.uniter_example_gen import schema as schema_lib
     from pipeline import configs
-    from pipeline import definition as pipeline_lib
-    from pipeline import local_runner
     from uniter_tf.data import sample_data, schema
     from uniter_tf.data.sample_refcoco_records import write_annotations
     from uniter_tf.extraction import toy_detector
@@ -311,18 +309,11 @@ def test_refcoco_pipeline_trains_gates_on_its_accuracy_and_pushes_only_when_bles
     root = str(tmp_path / "root")
 
     def run(lower_bound):
-        pipeline = pipeline_lib.create_pipeline(
-                pipeline_name="uniter-refcoco", pipeline_root=root, data=data, training=training,
-                serving_model_dir=serving_dir,
-                gate=configs.GateConfig(lower_bounds={"refcoco_accuracy": lower_bound}, max_regression={}),
-                beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
-                metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-                        metadata_path))
-        tfx.orchestration.LocalDagRunner().run(pipeline)
-        reports = sorted(glob.glob(os.path.join(root, "UniterEvaluator", "evaluation", "*", "metrics.json")),
-                         key=lambda path: int(path.split(os.sep)[-2]))
-        with open(reports[-1], encoding="utf-8") as handle:
-            return local_runner.node_states(metadata_path, "uniter-refcoco"), json.load(handle)
+        states, report, _ = run_pipeline_once(
+                "uniter-refcoco", root, data, training,
+                configs.GateConfig(lower_bounds={"refcoco_accuracy": lower_bound}, max_regression={}), serving_dir,
+                metadata_path)
+        return states, report
 
     states, report = run(0.5)
     assert states["RefcocoExampleGen"] == ["COMPLETE"] and "VqaExampleGen" not in states

@@ -14,6 +14,8 @@ import pytest
 
 import tfx  # noqa: F401  (a broken install must fail, not skip)
 
+from helpers.local_pipelines import run_pipeline_once
+
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -157,12 +159,8 @@ def test_retrieval_pipeline_gates_on_r_mean_and_pushes_model_and_index_together(
     Measured: 283 s at load average 7-9 on the shared 2-core machine (the two Trainer executions 61 s and
     108 s, most of it the export's signature tracing); see docs/pipeline.md."""
     from tensorflow.python.saved_model import loader_impl
-    from tfx import v1 as tfx
-
     from components.uniter_example_gen import schema as schema_lib
     from pipeline import configs
-    from pipeline import definition as pipeline_lib
-    from pipeline import local_runner
     from uniter_tf.data import sample_data
     from uniter_tf.evaluation import EvalRecords
     from uniter_tf.extraction import toy_detector
@@ -195,17 +193,7 @@ def test_retrieval_pipeline_gates_on_r_mean_and_pushes_model_and_index_together(
                 finetune_config={"learning_rate": 5e-4, "warmup_steps": 1, "init": "scratch", "seed": 24,
                                  "valid_steps": finetune_steps, "log_every": finetune_steps,
                                  "first_stage_steps": first_stage_steps, "first_stage_batch_size": 4})
-        pipeline = pipeline_lib.create_pipeline(
-                pipeline_name="uniter-retrieval", pipeline_root=root, data=data, training=training,
-                serving_model_dir=serving_dir, gate=gate,
-                beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
-                metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-                        metadata_path))
-        tfx.orchestration.LocalDagRunner().run(pipeline)
-        reports = sorted(glob.glob(os.path.join(root, "UniterEvaluator", "evaluation", "*", "metrics.json")),
-                         key=lambda path: int(path.split(os.sep)[-2]))
-        with open(reports[-1], encoding="utf-8") as handle:
-            return local_runner.node_states(metadata_path, "uniter-retrieval"), json.load(handle), reports[-1]
+        return run_pipeline_once("uniter-retrieval", root, data, training, gate, serving_dir, metadata_path)
 
     states, report, report_path = run(6, configs.GateConfig(lower_bounds={"r_mean": 0.0}, max_regression={}), 4)
     assert states["FinetuneTrainer"] == ["COMPLETE"] and states["Pusher"] == ["COMPLETE"]

@@ -14,13 +14,18 @@ Steps (all on 127.0.0.1, the server in its own process):
 
 ``--overhead`` instead measures only the per-call overhead, before and after in one run: one pair per
 call, interleaved call by call, against the signature called in-process (keywords, as a user would,
-and flat, as the server does) and three server processes: the server as it is, the same server
-calling its signatures with keyword arguments (the path before the flat call), and a gRPC server
-that answers a cached response without running anything (the Python gRPC framework's floor).
+and flat, as the server does), the server's whole handler in this process without gRPC, and four
+server processes: the server as it is, the same server calling its signatures with keyword arguments
+(the path before the flat call), the server with one intra-op thread (its handler then no longer
+wakes TensorFlow's idle intra-op pool), and a gRPC server that answers a cached response without
+running anything (the Python gRPC framework's floor). ``--preset uniter-base`` measures the same on
+a random-weight uniter-base instead of the tiny model.
 
 Usage::
 
     python bench/serving_bench.py --duration 10 --concurrency 8 --output bench/serving_results.json
+    python bench/serving_bench.py --overhead --latency-calls 300
+    python bench/serving_bench.py --overhead --latency-calls 60 --preset uniter-base
 
 Prints one JSON object; ``docs/performance.md`` holds the latest figures.
 """
@@ -37,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Sequence
 
 import numpy as np
 
@@ -83,7 +89,8 @@ def _time_interleaved(calls, count: int, warmup: int = 20):
 class ServerProcess:
     """``uniter serve`` in a subprocess on free ports."""
 
-    def __init__(self, base_path: str, batching: bool, poll_s: float = 0.5, variant: str = ""):
+    def __init__(self, base_path: str, batching: bool, poll_s: float = 0.5, variant: str = "",
+                 extra_args: Sequence[str] = ()):
         self.grpc_port, self.rest_port = _free_port(), _free_port()
         command = [sys.executable, "-m", "uniter_tf.cli", "serve", "--model-base-path", base_path,
                    "--port", str(self.grpc_port), "--rest-api-port", str(self.rest_port),
@@ -91,6 +98,7 @@ class ServerProcess:
         if variant:
             command = [sys.executable, os.path.abspath(__file__), "--serve-variant", variant,
                        "--model-base-path", base_path, "--port", str(self.grpc_port)]
+        command += list(extra_args)
         if batching:
             command += ["--enable-batching", "--max-batch-size", "16", "--batch-timeout-micros", "1000",
                         "--num-batch-threads", "2"]
@@ -189,6 +197,22 @@ def _breakdown(base_path: str, inputs, count: int):
         server.stop()
 
 
+def _export_random_preset(preset: str, directory: str) -> str:
+    """Exports ``preset`` with random weights (backbone + ITM head, the tiny model's buckets); returns the base path."""
+    from uniter_tf.config import UniterConfig
+    from uniter_tf.export.exporter import export_uniter
+    from uniter_tf.export.tiny import TINY_OPTIONS
+    from uniter_tf.models.backbone import UniterBackbone
+    from uniter_tf.models.pretraining_heads import ItmHead
+
+    config = UniterConfig.from_preset(preset)
+    itm_head = ItmHead(config.hidden_size, name="itm_head")
+    itm_head.build()
+    base_path = os.path.join(directory, "uniter")
+    export_uniter(base_path, UniterBackbone(config), itm_head, options=TINY_OPTIONS, version=1)
+    return base_path
+
+
 def _serve_variant(variant: str, base_path: str, port: int) -> int:
     """Runs a server variant for ``--overhead`` in this process (gRPC only) until terminated.
 
@@ -241,8 +265,11 @@ def _serve_variant(variant: str, base_path: str, port: int) -> int:
 def _overhead(base_path: str, inputs, count: int):
     """The per-call overhead, before / after and the framework floor, interleaved call by call."""
     import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
 
-    from serving.model_manager import load_saved_model
+    from serving import tensor_codec
+    from serving.model_manager import ModelManager, load_saved_model
+    from serving.predictor import Predictor
 
     version = max(int(name) for name in os.listdir(base_path) if name.isdigit())
     signature = load_saved_model("uniter", version, os.path.join(base_path, str(version))).signatures["score_tensors"]
@@ -257,16 +284,38 @@ def _overhead(base_path: str, inputs, count: int):
                                       function.captured_inputs)
         return {name: tensor.numpy() for name, tensor in outputs.items()}
 
+    # The server's whole handler (parse, decode, validate, run, encode, serialise), in this process,
+    # without gRPC: what the server path adds to the flat call before any transport or threading.
+    manager = ModelManager("uniter", base_path, poll_interval_s=0)
+    manager.start()
+    predictor = Predictor({"uniter": manager})
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "uniter"
+    request.model_spec.signature_name = "score_tensors"
+    for name, array in inputs.items():
+        tensor_codec.from_ndarray(array, request.inputs[name])
+    request_bytes = request.SerializeToString()
+
+    def predict_path_in_process():
+        return predictor.predict_proto(predict_pb2.PredictRequest.FromString(request_bytes)).SerializeToString()
+
     servers = {}
-    calls = {"in_process": in_process, "in_process_flat_call": in_process_flat}
+    calls = {"in_process": in_process, "in_process_flat_call": in_process_flat,
+             "predict_path_in_process": predict_path_in_process}
+    # grpc_intra_op_1: the same server with one intra-op thread: its handler no longer wakes the idle
+    # intra-op pool on every call (what that costs a small model), at the price of one core per op.
+    variants = (("grpc", "", ()), ("grpc_keyword_call", "keyword", ()),
+                ("grpc_intra_op_1", "", ("--tensorflow-intra-op-parallelism", "1")),
+                ("grpc_echo_no_model", "echo", ()))
     try:
-        for label, variant in (("grpc", ""), ("grpc_keyword_call", "keyword"), ("grpc_echo_no_model", "echo")):
-            servers[label] = ServerProcess(base_path, batching=False, variant=variant)
+        for label, variant, extra_args in variants:
+            servers[label] = ServerProcess(base_path, batching=False, variant=variant, extra_args=extra_args)
             calls[label] = _grpc_caller(servers[label].grpc_port, inputs)[0]
         latencies = _time_interleaved(calls, count)
     finally:
         for server in servers.values():
             server.stop()
+        manager.stop()
     results = {name: _percentiles(values) for name, values in latencies.items()}
     base = results["in_process"]["p50_ms"]
     for name in results:
@@ -283,6 +332,9 @@ def _push_copy(base_path: str, source_version: int, new_version: int) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-base-path", help="Serve this base path instead of exporting the tiny model.")
+    parser.add_argument("--preset", default="tiny",
+                        help="Export this UniterConfig preset with random weights and an ITM head (e.g. uniter-base) "
+                             "instead of the tiny model (default tiny).")
     parser.add_argument("--tokens", type=int, default=20, help="Tokens per text (default 20).")
     parser.add_argument("--regions", type=int, default=36, help="Regions per image (default 36).")
     parser.add_argument("--latency-calls", type=int, default=300, help="Calls per latency measurement.")
@@ -315,6 +367,11 @@ def main(argv=None) -> int:
         if args.model_base_path:
             base_path = args.model_base_path
             version = max(int(name) for name in os.listdir(base_path) if name.isdigit())
+        elif args.preset != "tiny":
+            started = time.perf_counter()
+            base_path, version = _export_random_preset(args.preset, work), 1
+            results["preset"] = args.preset
+            results["export_s"] = round(time.perf_counter() - started, 1)
         else:
             from uniter_tf.export.tiny import tiny_export
 

@@ -124,19 +124,27 @@ class ServerProcess:
                 self.process.kill()
 
 
-def _grpc_caller(port: int, inputs, signature: str = "score_tensors"):
-    import grpc
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+def _predict_request(inputs, signature: str = "score_tensors"):
+    """A ``PredictRequest`` for the ``uniter`` model with ``inputs`` encoded as the server decodes them."""
+    from tensorflow_serving.apis import predict_pb2
 
     from serving import tensor_codec
 
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "uniter"
     request.model_spec.signature_name = signature
     for name, array in inputs.items():
         tensor_codec.from_ndarray(array, request.inputs[name])
+    return request
+
+
+def _grpc_caller(port: int, inputs, signature: str = "score_tensors"):
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = _predict_request(inputs, signature)
 
     def call(_index=0):
         return stub.Predict(request, timeout=30).model_spec.version.value
@@ -168,18 +176,12 @@ def _rest_caller(port: int, inputs):
 def _breakdown(base_path: str, inputs, count: int):
     """In one process: the signature alone, the server's predict path without gRPC, and through gRPC."""
     import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2
 
-    from serving import tensor_codec
     from serving.server import ModelServer, ServerConfig
 
     server = ModelServer(ServerConfig("uniter", base_path, port=0, rest_api_port=None, poll_interval_s=0)).start()
     try:
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = "uniter"
-        request.model_spec.signature_name = "score_tensors"
-        for name, array in inputs.items():
-            tensor_codec.from_ndarray(array, request.inputs[name])
+        request = _predict_request(inputs)
 
         def signature_only():
             with server.managers["uniter"].acquire() as servable:
@@ -267,7 +269,6 @@ def _overhead(base_path: str, inputs, count: int):
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    from serving import tensor_codec
     from serving.model_manager import ModelManager, load_saved_model
     from serving.predictor import Predictor
 
@@ -289,12 +290,7 @@ def _overhead(base_path: str, inputs, count: int):
     manager = ModelManager("uniter", base_path, poll_interval_s=0)
     manager.start()
     predictor = Predictor({"uniter": manager})
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "uniter"
-    request.model_spec.signature_name = "score_tensors"
-    for name, array in inputs.items():
-        tensor_codec.from_ndarray(array, request.inputs[name])
-    request_bytes = request.SerializeToString()
+    request_bytes = _predict_request(inputs).SerializeToString()
 
     def predict_path_in_process():
         return predictor.predict_proto(predict_pb2.PredictRequest.FromString(request_bytes)).SerializeToString()

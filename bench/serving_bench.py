@@ -269,11 +269,15 @@ def _overhead(base_path: str, inputs, count: int):
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    from serving.model_manager import ModelManager, load_saved_model
+    from serving.model_manager import ModelManager
     from serving.predictor import Predictor
 
-    version = max(int(name) for name in os.listdir(base_path) if name.isdigit())
-    signature = load_saved_model("uniter", version, os.path.join(base_path, str(version))).signatures["score_tensors"]
+    # One load of the newest version: its signature is called directly (in_process*) and through the
+    # server's handler without gRPC (predict_path_in_process).
+    manager = ModelManager("uniter", base_path, poll_interval_s=0)
+    manager.start()
+    with manager.acquire() as servable:
+        signature = servable.signatures["score_tensors"]
     function = signature.function
 
     def in_process():
@@ -287,8 +291,6 @@ def _overhead(base_path: str, inputs, count: int):
 
     # The server's whole handler (parse, decode, validate, run, encode, serialise), in this process,
     # without gRPC: what the server path adds to the flat call before any transport or threading.
-    manager = ModelManager("uniter", base_path, poll_interval_s=0)
-    manager.start()
     predictor = Predictor({"uniter": manager})
     request_bytes = _predict_request(inputs).SerializeToString()
 

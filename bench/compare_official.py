@@ -15,6 +15,12 @@ What it measures (uniter-base, fp32, 2 intra-op threads on both sides):
   ``ExportOptions(jit_compile=True)`` (``uniter export --jit-compile``); its first call compiles.
 * ``ipot``: IPOT alone on a precomputed cost, batch 32, 50 × 36, 50 iterations.
 * ``matmul``: a 2048² fp32 matmul, torch and TensorFlow, GFLOP/s (best of 10).
+* ``matmul-step`` (not in the default cases): only the matmuls of one ``train-itm`` update, run one after
+  the other with nothing else (the forward GEMMs of every dense layer and attention product, then the
+  input- and weight-gradient GEMMs of each; :func:`step_gemms`), on torch and on TensorFlow. It bounds
+  what the rest of the step can gain on this CPU: our update can be no faster than our kernels' time for
+  its matmuls, so ``official train-itm / ours matmul-step`` is the best training ratio this TensorFlow's
+  kernels allow here; the table prints that bound when both cases ran.
 
 Every measurement is one process. The rounds interleave the two sides (official, ours, ours, official,
 …), so that the machine's drift between minutes lands on both; the table gives medians over rounds of
@@ -48,7 +54,7 @@ import time
 from typing import Dict, List, Optional
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
-CASES = ("train-itm", "train-mlm", "infer", "infer-xla", "ipot", "matmul")
+CASES = ("train-itm", "train-mlm", "infer", "infer-xla", "ipot", "matmul", "matmul-step")
 DEFAULT_CASES = ("train-itm", "train-mlm", "infer", "ipot", "matmul")
 THREADS = 2
 TRAIN_BATCH, INFER_BATCH, TOKENS, REGIONS = 8, 32, 50, 36
@@ -368,6 +374,110 @@ def worker_matmul() -> Dict[str, object]:
     return {"gflops": 2 * 2048 ** 3 / min(times) / 1e9, "tensorflow": tf.__version__}
 
 
+def step_gemms(batch: int = TRAIN_BATCH, tokens: int = TOKENS, regions: int = REGIONS,
+               config=None) -> List[List[int]]:
+    """The matmuls of one uniter-base ITM update, in order: ``[batch, m, k, n, transpose_a, transpose_b]``.
+
+    The forward of each dense layer is ``[rows, k] @ [k, n]``; its backward is the input gradient
+    ``[rows, n] @ [k, n]ᵀ`` and the weight gradient ``[rows, k]ᵀ @ [rows, n]``, as both frameworks compute
+    them. Attention's two batched products (per example and head) get two gradient products each. The
+    region features' own gradient is not needed (they are inputs), nor anything below the embeddings; the
+    pooler, ITM and IPOT matmuls are under 0.1 % of the FLOPs and left out.
+
+    Args:
+        batch, tokens, regions: the update's batch shape (default: the ``train-*`` cases').
+        config: a :class:`~uniter_tf.config.UniterConfig` (default uniter-base).
+    """
+    from uniter_tf.config import UniterConfig
+
+    config = config or UniterConfig.resolve("uniter-base")
+    hidden, inner, heads = config.hidden_size, config.intermediate_size, config.num_attention_heads
+    length, rows = tokens + regions, batch * (tokens + regions)
+    head_size = hidden // heads
+    dense = [[rows, hidden, hidden]] * 4 + [[rows, hidden, inner], [rows, inner, hidden]]
+    attention = [[batch * heads, length, head_size, length, 0, 1],   # scores = Q Kᵀ
+                 [batch * heads, length, length, head_size, 0, 0]]   # context = P V
+    forward = [[1, batch * regions, config.region_feature_dim, hidden, 0, 0]]
+    backward = [[1, config.region_feature_dim, batch * regions, hidden, 1, 0]]   # weight gradient only
+    for _ in range(config.num_hidden_layers):
+        forward += [[1, m, k, n, 0, 0] for m, k, n in dense] + attention
+        layer_backward = []
+        for m, k, n in dense:
+            layer_backward += [[1, m, n, k, 0, 1], [1, k, m, n, 1, 0]]
+        # d(Q Kᵀ): dQ = dS K, dK = dSᵀ Q; d(P V): dP = dC Vᵀ, dV = Pᵀ dC
+        layer_backward += [[batch * heads, length, length, head_size, 0, 0],
+                           [batch * heads, length, length, head_size, 1, 0],
+                           [batch * heads, length, head_size, length, 0, 1],
+                           [batch * heads, length, length, head_size, 1, 0]]
+        backward = layer_backward + backward
+    return forward + backward
+
+
+def gemm_flops(gemms: List[List[int]]) -> float:
+    return float(sum(2 * b * m * k * n for b, m, k, n, _, _ in gemms))
+
+
+def worker_matmul_step(warmup: int, steps: int) -> Dict[str, object]:
+    """uniter-base's :func:`step_gemms` timed in TensorFlow with the measuring processes' thread setting."""
+    _tf_setup()
+    return time_gemms(step_gemms(), warmup, steps)
+
+
+def time_gemms(gemms: List[List[int]], warmup: int, steps: int) -> Dict[str, object]:
+    """Runs ``gemms`` in TensorFlow, one after the other, each on its own operands; median seconds per run."""
+    import tensorflow as tf
+
+    generator = tf.random.Generator.from_seed(0)
+    operands = []
+    for b, m, k, n, transpose_a, transpose_b in gemms:
+        left = [k, m] if transpose_a else [m, k]
+        right = [n, k] if transpose_b else [k, n]
+        lead = [b] if b > 1 else []
+        operands.append((generator.normal(lead + left), generator.normal(lead + right)))
+
+    @tf.function
+    def run_all():
+        previous = tf.constant(0.0)
+        total = []
+        for (left, right), (_, _, _, _, transpose_a, transpose_b) in zip(operands, gemms):
+            # A control dependency per product: one GEMM at a time, as the update's chain runs them.
+            with tf.control_dependencies([previous]):
+                product = tf.matmul(left, right, transpose_a=bool(transpose_a), transpose_b=bool(transpose_b))
+            previous = product
+            total.append(product[..., :1, :1])
+        return tf.add_n([tf.reduce_sum(t) for t in total])
+
+    run_all().numpy()
+    times = _median_times(lambda: run_all().numpy(), max(1, warmup), steps)
+    flops = gemm_flops(gemms)
+    median = statistics.median(times)
+    return {"median_s": median, "all_s": times, "gemms": len(gemms), "gflop": flops / 1e9,
+            "gflops": flops / median / 1e9}
+
+
+# The same GEMMs in the peer's torch, one after the other (our snippet; nothing of the official code).
+TORCH_MATMUL_STEP = r"""
+import json, statistics, sys, time, torch
+torch.set_num_threads({threads})
+gemms = json.loads(sys.argv[1])
+g = torch.Generator().manual_seed(0)
+ops = []
+for b, m, k, n, ta, tb in gemms:
+    lead = [b] if b > 1 else []
+    left = torch.randn(lead + ([k, m] if ta else [m, k]), generator=g)
+    right = torch.randn(lead + ([n, k] if tb else [k, n]), generator=g)
+    ops.append((left.transpose(-1, -2) if ta else left, right.transpose(-1, -2) if tb else right))
+def run():
+    for left, right in ops:
+        torch.matmul(left, right)
+for _ in range(1 + {warmup}): run()
+t = []
+for _ in range({steps}):
+    s = time.perf_counter(); run(); t.append(time.perf_counter() - s)
+print(json.dumps({{"median_s": statistics.median(t), "all_s": t, "torch": torch.__version__}}))
+"""
+
+
 # ------------------------------------------------------------------------------------ the driver
 def _run_json(command: List[str], env: Optional[dict] = None, cwd: Optional[str] = None) -> Dict[str, object]:
     with CpuWatch() as watch:
@@ -415,6 +525,10 @@ class Runner:
         if case == "matmul":
             result = _run_json([self.peer_python, "-c", TORCH_MATMUL.format(threads=THREADS)], self.peer_env)
             return {"value": result["gflops"], **_meta(result)}
+        if case == "matmul-step":
+            snippet = TORCH_MATMUL_STEP.format(threads=THREADS, warmup=self.args.warmup, steps=self.args.steps)
+            result = _run_json([self.peer_python, "-c", snippet, json.dumps(step_gemms())], self.peer_env)
+            return {"value": result["median_s"], **_meta(result)}
         raise ValueError(case)
 
     def ours(self, case: str) -> Dict[str, object]:
@@ -441,6 +555,8 @@ class Runner:
                     "first_call_s": result["first_call_s"], **_meta(result)}
         if case == "ipot":
             return {"value": result["median_ms"] / 1e3, **_meta(result)}
+        if case == "matmul-step":
+            return {"value": result["median_s"], **_meta(result)}
         return {"value": result["gflops"], **_meta(result)}
 
 
@@ -462,6 +578,8 @@ def case_flops(case: str) -> Optional[float]:
         return training_flops(config, INFER_BATCH, TOKENS, REGIONS) / 3.0
     if case == "ipot":  # two batched mat-vecs of 50 × 36 per iteration
         return 50 * 2 * 2 * 32 * TOKENS * REGIONS
+    if case == "matmul-step":
+        return gemm_flops(step_gemms())
     return None
 
 
@@ -527,7 +645,27 @@ def format_table(rows: List[Dict[str, object]], machine: Dict[str, object]) -> s
                 if split:
                     parts.append(f"{side} fwd {split['fwd']:.2f} / bwd {split['bwd']:.2f} / opt {split['opt']:.2f} s")
             lines.append(f"{row['case']} split: " + "; ".join(parts))
+    by_case = {row["case"]: row for row in rows}
+    if "train-itm" in by_case and "matmul-step" in by_case:
+        lines.append(matmul_bound_line(by_case["train-itm"], by_case["matmul-step"]))
     return "\n".join(lines)
+
+
+def matmul_bound(train_row: Dict[str, object], matmul_row: Dict[str, object]) -> Dict[str, float]:
+    """How far each side's update is from its own matmuls, and the best ratio our kernels allow here."""
+    return {"best_ratio": train_row["official"] / matmul_row["ours"],
+            "measured_ratio": train_row["speedup"],
+            "ours_matmul_share": matmul_row["ours"] / train_row["ours"],
+            "official_matmul_share": matmul_row["official"] / train_row["official"]}
+
+
+def matmul_bound_line(train_row: Dict[str, object], matmul_row: Dict[str, object]) -> str:
+    bound = matmul_bound(train_row, matmul_row)
+    return (f"train-itm bound: our update's matmuls alone take {matmul_row['ours']:.2f} s here, so with nothing "
+            f"else costing anything our update could be at best **{bound['best_ratio']:.2f}×** the official "
+            f"(measured {bound['measured_ratio']:.2f}×); the matmuls are {100 * bound['ours_matmul_share']:.0f} % "
+            f"of our update and {100 * bound['official_matmul_share']:.0f} % of the official one "
+            f"(torch's matmuls alone {matmul_row['official']:.2f} s).")
 
 
 def check_peer(peer: Optional[str]) -> Optional[str]:
@@ -572,6 +710,8 @@ def main(argv=None) -> int:
             result = worker_ipot(args.warmup, args.steps)
         elif args.worker == "matmul":
             result = worker_matmul()
+        elif args.worker == "matmul-step":
+            result = worker_matmul_step(args.warmup, args.steps)
         else:
             parser.error(f"unknown worker {args.worker!r}")
         print(json.dumps(result))
@@ -611,12 +751,15 @@ def main(argv=None) -> int:
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     rows = summarize(results, machine["fma_peak"]["gflops"])
+    by_case = {row["case"]: row for row in rows}
     print()
     print(format_table(rows, machine))
     print(f"\n{time.time() - started:.0f} s in all")
     report = {"machine": machine, "args": {k: v for k, v in vars(args).items() if k not in ("worker", "saved_model")},
               "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "rows": rows,
               "runs": results, "seconds": time.time() - started}
+    if "train-itm" in by_case and "matmul-step" in by_case:
+        report["train_itm_matmul_bound"] = matmul_bound(by_case["train-itm"], by_case["matmul-step"])
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=1)
